@@ -1,0 +1,16 @@
+"""ssa: referring video object segmentation with Semantic and Sequential Alignment (CVPR 2025).
+
+Public API::
+
+    from ssa import SSAConfig, SSAModel
+    model = SSAModel(SSAConfig.from_preset("ssa-convnext-large"))
+    out = model(frames, ["the cat jumping away"])     # frames: (T, 3, H, W) CLIP-normalised
+"""
+
+__version__ = "0.1.0"
+
+from ssa.config import PRESETS, SSAConfig  # noqa: E402
+from ssa.modeling.model import SSAModel  # noqa: E402
+from ssa.modeling.outputs import SSAOutput  # noqa: E402
+
+__all__ = ["SSAConfig", "SSAModel", "SSAOutput", "PRESETS", "__version__"]

@@ -1,0 +1,106 @@
+"""Semantic Alignment Refine Module — the per-stage adapter of Eq. (3)-(4).
+
+Applied *after* each frozen CLIP stage (it does not feed back into CLIP). Three streams, computed in
+a joint width D (visual and text are projected into it, each stream is projected back to C_i):
+
+    f_mw = softmax(F_v · F_wᵀ / √D) F_w        word cross-attention, padding masked     (Eq. 3)
+    f_ms = softmax(F_v · F_sᵀ / √D) F_s        sentence stream                          (Eq. 3)
+    f_mr = Φ_conv(F_v) + F_v                   convolutional residual path              (Eq. 3)
+    W_α  = softmax(MLP([g(f_mw), g(f_mr), g(f_ms)]))   g = global average pooling       (Eq. 4)
+    F_v ← W_α1 f_mw + W_α2 f_mr + W_α3 f_ms                                             (Eq. 4)
+
+Decisions where the paper is silent:
+- The sentence stream has a single key, so a literal softmax over keys is identically 1 and f_ms
+  would be the sentence broadcast to every pixel. We add a null key (logit 0, value 0) to that
+  softmax, so the weight becomes sigmoid(F_v·F_s/√D): each pixel takes as much of the sentence as it
+  matches it. This keeps Eq. 3's form and makes the stream spatially selective.
+- Φ_conv works in the joint width: a 3x3 conv + GELU on the projected visual features, projected back
+  to C_i (a bottleneck, as adapters usually are).
+- W_α is computed per sample and frame; the MLP's hidden width is D/4.
+- Initialisation keeps CLIP's features at step 0: the output projections of all three streams are zero
+  (so f_mw = f_ms = 0 and f_mr = F_v) and the gate starts at ~0.99 on the residual stream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SemanticAlignmentAdapter"]
+
+# Gate bias at initialisation: softmax([0, 6, 0]) puts 0.995 on the residual stream.
+_GATE_INIT_BIAS = 6.0
+
+
+class SemanticAlignmentAdapter(nn.Module):
+    """Adapter for one CLIP stage with ``visual_dim`` channels (C_i)."""
+
+    def __init__(self, visual_dim: int, text_dim: int, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.visual_in = nn.Conv2d(visual_dim, dim, kernel_size=1)
+        self.word_in = nn.Linear(text_dim, dim)
+        self.sentence_in = nn.Linear(text_dim, dim)
+        self.conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1)  # Φ_conv
+        self.word_out = nn.Conv2d(dim, visual_dim, kernel_size=1)
+        self.sentence_out = nn.Conv2d(dim, visual_dim, kernel_size=1)
+        self.conv_out = nn.Conv2d(dim, visual_dim, kernel_size=1)
+        gate_hidden = max(dim // 4, 8)
+        self.gate = nn.Sequential(
+            nn.Linear(3 * visual_dim, gate_hidden), nn.GELU(), nn.Linear(gate_hidden, 3)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for out in (self.word_out, self.sentence_out, self.conv_out):
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+        last = self.gate[-1]
+        nn.init.zeros_(last.weight)
+        with torch.no_grad():
+            last.bias.copy_(torch.tensor([0.0, _GATE_INIT_BIAS, 0.0]))
+
+    def forward(self, visual: Tensor, words: Tensor, word_mask: Tensor, sentence: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        """Refine one stage.
+
+        visual (B, C_i, H, W); words (B, L, D_t); word_mask (B, L) bool, True = real token;
+        sentence (B, D_t). B counts frames: text features are repeated per frame by the caller.
+        Returns the refined visual features (B, C_i, H, W) and the stream weights W_α (B, 3).
+        """
+        b, _, h, w = visual.shape
+        v = self.visual_in(visual)  # (B, D, H, W)
+        v_tokens = v.flatten(2).transpose(1, 2)  # (B, HW, D)
+        scale = 1.0 / math.sqrt(self.dim)
+
+        # f_mw: word cross-attention (Eq. 3, first line); padding tokens are masked out.
+        w_tokens = self.word_in(words)  # (B, L, D)
+        logits = torch.einsum("bpd,bld->bpl", v_tokens, w_tokens) * scale
+        logits = logits.masked_fill(~word_mask[:, None, :], float("-inf"))
+        f_mw = torch.einsum("bpl,bld->bpd", logits.softmax(dim=-1), w_tokens)  # (B, HW, D)
+
+        # f_ms: sentence stream (Eq. 3, second line), softmax over {sentence, null key} = sigmoid.
+        s = self.sentence_in(sentence)  # (B, D)
+        s_logit = torch.einsum("bpd,bd->bp", v_tokens, s) * scale
+        f_ms = torch.sigmoid(s_logit)[..., None] * s[:, None, :]  # (B, HW, D)
+
+        def to_map(tokens: Tensor) -> Tensor:
+            return tokens.transpose(1, 2).reshape(b, self.dim, h, w)
+
+        f_mw = self.word_out(to_map(f_mw))  # (B, C_i, H, W)
+        f_ms = self.sentence_out(to_map(f_ms))  # (B, C_i, H, W)
+        # f_mr: convolutional residual path (Eq. 3, third line).
+        f_mr = self.conv_out(F.gelu(self.conv(v))) + visual  # (B, C_i, H, W)
+
+        # Gate (Eq. 4): W_α = softmax(MLP([g(f_mw), g(f_mr), g(f_ms)])).
+        pooled = torch.cat([f_mw.mean(dim=(2, 3)), f_mr.mean(dim=(2, 3)), f_ms.mean(dim=(2, 3))], dim=1)
+        weights = self.gate(pooled).softmax(dim=-1)  # (B, 3)
+        out = (
+            weights[:, 0, None, None, None] * f_mw
+            + weights[:, 1, None, None, None] * f_mr
+            + weights[:, 2, None, None, None] * f_ms
+        )
+        return out, weights

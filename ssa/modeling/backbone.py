@@ -1,0 +1,199 @@
+"""Frozen CLIP encoders, Eq. (2): (F_v, F_s, F_w) = Φ_clip(I, E).
+
+The visual tower is open_clip's timm ConvNeXt trunk; we read the output of each of its four stages
+(strides 4, 8, 16, 32) as F_v^1..F_v^4. The text tower gives per-token features F_w (projected into
+the joint CLIP space, padding after the end-of-text token masked) and the sentence feature F_s (the
+projected end-of-text token, i.e. exactly ``CLIP.encode_text``).
+
+CLIP is frozen: its parameters never require grad, it runs under ``torch.no_grad`` and stays in eval
+mode whatever ``.train()`` is called with (the ConvNeXt trunk has drop-path).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import open_clip
+import torch
+from torch import Tensor, nn
+
+from ssa.config import SSAConfig
+
+__all__ = ["FrozenCLIP", "TextFeatures", "validate_expressions"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TextFeatures:
+    """CLIP text features of E expressions, context trimmed to the longest one (L tokens)."""
+
+    words: Tensor  # (E, L, D) F_w, projected per-token features
+    word_mask: Tensor  # (E, L) bool, True for real tokens (start .. end-of-text inclusive)
+    sentence: Tensor  # (E, D) F_s, equals CLIP.encode_text
+    expressions: list[str]
+
+    def __len__(self) -> int:
+        return self.sentence.shape[0]
+
+    def select(self, index: Tensor) -> TextFeatures:
+        """The features of expressions ``index`` (a 1-D long tensor), in that order."""
+        return TextFeatures(
+            self.words[index], self.word_mask[index], self.sentence[index],
+            [self.expressions[i] for i in index.tolist()],
+        )
+
+
+def validate_expressions(expressions: str | Sequence[str]) -> list[str]:
+    """Normalise one expression or a sequence of them to a list of stripped strings.
+
+    Raises ``TypeError`` for a non-string and ``ValueError`` for an empty or whitespace-only one.
+    """
+    if isinstance(expressions, str):
+        expressions = [expressions]
+    if not isinstance(expressions, Sequence) or isinstance(expressions, (bytes, bytearray)):
+        raise TypeError(
+            f"expressions must be a string or a sequence of strings, got {type(expressions).__name__}"
+        )
+    if len(expressions) == 0:
+        raise ValueError("no expression given: expressions is an empty sequence")
+    cleaned = []
+    for i, text in enumerate(expressions):
+        if not isinstance(text, str):
+            raise TypeError(f"expression {i} must be a string, got {type(text).__name__}: {text!r}")
+        if not text.strip():
+            raise ValueError(f"expression {i} is empty or whitespace only: {text!r}")
+        cleaned.append(" ".join(text.split()))
+    return cleaned
+
+
+class FrozenCLIP(nn.Module):
+    """open_clip CLIP (ConvNeXt visual trunk + text transformer), frozen.
+
+    ``stage_channels`` are C_1..C_4 of the trunk, ``text_dim`` is the width of F_w and F_s.
+    """
+
+    strides = (4, 8, 16, 32)
+
+    def __init__(self, config: SSAConfig) -> None:
+        super().__init__()
+        if config.clip_config is not None:
+            clip_cfg = dict(config.clip_config)
+            self.model_name = None
+        else:
+            clip_cfg = open_clip.get_model_config(config.clip_model)
+            if clip_cfg is None:
+                raise ValueError(
+                    f"unknown open_clip model {config.clip_model!r} (see open_clip.list_models())"
+                )
+            self.model_name = config.clip_model
+        vision_cfg = clip_cfg.get("vision_cfg", {})
+        if not vision_cfg.get("timm_model_name", "").startswith("convnext"):
+            raise ValueError(
+                "SSA needs a ConvNeXt CLIP (multi-scale features); "
+                f"got vision tower {vision_cfg.get('timm_model_name') or 'ViT'}"
+            )
+        self.clip = open_clip.CLIP(**clip_cfg)
+        self.tokenizer = open_clip.SimpleTokenizer(context_length=self.clip.context_length)
+        trunk = self.clip.visual.trunk
+        self.stage_channels: tuple[int, ...] = tuple(info["num_chs"] for info in trunk.feature_info)
+        if len(self.stage_channels) != 4:
+            raise ValueError(f"expected a 4-stage ConvNeXt trunk, got {len(self.stage_channels)} stages")
+        self.text_dim: int = int(self.clip.text_projection.shape[1])
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.clip.eval()
+        if config.clip_pretrained:
+            self.load_pretrained(config.clip_pretrained)
+
+    # -- frozen behaviour --------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> FrozenCLIP:
+        """CLIP stays in eval mode (no drop-path, fixed norms) whatever ``mode`` says."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def load_pretrained(self, tag: str, cache_dir: str | None = None) -> None:
+        """Load open_clip's pretrained weights ``tag`` for this CLIP model (fetched from the Hub)."""
+        if self.model_name is None:
+            raise ValueError("pretrained CLIP weights need a named clip_model, not an explicit clip_config")
+        pretrained_cfg = open_clip.get_pretrained_cfg(self.model_name, tag)
+        if not pretrained_cfg:
+            raise ValueError(
+                f"open_clip has no pretrained tag {tag!r} for {self.model_name!r}; "
+                f"known tags: {open_clip.list_pretrained_tags_by_model(self.model_name)}"
+            )
+        try:
+            path = open_clip.download_pretrained(pretrained_cfg, cache_dir=cache_dir)
+        except Exception as err:  # network, offline mode, missing cache
+            raise RuntimeError(
+                f"could not fetch CLIP weights {self.model_name}/{tag} from the Hugging Face Hub "
+                f"({pretrained_cfg.get('hf_hub')}): {err}. Connect to the internet once to fill the "
+                "cache, or build the model with clip_pretrained=None and load a full SSA checkpoint."
+            ) from err
+        open_clip.load_checkpoint(self.clip, path)
+        logger.info("loaded CLIP weights %s/%s", self.model_name, tag)
+
+    # -- text --------------------------------------------------------------------------------------
+    def tokenize(self, expressions: str | Sequence[str]) -> tuple[Tensor, list[str]]:
+        """BPE tokens (E, L) trimmed to the longest expression, and the cleaned expressions.
+
+        Expressions longer than the context (77 tokens) are truncated with a warning.
+        """
+        texts = validate_expressions(expressions)
+        context = self.clip.context_length
+        for text in texts:
+            n_tokens = len(self.tokenizer.encode(text)) + 2  # + start and end-of-text
+            if n_tokens > context:
+                warnings.warn(
+                    f"expression has {n_tokens} tokens, more than CLIP's context of {context}; "
+                    f"it is truncated: {text[:60]!r}...",
+                    stacklevel=3,
+                )
+        tokens = self.tokenizer(texts)  # (E, 77), end-of-text has the largest id
+        length = int(tokens.argmax(dim=-1).max()) + 1
+        # Causal attention: positions after the longest sentence never influence earlier ones, so
+        # trimming the context gives identical features at lower cost.
+        return tokens[:, :length], texts
+
+    @torch.no_grad()
+    def encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
+        """F_w (per-token) and F_s (sentence) features, Eq. (2)."""
+        tokens, texts = self.tokenize(expressions)
+        device = self.clip.token_embedding.weight.device
+        tokens = tokens.to(device)
+        length = tokens.shape[1]
+        x = self.clip.token_embedding(tokens) + self.clip.positional_embedding[:length]
+        mask = self.clip.attn_mask[:length, :length] if self.clip.attn_mask is not None else None
+        x = self.clip.transformer(x, attn_mask=mask)
+        x = self.clip.ln_final(x)  # (E, L, width)
+        words = x @ self.clip.text_projection  # (E, L, D)
+        eot = tokens.argmax(dim=-1)  # (E,)
+        sentence = words[torch.arange(words.shape[0], device=device), eot]  # (E, D)
+        positions = torch.arange(length, device=device)
+        word_mask = positions[None, :] <= eot[:, None]  # (E, L)
+        return TextFeatures(words=words, word_mask=word_mask, sentence=sentence, expressions=texts)
+
+    # -- vision ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image(self, images: Tensor) -> list[Tensor]:
+        """Stage features F_v^1..F_v^4, each (B, C_i, H/s_i, W/s_i), of CLIP-normalised images
+        (B, 3, H, W) whose sides are multiples of 32."""
+        trunk = self.clip.visual.trunk
+        x = trunk.stem(images)
+        features = []
+        for stage in trunk.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    @property
+    def pixel_mean(self) -> tuple[float, float, float]:
+        return tuple(open_clip.OPENAI_DATASET_MEAN)
+
+    @property
+    def pixel_std(self) -> tuple[float, float, float]:
+        return tuple(open_clip.OPENAI_DATASET_STD)

@@ -1,0 +1,121 @@
+"""Small building blocks shared by the SSA heads: MLP, sine position encodings, post-norm attention
+and feed-forward sub-layers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MLP",
+    "sine_position_2d",
+    "sine_position_1d",
+    "CrossAttentionLayer",
+    "SelfAttentionLayer",
+    "FFNLayer",
+]
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+def sine_position_1d(length: int, dim: int, device: torch.device | None = None,
+                     dtype: torch.dtype = torch.float32, temperature: float = 10000.0) -> Tensor:
+    """Sinusoidal encoding of positions 0..length-1, (length, dim)."""
+    if dim % 2:
+        raise ValueError(f"sine position encoding needs an even dim, got {dim}")
+    position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = temperature ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    angles = position / freq  # (length, dim/2)
+    out = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
+    return out.to(dtype)
+
+
+def sine_position_2d(height: int, width: int, dim: int, device: torch.device | None = None,
+                     dtype: torch.dtype = torch.float32, temperature: float = 10000.0) -> Tensor:
+    """Normalised 2-D sinusoidal encoding (DETR style), (dim, height, width): the first half of the
+    channels encodes y, the second half x, each over coordinates scaled to [0, 2π]."""
+    if dim % 4:
+        raise ValueError(f"2-D sine position encoding needs dim divisible by 4, got {dim}")
+    half = dim // 2
+    eps = 1e-6
+    y = (torch.arange(height, device=device, dtype=torch.float32) + 1) / (height + eps) * 2 * math.pi
+    x = (torch.arange(width, device=device, dtype=torch.float32) + 1) / (width + eps) * 2 * math.pi
+    freq = temperature ** (2 * (torch.arange(half, device=device) // 2).float() / half)  # (half,)
+    py = y[:, None] / freq  # (H, half)
+    px = x[:, None] / freq  # (W, half)
+    py = torch.stack([py[:, 0::2].sin(), py[:, 1::2].cos()], dim=2).flatten(1)
+    px = torch.stack([px[:, 0::2].sin(), px[:, 1::2].cos()], dim=2).flatten(1)
+    pos = torch.cat(
+        [py[:, None, :].expand(height, width, half), px[None, :, :].expand(height, width, half)], dim=-1
+    )
+    return pos.permute(2, 0, 1).to(dtype)  # (dim, H, W)
+
+
+def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
+    return x if pos is None else x + pos
+
+
+class CrossAttentionLayer(nn.Module):
+    """Post-norm cross-attention: ``norm(x + attn(x + pos, mem + mem_pos, mem))``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, *, pos: Tensor | None = None,
+                memory_pos: Tensor | None = None, attn_mask: Tensor | None = None,
+                key_padding_mask: Tensor | None = None) -> Tensor:
+        out = self.attn(
+            _with_pos(x, pos), _with_pos(memory, memory_pos), memory,
+            attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
+        )[0]
+        return self.norm(x + self.dropout(out))
+
+
+class SelfAttentionLayer(nn.Module):
+    """Post-norm self-attention: ``norm(x + attn(x + pos, x + pos, x))``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, *, pos: Tensor | None = None,
+                key_padding_mask: Tensor | None = None) -> Tensor:
+        q = _with_pos(x, pos)
+        out = self.attn(q, q, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        return self.norm(x + self.dropout(out))
+
+
+class FFNLayer(nn.Module):
+    """Post-norm feed-forward: ``norm(x + W2 relu(W1 x))``."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden_dim)
+        self.linear2 = nn.Linear(hidden_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))

@@ -1,0 +1,166 @@
+"""Frame query decoder (DESIGN.md section 2 item 5): masked-attention query decoding per frame.
+
+The N instance queries of one frame (their content built from the text by the caller, their
+position a learned embedding) are refined by ``num_layers`` post-norm layers, each
+masked cross-attention to one level of the multi-scale memory (levels round-robin, coarse to fine)
+→ self-attention among the queries → FFN. A shared head (LayerNorm → class / mask) predicts after
+the initial queries and after every layer; each prediction's mask, thresholded at sigmoid 0.5, is
+the foreground a query may attend to in the next layer's cross-attention. The last prediction is
+the output, the earlier ``num_layers`` ones are deep supervision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssa.modeling.common import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, sine_position_2d
+
+__all__ = ["FrameQueryDecoder", "FrameDecoderOutput", "attention_mask_from_logits"]
+
+
+@dataclass
+class FrameDecoderOutput:
+    """Predictions of the frame query decoder for B frames and N queries."""
+
+    queries: Tensor  # (B, N, C) final queries, normed with the head's LayerNorm
+    class_logits: Tensor  # (B, N, 2) [referred object, no object]
+    mask_logits: Tensor  # (B, N, H4, W4)
+    aux_class_logits: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, 2)
+    aux_mask_logits: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, H4, W4)
+
+
+def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int], num_heads: int) -> Tensor:
+    """Cross-attention mask from predicted mask logits, for ``nn.MultiheadAttention``.
+
+    ``mask_logits`` (B, N, H, W) are detached and bilinearly resized (align_corners=False) to
+    ``size`` = (h, w). A memory position is blocked (True) where the resized logit is < 0, i.e.
+    sigmoid < 0.5. A query whose every position would be blocked is released entirely (no position
+    blocked) so that no softmax row is all -inf. Returns a bool tensor (B * num_heads, N, h * w),
+    sample b's mask repeated for its heads at rows b * num_heads .. (b + 1) * num_heads - 1.
+    """
+    if mask_logits.dim() != 4:
+        raise ValueError(f"mask_logits must be (B, N, H, W), got shape {tuple(mask_logits.shape)}")
+    logits = F.interpolate(mask_logits.detach(), size=tuple(size), mode="bilinear", align_corners=False)
+    blocked = (logits < 0).flatten(2)  # (B, N, h*w)
+    blocked = blocked & ~blocked.all(dim=-1, keepdim=True)  # release fully blocked queries
+    return blocked.repeat_interleave(num_heads, dim=0)  # (B*heads, N, h*w)
+
+
+class FrameQueryDecoder(nn.Module):
+    """Mask2Former-style masked-attention decoder of per-frame instance queries."""
+
+    def __init__(self, hidden_dim: int = 256, num_queries: int = 20, num_heads: int = 8,
+                 num_layers: int = 9, ffn_dim: int = 2048, mask_dim: int = 256, num_levels: int = 3,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        for name, value in [("hidden_dim", hidden_dim), ("num_queries", num_queries),
+                            ("num_heads", num_heads), ("num_layers", num_layers), ("ffn_dim", ffn_dim),
+                            ("mask_dim", mask_dim), ("num_levels", num_levels)]:
+            if value <= 0:
+                raise ValueError(f"FrameQueryDecoder: {name} must be positive, got {value}")
+        if hidden_dim % num_heads:
+            raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
+        if hidden_dim % 4:
+            raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by 4 (2-D sine position)")
+        self.hidden_dim = hidden_dim
+        self.num_queries = num_queries
+        self.num_heads = num_heads
+        self.num_layers = num_layers
+        self.mask_dim = mask_dim
+        self.num_levels = num_levels
+
+        self.query_pos = nn.Embedding(num_queries, hidden_dim)
+        self.level_embed = nn.Embedding(num_levels, hidden_dim)
+        self.cross_attn_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers)
+        )
+        self.self_attn_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers)
+        )
+        self.ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, ffn_dim, dropout) for _ in range(num_layers))
+
+        # prediction head shared by every layer
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.class_head = nn.Linear(hidden_dim, 2)
+        self.mask_head = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    # ------------------------------------------------------------------------------------------------
+    def _check_inputs(self, queries: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor) -> None:
+        if queries.dim() != 3 or queries.shape[1:] != (self.num_queries, self.hidden_dim):
+            raise ValueError(
+                f"queries must be (B, {self.num_queries}, {self.hidden_dim}), got {tuple(queries.shape)}"
+            )
+        batch = queries.shape[0]
+        if not isinstance(multi_scale, (list, tuple)) or len(multi_scale) != self.num_levels:
+            count = len(multi_scale) if isinstance(multi_scale, (list, tuple)) else type(multi_scale).__name__
+            raise ValueError(f"multi_scale must be a list of {self.num_levels} feature maps, got {count}")
+        for level, feat in enumerate(multi_scale):
+            if feat.dim() != 4 or feat.shape[0] != batch or feat.shape[1] != self.hidden_dim:
+                raise ValueError(
+                    f"multi_scale[{level}] must be ({batch}, {self.hidden_dim}, h, w) to match the queries, "
+                    f"got {tuple(feat.shape)}"
+                )
+        if mask_features.dim() != 4 or mask_features.shape[0] != batch \
+                or mask_features.shape[1] != self.mask_dim:
+            raise ValueError(
+                f"mask_features must be ({batch}, {self.mask_dim}, H4, W4), got {tuple(mask_features.shape)}"
+            )
+
+    def _predict(self, x: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Shared head: (normed queries (B,N,C), class logits (B,N,2), mask logits (B,N,H4,W4))."""
+        normed = self.decoder_norm(x)
+        class_logits = self.class_head(normed)  # (B, N, 2)
+        mask_embed = self.mask_head(normed)  # (B, N, D)
+        mask_logits = torch.einsum("bnd,bdhw->bnhw", mask_embed, mask_features)  # (B, N, H4, W4)
+        return normed, class_logits, mask_logits
+
+    def forward(self, queries: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor
+                ) -> FrameDecoderOutput:
+        """Decode ``queries`` (B, N, C) against ``multi_scale`` (num_levels maps (B, C, h_l, w_l),
+        coarse → fine) and predict masks on ``mask_features`` (B, mask_dim, H4, W4)."""
+        self._check_inputs(queries, multi_scale, mask_features)
+        batch = queries.shape[0]
+
+        # memory tokens per level: (B, S_l, C) with level embedding, and their sine positions (1, S_l, C)
+        memories: list[Tensor] = []
+        positions: list[Tensor] = []
+        sizes: list[tuple[int, int]] = []
+        for level, feat in enumerate(multi_scale):
+            h, w = feat.shape[-2:]
+            sizes.append((h, w))
+            memories.append(feat.flatten(2).transpose(1, 2) + self.level_embed.weight[level].to(feat.dtype))
+            pos = sine_position_2d(h, w, self.hidden_dim, device=feat.device, dtype=feat.dtype)  # (C, h, w)
+            positions.append(pos.flatten(1).transpose(0, 1).unsqueeze(0))
+
+        query_pos = self.query_pos.weight.unsqueeze(0).expand(batch, -1, -1).to(queries.dtype)  # (B, N, C)
+
+        class_preds: list[Tensor] = []
+        mask_preds: list[Tensor] = []
+        x = queries
+        normed, class_logits, mask_logits = self._predict(x, mask_features)
+        class_preds.append(class_logits)
+        mask_preds.append(mask_logits)
+        for i in range(self.num_layers):
+            level = i % self.num_levels
+            attn_mask = attention_mask_from_logits(mask_logits, sizes[level], self.num_heads)
+            x = self.cross_attn_layers[i](
+                x, memories[level], pos=query_pos, memory_pos=positions[level], attn_mask=attn_mask
+            )
+            x = self.self_attn_layers[i](x, pos=query_pos)
+            x = self.ffn_layers[i](x)  # (B, N, C)
+            normed, class_logits, mask_logits = self._predict(x, mask_features)
+            class_preds.append(class_logits)
+            mask_preds.append(mask_logits)
+
+        return FrameDecoderOutput(
+            queries=normed,
+            class_logits=class_preds[-1],
+            mask_logits=mask_preds[-1],
+            aux_class_logits=class_preds[:-1],
+            aux_mask_logits=mask_preds[:-1],
+        )

@@ -1,0 +1,345 @@
+"""`SSAModel`: the whole network, in data-flow order.
+
+    frames ──► frozen CLIP visual pass (Eq. 2) ──────────────┐   text-independent: encode_video()
+    expressions ──► frozen CLIP text (F_w, F_s) ─────────────┤   encode_text()
+                                                             ▼
+    per frame:  adapters (Eq. 3-4) → pixel decoder → query generation (Eq. 5) → frame decoder
+                                                                            decode_frames()
+    per clip:   Hungarian trajectories → temporal enhancement (Eq. 6) → ensemble (Eq. 7)
+                → video query decoder → masks = Q_emb · F_mask          decode_video()
+
+``model(frames, expressions)`` runs all of it; the split methods let one visual pass serve several
+expressions and let callers chunk the per-frame stages over time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssa.config import SSAConfig
+from ssa.modeling.adapter import SemanticAlignmentAdapter
+from ssa.modeling.backbone import FrozenCLIP, TextFeatures
+from ssa.modeling.frame_decoder import FrameQueryDecoder
+from ssa.modeling.outputs import FrameOutput, SSAOutput, VisualFeatures
+from ssa.modeling.pixel_decoder import PixelDecoder
+from ssa.modeling.query_generation import InstanceQueryGenerator
+from ssa.modeling.sequential_alignment import (
+    TemporalEnhancement,
+    TrajectoryEnsemble,
+    apply_order,
+    hungarian_trajectories,
+)
+from ssa.modeling.video_decoder import VideoQueryDecoder
+
+__all__ = ["SSAModel"]
+
+Expressions = str | Sequence[str] | Sequence[str | Sequence[str]]
+
+_SIZE_DIVISOR = 32
+
+
+class SSAModel(nn.Module):
+    """Semantic and Sequential Alignment network for referring video object segmentation."""
+
+    def __init__(self, config: SSAConfig) -> None:
+        super().__init__()
+        if not isinstance(config, SSAConfig):
+            raise TypeError(f"SSAModel expects an SSAConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.backbone = FrozenCLIP(c)
+        channels, text_dim = self.backbone.stage_channels, self.backbone.text_dim
+        self.adapters = (
+            nn.ModuleList(SemanticAlignmentAdapter(ch, text_dim, c.adapter_dim) for ch in channels)
+            if c.use_adapter else None
+        )
+        self.pixel_decoder = PixelDecoder(
+            channels, hidden_dim=c.hidden_dim, mask_dim=c.mask_dim, num_layers=c.pixel_decoder_layers,
+            num_heads=c.pixel_decoder_heads, num_points=c.pixel_decoder_points,
+            ffn_dim=c.pixel_decoder_ffn_dim, dropout=c.dropout,
+        )
+        self.query_generator = InstanceQueryGenerator(
+            channels[-1], text_dim, c.hidden_dim, c.num_queries, c.num_heads,
+            bidirectional=c.bidirectional, dropout=c.dropout,
+        )
+        self.frame_decoder = FrameQueryDecoder(
+            hidden_dim=c.hidden_dim, num_queries=c.num_queries, num_heads=c.num_heads,
+            num_layers=c.frame_decoder_layers, ffn_dim=c.frame_decoder_ffn_dim, mask_dim=c.mask_dim,
+            num_levels=3, dropout=c.dropout,
+        )
+        self.temporal_enhancement = (
+            TemporalEnhancement(c.hidden_dim, c.num_heads, c.temporal_layers, c.temporal_kernel,
+                                c.temporal_ffn_dim, c.dropout)
+            if c.trajectory else None
+        )
+        self.ensemble = TrajectoryEnsemble(c.hidden_dim) if c.trajectory and c.ensemble else None
+        self.video_decoder = VideoQueryDecoder(
+            c.hidden_dim, text_dim, c.num_queries, c.num_heads, c.video_decoder_layers,
+            c.video_decoder_ffn_dim, c.mask_dim, c.dropout,
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.clip.token_embedding.weight.device
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def parameter_breakdown(self) -> dict[str, dict[str, int]]:
+        """Parameters per top-level module: ``{name: {"total": n, "trainable": m}}``."""
+        rows = {}
+        for name, module in self.named_children():
+            params = list(module.parameters())
+            rows[name] = {
+                "total": sum(p.numel() for p in params),
+                "trainable": sum(p.numel() for p in params if p.requires_grad),
+            }
+        return rows
+
+    # -- 1. frozen visual pass ------------------------------------------------------------------------
+    def encode_video(self, frames: Tensor) -> VisualFeatures:
+        """Frozen CLIP stage features of CLIP-normalised frames (T, 3, H, W) or clips (B, T, 3, H, W).
+
+        Frames are zero-padded (bottom/right) to a multiple of 32. The result does not depend on any
+        expression and can be reused for all of them.
+        """
+        frames = _check_frames(frames)
+        b, t, _, h, w = frames.shape
+        ph, pw = -h % _SIZE_DIVISOR, -w % _SIZE_DIVISOR
+        images = frames.reshape(b * t, 3, h, w).to(self.device)
+        if ph or pw:
+            images = F.pad(images, (0, pw, 0, ph))
+        stages = self.backbone.encode_image(images)
+        return VisualFeatures(stages, b, t, (h, w), (h + ph, w + pw))
+
+    # -- 2. frozen text pass ----------------------------------------------------------------------------
+    def encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
+        """F_w and F_s of one or more expressions (Eq. 2)."""
+        return self.backbone.encode_text(expressions)
+
+    # -- 3. per-frame, text-dependent stages --------------------------------------------------------------
+    def decode_frames(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor | None = None,
+                      *, frame_chunk: int | None = None) -> FrameOutput:
+        """Adapters → pixel decoder → query generation → frame decoder for P pairs.
+
+        Pair p is expression p of ``text`` about clip ``clip_index[p]`` (default: clip 0 for all).
+        ``frame_chunk`` bounds how many frames per pair go through at once (memory), without changing
+        the result.
+        """
+        clip_index = self._check_pairs(visual, text, clip_index)
+        t = visual.num_frames
+        chunk = t if frame_chunk is None else frame_chunk
+        if chunk <= 0:
+            raise ValueError(f"frame_chunk must be positive, got {frame_chunk}")
+        parts = [
+            self._decode_frame_chunk(visual.frames(s, min(s + chunk, t)), text, clip_index)
+            for s in range(0, t, chunk)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(name: str) -> Tensor:
+            return torch.cat([getattr(p, name) for p in parts], dim=1)
+
+        def cat_list(name: str) -> list[Tensor]:
+            return [torch.cat(xs, dim=1) for xs in zip(*(getattr(p, name) for p in parts), strict=True)]
+
+        return FrameOutput(
+            queries=cat("queries"), sentences=cat("sentences"), mask_features=cat("mask_features"),
+            class_logits=cat("class_logits"), mask_logits=cat("mask_logits"),
+            aux_class_logits=cat_list("aux_class_logits"), aux_mask_logits=cat_list("aux_mask_logits"),
+            adapter_weights=cat("adapter_weights") if parts[0].adapter_weights is not None else None,
+        )
+
+    def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor
+                            ) -> FrameOutput:
+        p, t = clip_index.shape[0], visual.num_frames
+        device = visual.stages[0].device
+        # Row r = pair r // T, frame r % T; it reads frame (clip_index[pair], frame) of the visual pass.
+        rows = (clip_index.to(device)[:, None] * t + torch.arange(t, device=device)[None]).flatten()
+        pair_of_row = torch.arange(p, device=device).repeat_interleave(t)
+        words = text.words.to(device)[pair_of_row]  # (P·T, L, D_t)
+        word_mask = text.word_mask.to(device)[pair_of_row]
+        sentence = text.sentence.to(device)[pair_of_row]  # (P·T, D_t)
+
+        stages = [f[rows] for f in visual.stages]  # (P·T, C_i, h_i, w_i)
+        adapter_weights = None
+        if self.adapters is not None:  # Eq. 3-4, one adapter per stage
+            refined = [a(f, words, word_mask, sentence) for a, f in zip(self.adapters, stages, strict=True)]
+            stages = [f for f, _ in refined]
+            adapter_weights = torch.stack([w for _, w in refined], dim=1).reshape(p, t, len(stages), 3)
+
+        mask_features, multi_scale = self.pixel_decoder(stages)  # (P·T, Cm, H/4, W/4), strides 32/16/8
+        queries, sentences = self.query_generator(stages[-1], words, word_mask, sentence)  # Eq. 5
+        dec = self.frame_decoder(queries, multi_scale, mask_features)
+
+        mh, mw = visual.mask_size
+
+        def per_pair(x: Tensor) -> Tensor:
+            return x.reshape(p, t, *x.shape[1:])
+
+        def crop(x: Tensor) -> Tensor:  # drop the padding's share of the H/4 x W/4 grid
+            return x[..., :mh, :mw]
+
+        return FrameOutput(
+            queries=per_pair(dec.queries),
+            sentences=per_pair(sentences),
+            mask_features=per_pair(crop(mask_features)),
+            class_logits=per_pair(dec.class_logits),
+            mask_logits=per_pair(crop(dec.mask_logits)),
+            aux_class_logits=[per_pair(x) for x in dec.aux_class_logits],
+            aux_mask_logits=[per_pair(crop(x)) for x in dec.aux_mask_logits],
+            adapter_weights=adapter_weights,
+        )
+
+    # -- 4. per-clip sequential alignment and video decoding ------------------------------------------
+    def decode_video(self, frames: FrameOutput, text: TextFeatures, clip_index: Tensor | None = None,
+                     *, with_frames: bool | None = None) -> SSAOutput:
+        """Trajectories → temporal enhancement → ensemble → video decoder → masks, for P pairs.
+
+        ``with_frames`` keeps the per-frame predictions (deep supervision) in the output; default:
+        when training.
+        """
+        q = frames.queries  # (P, T, N, C)
+        p, t, n, _ = q.shape
+        if len(text) != p:
+            raise ValueError(f"{len(text)} expressions for {p} frame-stage pairs")
+        if clip_index is None:
+            clip_index = torch.zeros(p, dtype=torch.long)
+        if self.temporal_enhancement is not None:
+            order = hungarian_trajectories(q)  # (P, T, N), on detached queries
+            trajectories = self.temporal_enhancement(apply_order(q, order))  # Eq. 6, Q̃_TE
+            if self.ensemble is not None:
+                video_queries, weights = self.ensemble(trajectories)  # Eq. 7
+            else:  # Tab. 7 row 3: uniform temporal weights
+                weights = q.new_full((p, t, n), 1.0 / t)
+                video_queries = trajectories.mean(dim=1)
+        else:  # Tab. 7 row 4: no trajectories, plain mean of the unaligned frame queries
+            order = torch.arange(n, device=q.device).expand(p, t, n)
+            trajectories = q
+            weights = q.new_full((p, t, n), 1.0 / t)
+            video_queries = q.mean(dim=1)
+
+        words, word_mask = text.words.to(q.device), text.word_mask.to(q.device)
+        dec = self.video_decoder(video_queries, trajectories, words, word_mask, frames.sentences)
+        masks = torch.einsum("pnc,ptchw->pnthw", dec.mask_embed, frames.mask_features)  # (P,N,T,H/4,W/4)
+        keep = self.training if with_frames is None else with_frames
+        aux_masks = (
+            [torch.einsum("pnc,ptchw->pnthw", e, frames.mask_features) for e in dec.aux_mask_embed]
+            if keep else []
+        )
+        return SSAOutput(
+            class_logits=dec.class_logits,
+            mask_logits=masks,
+            frame_queries=q,
+            trajectory_order=order,
+            ensemble_weights=weights,
+            video_queries=dec.queries,
+            clip_index=clip_index.to(q.device),
+            expressions=list(text.expressions),
+            frames=frames if keep else None,
+            aux_class_logits=list(dec.aux_class_logits) if keep else [],
+            aux_mask_logits=aux_masks,
+        )
+
+    # -- all of it ------------------------------------------------------------------------------------
+    def forward(self, frames: Tensor, expressions: Expressions, *, frame_chunk: int | None = None,
+                with_frames: bool | None = None) -> SSAOutput:
+        """Segment the objects that ``expressions`` refer to.
+
+        frames: CLIP-normalised float frames (T, 3, H, W) of one clip, or (B, T, 3, H, W) of B clips.
+        expressions: for one clip, a string or a list of strings (each is one output pair); for B
+        clips, a list of B entries, each a string or a list of strings about that clip.
+        Returns an :class:`SSAOutput` over the (clip, expression) pairs in order.
+        """
+        frames = _check_frames(frames)
+        texts, clip_index = _pair_expressions(expressions, num_clips=frames.shape[0])
+        visual = self.encode_video(frames)
+        text = self.encode_text(texts)
+        frame_out = self.decode_frames(visual, text, clip_index, frame_chunk=frame_chunk)
+        return self.decode_video(frame_out, text, clip_index, with_frames=with_frames)
+
+    def _check_pairs(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor | None) -> Tensor:
+        if clip_index is None:
+            clip_index = torch.zeros(len(text), dtype=torch.long)
+        clip_index = torch.as_tensor(clip_index, dtype=torch.long).flatten()
+        if clip_index.shape[0] != len(text):
+            raise ValueError(f"clip_index has {clip_index.shape[0]} entries for {len(text)} expressions")
+        if clip_index.numel() and (clip_index.min() < 0 or clip_index.max() >= visual.num_clips):
+            raise ValueError(
+                f"clip_index must be in [0, {visual.num_clips}), got {clip_index.tolist()}"
+            )
+        return clip_index
+
+
+def _check_frames(frames: Tensor) -> Tensor:
+    """Validate frames and return them as (B, T, 3, H, W)."""
+    if not isinstance(frames, Tensor):
+        raise TypeError(
+            f"frames must be a torch.Tensor (T, 3, H, W) or (B, T, 3, H, W), got {type(frames).__name__}; "
+            "use SSAPipeline for videos, images and arrays"
+        )
+    if not frames.is_floating_point():
+        raise TypeError(
+            f"frames must be CLIP-normalised floating point, got dtype {frames.dtype}; "
+            "normalise uint8 frames first (or use SSAPipeline)"
+        )
+    if frames.dim() == 4:
+        frames = frames[None]
+    if frames.dim() != 5:
+        raise ValueError(
+            f"frames must have rank 4 (T, 3, H, W) or 5 (B, T, 3, H, W), got rank {frames.dim()} "
+            f"with shape {tuple(frames.shape)}"
+        )
+    b, t, c, h, w = frames.shape
+    if c != 3:
+        raise ValueError(
+            f"frames must have 3 (RGB) channels in dim -3, got {c} (shape {tuple(frames.shape)})"
+        )
+    if b == 0:
+        raise ValueError("frames hold no clip (B = 0)")
+    if t == 0:
+        raise ValueError("frames hold no frame (T = 0)")
+    if h == 0 or w == 0:
+        raise ValueError(f"frames have an empty spatial size {h}x{w}")
+    return frames
+
+
+def _pair_expressions(expressions: Expressions, num_clips: int) -> tuple[list[str], Tensor]:
+    """Flatten the expressions argument to (texts, clip_index) pairs."""
+    if isinstance(expressions, str):
+        per_clip: list[Sequence[str] | str] = [expressions] * num_clips
+    elif (num_clips == 1 and isinstance(expressions, Sequence)
+          and not any(isinstance(e, Sequence) and not isinstance(e, str) for e in expressions)):
+        per_clip = [list(expressions)]  # one clip: a flat list holds its expressions
+    else:
+        if not isinstance(expressions, Sequence):
+            raise TypeError(
+                f"expressions must be a string or a sequence, got {type(expressions).__name__}"
+            )
+        if len(expressions) != num_clips:
+            raise ValueError(
+                f"{num_clips} clips need {num_clips} expression entries (one string or list per clip), "
+                f"got {len(expressions)}"
+            )
+        per_clip = list(expressions)
+    texts: list[str] = []
+    index: list[int] = []
+    for clip, entry in enumerate(per_clip):
+        entry_list = [entry] if isinstance(entry, str) else entry
+        if not isinstance(entry_list, Sequence):
+            raise TypeError(f"expressions for clip {clip} must be a string or a list of strings, "
+                            f"got {type(entry).__name__}")
+        if len(entry_list) == 0:
+            raise ValueError(f"no expression given for clip {clip}")
+        texts.extend(entry_list)
+        index.extend([clip] * len(entry_list))
+    return texts, torch.tensor(index, dtype=torch.long)

@@ -1,0 +1,274 @@
+"""Pixel decoder: a multi-scale deformable-attention encoder over strides 8/16/32, an FPN step to
+stride 4 and a 1x1 projection to the mask features (DESIGN.md section 2 item 3).
+
+Multi-scale deformable attention, for a query q with reference point p_q (normalised (x, y)):
+
+    MSDeformAttn(z_q, p_q, {x_l}) = W_o concat_h [ sum_l sum_k A_hlqk · W_v x_l(p_q + Δp_hlqk / (W_l, H_l)) ]
+
+where Δp are offsets in pixels of level l predicted from z_q, A the attention weights (softmax over
+all L·P samples of a head), and x_l(·) bilinear interpolation of level l at a normalised location
+(zero outside the map). Sampling uses ``torch.nn.functional.grid_sample``; no compiled extension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssa.modeling.common import FFNLayer, sine_position_2d
+
+__all__ = ["multi_scale_deformable_attention", "MSDeformAttn", "DeformableEncoderLayer", "PixelDecoder"]
+
+
+def multi_scale_deformable_attention(
+    value: Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Weighted bilinear sampling of a multi-level feature pyramid.
+
+    Args:
+        value: (B, S, M, D) per-head values; S = Σ_l H_l·W_l, levels concatenated, each row-major.
+        spatial_shapes: (H_l, W_l) of each of the L levels.
+        sampling_locations: (B, Q, M, L, P, 2) normalised (x, y) locations, (0, 0) the top-left corner
+            of the map and (1, 1) the bottom-right one; samples outside read zeros.
+        attention_weights: (B, Q, M, L, P), normalised over L·P.
+
+    Returns:
+        (B, Q, M·D), head-major channels (channel ``m * D + d``).
+    """
+    b, s, m, d = value.shape
+    _, q, _, num_levels, p, _ = sampling_locations.shape
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    if len(shapes) != num_levels:
+        raise ValueError(f"{len(shapes)} spatial shapes for {num_levels} levels of sampling locations")
+    if sum(h * w for h, w in shapes) != s:
+        raise ValueError(
+            f"spatial shapes {shapes} cover {sum(h * w for h, w in shapes)} tokens, value has {s}"
+        )
+    if attention_weights.shape != (b, q, m, num_levels, p):
+        raise ValueError(
+            f"attention_weights has shape {tuple(attention_weights.shape)}, "
+            f"expected {(b, q, m, num_levels, p)}"
+        )
+
+    # Sample in the wider of the two dtypes: half-precision grids are too coarse for large maps.
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    grids = (2.0 * sampling_locations.to(dtype) - 1.0)  # (B, Q, M, L, P, 2) in grid_sample's [-1, 1]
+    grids = grids.permute(0, 2, 1, 3, 4, 5).reshape(b * m, q, num_levels, p, 2)  # (B·M, Q, L, P, 2)
+    weights = attention_weights.to(dtype).permute(0, 2, 1, 3, 4).reshape(b * m, 1, q, num_levels, p)
+
+    out = value.new_zeros((b * m, d, q), dtype=dtype)  # (B·M, D, Q)
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        value_l = value[:, start:start + h * w].to(dtype)  # (B, H_l·W_l, M, D)
+        start += h * w
+        value_l = value_l.permute(0, 2, 3, 1).reshape(b * m, d, h, w)  # (B·M, D, H_l, W_l)
+        sampled = F.grid_sample(
+            value_l, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # (B·M, D, Q, P)
+        out = out + (sampled * weights[:, :, :, level]).sum(-1)  # (B·M, D, Q)
+    out = out.reshape(b, m * d, q).transpose(1, 2)  # (B, Q, M·D)
+    return out.to(value.dtype)
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention (M heads, L levels, P points per head and level)."""
+
+    def __init__(self, dim: int, num_levels: int, num_heads: int, num_points: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"MSDeformAttn: dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.dim = dim
+        self.num_levels = num_levels
+        self.num_heads = num_heads
+        self.num_points = num_points
+        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Offsets start on rings: head h looks along angle 2πh/M (unit vector rescaled so that its
+        largest coordinate is ±1), point k at (k+1) times that vector; attention starts uniform."""
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(m, dtype=torch.float32) * (2.0 * math.pi / m)  # (M,)
+        direction = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2) as (x, y)
+        direction = direction / direction.abs().amax(dim=-1, keepdim=True)
+        scale = torch.arange(1, p + 1, dtype=torch.float32)  # (P,)
+        ring = direction[:, None, None, :] * scale[None, None, :, None]  # (M, 1, P, 2)
+        ring = ring.expand(m, lv, p, 2)  # (M, L, P, 2)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(ring.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for layer in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
+                spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
+        """query (B, Q, C); reference_points (B, Q, L, 2) normalised (x, y); value (B, S, C) the
+        flattened levels of ``spatial_shapes``. Returns (B, Q, C)."""
+        b, q, _ = query.shape
+        s = value.shape[1]
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
+        if len(spatial_shapes) != lv:
+            raise ValueError(f"MSDeformAttn built for {lv} levels, got {len(spatial_shapes)} spatial shapes")
+        if reference_points.shape != (b, q, lv, 2):
+            raise ValueError(
+                f"reference_points has shape {tuple(reference_points.shape)}, expected {(b, q, lv, 2)}"
+            )
+
+        v = self.value_proj(value).view(b, s, m, self.dim // m)  # (B, S, M, D)
+        offsets = self.sampling_offsets(query).view(b, q, m, lv, p, 2)  # (B, Q, M, L, P, 2) in pixels
+        weights = self.attention_weights(query).view(b, q, m, lv * p).softmax(-1)
+        weights = weights.view(b, q, m, lv, p)  # (B, Q, M, L, P)
+
+        # (W_l, H_l) per level turns pixel offsets into normalised ones.
+        size = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=reference_points.dtype,
+                            device=reference_points.device)  # (L, 2)
+        locations = (
+            reference_points[:, :, None, :, None, :] + offsets / size[None, None, None, :, None, :]
+        )  # (B, Q, M, L, P, 2)
+        out = multi_scale_deformable_attention(v, spatial_shapes, locations, weights)  # (B, Q, C)
+        return self.output_proj(out)
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm encoder layer: deformable self-attention over all levels, then an FFN."""
+
+    def __init__(self, dim: int, num_levels: int, num_heads: int, num_points: int, ffn_dim: int,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.self_attn = MSDeformAttn(dim, num_levels, num_heads, num_points)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.ffn = FFNLayer(dim, ffn_dim, dropout)
+
+    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor,
+                spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
+        """src (B, S, C), pos (B or 1, S, C), reference_points (B, S, L, 2) -> (B, S, C)."""
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes)  # (B, S, C)
+        src = self.norm(src + self.dropout(attn))
+        return self.ffn(src)
+
+
+def _conv_norm(in_dim: int, out_dim: int, kernel: int, bias: bool) -> nn.Sequential:
+    conv = nn.Conv2d(in_dim, out_dim, kernel, padding=kernel // 2, bias=bias)
+    nn.init.xavier_uniform_(conv.weight)
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return nn.Sequential(conv, nn.GroupNorm(math.gcd(32, out_dim), out_dim))
+
+
+class PixelDecoder(nn.Module):
+    """Deformable encoder on strides 8/16/32 + FPN step to stride 4 + mask-feature projection.
+
+    ``forward(features)`` takes the four stage maps (strides 4, 8, 16, 32) and returns
+    ``(mask_features, multi_scale)``: (B, mask_dim, H/4, W/4) and the encoder outputs
+    [(B, C, H/32, W/32), (B, C, H/16, W/16), (B, C, H/8, W/8)], low resolution first.
+    """
+
+    num_encoder_levels = 3
+
+    def __init__(self, in_channels: Sequence[int], hidden_dim: int = 256, mask_dim: int = 256,
+                 num_layers: int = 6, num_heads: int = 8, num_points: int = 4, ffn_dim: int = 1024,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        in_channels = tuple(int(c) for c in in_channels)
+        if len(in_channels) != 4:
+            raise ValueError(
+                f"PixelDecoder expects 4 input channel counts (strides 4..32), got {in_channels}"
+            )
+        if hidden_dim % 4:
+            raise ValueError(
+                f"PixelDecoder hidden_dim must be divisible by 4 (sine position), got {hidden_dim}"
+            )
+        self.in_channels = in_channels
+        self.hidden_dim = hidden_dim
+        self.mask_dim = mask_dim
+        lv = self.num_encoder_levels
+
+        # Strides 32, 16, 8: low resolution first.
+        self.input_proj = nn.ModuleList(
+            _conv_norm(c, hidden_dim, 1, bias=True) for c in reversed(in_channels[1:])
+        )
+        self.level_embed = nn.Parameter(torch.empty(lv, hidden_dim))
+        nn.init.normal_(self.level_embed)
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(hidden_dim, lv, num_heads, num_points, ffn_dim, dropout)
+            for _ in range(num_layers)
+        )
+        # FPN step to stride 4.
+        self.lateral = _conv_norm(in_channels[0], hidden_dim, 1, bias=False)
+        self.output_conv = nn.Sequential(*_conv_norm(hidden_dim, hidden_dim, 3, bias=False), nn.ReLU())
+        self.mask_features = nn.Conv2d(hidden_dim, mask_dim, 1)
+        nn.init.xavier_uniform_(self.mask_features.weight)
+        nn.init.zeros_(self.mask_features.bias)
+
+    def _check(self, features: Sequence[Tensor]) -> None:
+        if not isinstance(features, (list, tuple)) or len(features) != 4:
+            n = len(features) if isinstance(features, (list, tuple)) else type(features).__name__
+            raise ValueError(f"PixelDecoder expects a list of 4 feature maps (strides 4, 8, 16, 32), got {n}")
+        for i, (f, c) in enumerate(zip(features, self.in_channels, strict=True)):
+            if not isinstance(f, Tensor) or f.dim() != 4:
+                raise ValueError(f"PixelDecoder feature {i} must be a (B, C, H, W) tensor")
+            if f.shape[1] != c:
+                raise ValueError(
+                    f"PixelDecoder feature {i} (stride {4 * 2 ** i}) has {f.shape[1]} channels, expected {c}"
+                )
+            if f.shape[0] != features[0].shape[0]:
+                raise ValueError(f"PixelDecoder features have different batch sizes: "
+                                 f"{[int(x.shape[0]) for x in features]}")
+
+    @staticmethod
+    def _reference_points(shapes: Sequence[tuple[int, int]], device: torch.device,
+                          dtype: torch.dtype) -> Tensor:
+        """Normalised pixel centres ((x+0.5)/W_l, (y+0.5)/H_l) of all levels, (S, 2)."""
+        points = []
+        for h, w in shapes:
+            ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
+            xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (H_l, W_l)
+            points.append(torch.stack([gx, gy], dim=-1).reshape(h * w, 2))
+        return torch.cat(points, dim=0)  # (S, 2)
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        self._check(features)
+        b = features[0].shape[0]
+        srcs, pos, shapes = [], [], []
+        for level, (proj, f) in enumerate(zip(self.input_proj, reversed(features[1:]), strict=True)):
+            x = proj(f)  # (B, C, h, w), strides 32, 16, 8
+            h, w = x.shape[-2:]
+            shapes.append((int(h), int(w)))
+            srcs.append(x.flatten(2).transpose(1, 2))  # (B, h·w, C)
+            p = sine_position_2d(h, w, self.hidden_dim, device=x.device, dtype=x.dtype)  # (C, h, w)
+            pos.append(p.flatten(1).transpose(0, 1) + self.level_embed[level].to(x.dtype))  # (h·w, C)
+        src = torch.cat(srcs, dim=1)  # (B, S, C)
+        pos_all = torch.cat(pos, dim=0)[None]  # (1, S, C)
+        ref = self._reference_points(shapes, src.device, torch.float32)  # (S, 2)
+        ref = ref[None, :, None, :].expand(b, -1, len(shapes), 2)  # (B, S, L, 2)
+
+        for layer in self.layers:
+            src = layer(src, pos_all, ref, shapes)  # (B, S, C)
+
+        multi_scale = []
+        start = 0
+        for h, w in shapes:
+            level = src[:, start:start + h * w]  # (B, h·w, C)
+            start += h * w
+            multi_scale.append(level.transpose(1, 2).reshape(b, self.hidden_dim, h, w))  # (B, C, h, w)
+
+        lateral = self.lateral(features[0])  # (B, C, H/4, W/4)
+        top_down = F.interpolate(multi_scale[-1], size=lateral.shape[-2:], mode="bilinear",
+                                 align_corners=False)  # stride 8 -> stride 4
+        fpn = self.output_conv(lateral + top_down)  # (B, C, H/4, W/4)
+        return self.mask_features(fpn), multi_scale  # (B, Cm, H/4, W/4), [strides 32, 16, 8]

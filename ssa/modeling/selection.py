@@ -1,0 +1,58 @@
+"""Object selection (§3.4): which video queries are the referred object(s).
+
+- multi-object (MeViS): every query whose score exceeds a threshold (0.5); their masks are united;
+  no query kept → an empty mask in every frame.
+- single-object (Ref-YouTube-VOS, Ref-DAVIS17): the arg-max query.
+
+Masks are the sign of the mask logits after bilinear upsampling to the requested size; only the
+selected queries are upsampled.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["select_queries", "select_masks"]
+
+Mode = Literal["multi", "single"]
+
+
+def select_queries(class_logits: Tensor, mode: Mode = "multi", threshold: float = 0.5) -> Tensor:
+    """Indices (K,) of the selected queries of one pair, from its class logits (N, 2)."""
+    if class_logits.dim() != 2 or class_logits.shape[-1] != 2:
+        raise ValueError(f"class logits must be (N, 2), got {tuple(class_logits.shape)}")
+    scores = class_logits.softmax(dim=-1)[:, 0]  # (N,)
+    if mode == "multi":
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        return torch.nonzero(scores > threshold).flatten()
+    if mode == "single":
+        return scores.argmax().reshape(1)
+    raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
+
+
+def select_masks(class_logits: Tensor, mask_logits: Tensor, size: tuple[int, int], mode: Mode = "multi",
+                 threshold: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
+    """Masks of one pair at ``size`` (H, W).
+
+    class_logits (N, 2), mask_logits (N, T, h, w). Returns the united mask (T, H, W) bool, the
+    per-object masks (K, T, H, W) bool and their scores (K,).
+    """
+    if mask_logits.dim() != 4 or mask_logits.shape[0] != class_logits.shape[0]:
+        raise ValueError(
+            f"mask logits must be (N, T, h, w) with N = {class_logits.shape[0]}, "
+            f"got {tuple(mask_logits.shape)}"
+        )
+    keep = select_queries(class_logits, mode, threshold)
+    scores = class_logits.softmax(dim=-1)[keep, 0]
+    _, t, _, _ = mask_logits.shape
+    if keep.numel() == 0:
+        empty = torch.zeros((t, *size), dtype=torch.bool, device=mask_logits.device)
+        return empty, empty[None, :0].reshape(0, t, *size), scores
+    logits = mask_logits[keep].float()  # (K, T, h, w)
+    objects = F.interpolate(logits, size=size, mode="bilinear", align_corners=False) > 0
+    return objects.any(dim=0), objects, scores

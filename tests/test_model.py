@@ -1,0 +1,179 @@
+import pytest
+import torch
+from conftest import build, random_frames
+
+from ssa import SSAConfig
+from ssa.modeling.model import SSAModel
+
+
+def test_tiny_forward_backward_shapes_and_frozen_clip():
+    model = build("ssa-tiny").train()
+    cfg = model.config
+    frames = random_frames(6, 64, 96)
+    out = model(frames, "the square moving left")
+    loss = out.mask_logits.sigmoid().mean() + out.class_logits.logsumexp(-1).mean()
+    for m in out.aux_mask_logits:
+        loss = loss + m.mean()
+    loss = loss + out.frames.mask_logits.mean() + sum(x.mean() for x in out.frames.aux_class_logits)
+    loss.backward()
+    n, c = cfg.num_queries, cfg.hidden_dim
+    assert out.class_logits.shape == (1, n, 2)
+    assert out.mask_logits.shape == (1, n, 6, 16, 24)
+    assert out.frame_queries.shape == (1, 6, n, c)
+    assert out.trajectory_order.shape == (1, 6, n)
+    assert out.ensemble_weights.shape == (1, 6, n)
+    assert out.video_queries.shape == (1, n, c)
+    # deep supervision when training
+    assert len(out.aux_mask_logits) == cfg.video_decoder_layers - 1
+    assert len(out.frames.aux_mask_logits) == cfg.frame_decoder_layers
+    assert out.frames.mask_logits.shape == (1, 6, n, 16, 24)
+    assert out.frames.adapter_weights.shape == (1, 6, 4, 3)
+    # CLIP gets no gradient; every trainable parameter does
+    assert all(p.grad is None for p in model.backbone.parameters())
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+
+
+def test_eval_output_has_no_deep_supervision(tiny_model):
+    with torch.no_grad():
+        out = tiny_model(random_frames(3, 64, 64), "a cat")
+    assert out.frames is None and out.aux_mask_logits == []
+    with torch.no_grad():
+        out = tiny_model(random_frames(3, 64, 64), "a cat", with_frames=True)
+    assert out.frames is not None
+
+
+def test_odd_sizes_are_padded_and_cropped(tiny_model):
+    with torch.no_grad():
+        out = tiny_model(random_frames(2, 50, 77), "a cat")
+    assert out.mask_logits.shape[-2:] == (13, 20)  # ceil(50/4), ceil(77/4)
+
+
+def test_one_visual_pass_serves_several_expressions(tiny_model):
+    frames = random_frames(4, 64, 64)
+    exprs = ["the cat on the left", "a dog", "the bird flying away first"]
+    calls = []
+    trunk = tiny_model.backbone.clip.visual.trunk
+    handle = trunk.stem.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            visual = tiny_model.encode_video(frames)
+            text = tiny_model.encode_text(exprs)
+            frame_out = tiny_model.decode_frames(visual, text)
+            joint = tiny_model.decode_video(frame_out, text)
+            assert len(calls) == 1
+            separate = [tiny_model(frames, e) for e in exprs]
+    finally:
+        handle.remove()
+    assert joint.mask_logits.shape[0] == 3 and joint.expressions == exprs
+    for i, single in enumerate(separate):
+        assert torch.allclose(joint.mask_logits[i], single.mask_logits[0], atol=1e-4)
+        assert torch.allclose(joint.class_logits[i], single.class_logits[0], atol=1e-4)
+    # forward with a list is the same as the split API
+    with torch.no_grad():
+        listed = tiny_model(frames, exprs)
+    assert torch.allclose(listed.mask_logits, joint.mask_logits, atol=1e-5)
+
+
+def test_batch_of_clips(tiny_model):
+    clips = random_frames(3, 64, 64, b=2)
+    with torch.no_grad():
+        out = tiny_model(clips, [["a cat", "a dog"], "a bird"])
+        alone = tiny_model(clips[1], "a bird")
+    assert out.clip_index.tolist() == [0, 0, 1]
+    assert out.expressions == ["a cat", "a dog", "a bird"]
+    assert torch.allclose(out.mask_logits[2], alone.mask_logits[0], atol=1e-4)
+
+
+def test_frame_chunking_gives_the_same_result(tiny_model):
+    frames = random_frames(5, 64, 64)
+    with torch.no_grad():
+        visual = tiny_model.encode_video(frames)
+        text = tiny_model.encode_text(["a cat", "a dog"])
+        whole = tiny_model.decode_video(tiny_model.decode_frames(visual, text), text)
+        chunked = tiny_model.decode_video(tiny_model.decode_frames(visual, text, frame_chunk=2), text)
+    assert torch.allclose(whole.mask_logits, chunked.mask_logits, atol=1e-5)
+    assert torch.equal(whole.trajectory_order, chunked.trajectory_order)
+
+
+def _params(model, prefix):
+    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix))
+
+
+@pytest.mark.parametrize("switch", ["use_adapter", "bidirectional", "ensemble", "trajectory"])
+def test_ablation_switches_change_computation_and_parameters(switch):
+    full = build("ssa-tiny", seed=0)
+    ablated = build("ssa-tiny", seed=0, **{switch: False})
+    # give both the same weights where they share parameters, so only the code path differs
+    ablated.load_state_dict(full.state_dict(), strict=False)
+    diff = full.num_parameters(trainable_only=True) - ablated.num_parameters(trainable_only=True)
+    c = full.config.hidden_dim
+    expected = {
+        "use_adapter": _params(full, "adapters"),
+        "bidirectional": _params(full, "query_generator.text_to_visual"),
+        "ensemble": c + 1,
+        "trajectory": _params(full, "temporal_enhancement") + c + 1,
+    }[switch]
+    assert diff == expected > 0
+    # Perturb the weights as a little training would (the adapter's zero-initialised output
+    # projections make it identity-like at init), so that every switch is visible in the outputs.
+    torch.manual_seed(3)
+    for p in full.parameters():
+        if p.requires_grad:
+            p.data.add_(0.1 * torch.randn_like(p))
+    ablated.load_state_dict(full.state_dict(), strict=False)
+    frames = random_frames(4, 64, 64)
+    with torch.no_grad():
+        a = full(frames, "the cat jumping away")
+        b = ablated(frames, "the cat jumping away")
+    assert not torch.allclose(a.mask_logits, b.mask_logits, atol=1e-3)
+    if switch in ("ensemble", "trajectory"):
+        assert torch.allclose(b.ensemble_weights, torch.full_like(b.ensemble_weights, 0.25))
+    if switch == "trajectory":
+        assert torch.equal(b.trajectory_order, torch.arange(full.config.num_queries).expand(1, 4, -1))
+
+
+@pytest.mark.parametrize("frames,match", [
+    (torch.randn(3, 64, 64), "rank"),
+    (torch.randn(1, 1, 1, 3, 64, 64), "rank"),
+    (torch.randn(2, 4, 64, 64), "3 \\(RGB\\) channels"),
+    (torch.randn(2, 1, 64, 64), "channels"),
+    (torch.randn(0, 3, 64, 64), "no frame"),
+    (torch.randn(2, 0, 3, 64, 64), "no frame"),
+    (torch.randn(0, 2, 3, 64, 64), "no clip"),
+])
+def test_bad_frames_raise_value_error(tiny_model, frames, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model(frames, "a cat")
+
+
+def test_bad_frame_types_raise_type_error(tiny_model):
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        tiny_model([[1.0]], "a cat")
+    with pytest.raises(TypeError, match="floating point"):
+        tiny_model(torch.zeros(2, 3, 64, 64, dtype=torch.uint8), "a cat")
+
+
+@pytest.mark.parametrize("expr,err", [
+    ("", ValueError), ("  ", ValueError), (None, TypeError), (42, TypeError), ([], ValueError),
+    (["a cat", ""], ValueError), (["a cat", 7], TypeError),
+])
+def test_bad_expressions_raise(tiny_model, expr, err):
+    with pytest.raises(err, match="expression"):
+        tiny_model(random_frames(2, 64, 64), expr)
+
+
+def test_wrong_number_of_clip_entries(tiny_model):
+    with pytest.raises(ValueError, match="2 clips need 2"):
+        tiny_model(random_frames(2, 64, 64, b=2), ["a", "b", "c"])
+
+
+def test_model_requires_config():
+    with pytest.raises(TypeError, match="SSAConfig"):
+        SSAModel("ssa-tiny")
+
+
+def test_config_of_model_is_the_one_given():
+    cfg = SSAConfig.from_preset("ssa-tiny", num_queries=5)
+    model = SSAModel(cfg)
+    assert model.config is cfg and model.frame_decoder.query_pos.num_embeddings == 5
