@@ -177,3 +177,14 @@ def test_config_of_model_is_the_one_given():
     cfg = SSAConfig.from_preset("ssa-tiny", num_queries=5)
     model = SSAModel(cfg)
     assert model.config is cfg and model.frame_decoder.query_pos.num_embeddings == 5
+
+
+def test_mask_features_alone_equal_the_frame_stage(tiny_model):
+    frames = random_frames(3, 64, 96)
+    with torch.no_grad():
+        visual = tiny_model.encode_video(frames)
+        text = tiny_model.encode_text(["a cat", "a dog"])
+        full = tiny_model.decode_frames(visual, text)
+        alone = tiny_model.encode_mask_features(visual, text)
+    assert alone.shape == full.mask_features.shape == (2, 3, tiny_model.config.mask_dim, 16, 24)
+    assert torch.allclose(alone, full.mask_features, atol=1e-6)

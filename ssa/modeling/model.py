@@ -14,7 +14,10 @@ expressions and let callers chunk the per-frame stages over time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +27,7 @@ from ssa.config import SSAConfig
 from ssa.modeling.adapter import SemanticAlignmentAdapter
 from ssa.modeling.backbone import FrozenCLIP, TextFeatures
 from ssa.modeling.frame_decoder import FrameQueryDecoder
-from ssa.modeling.outputs import FrameOutput, SSAOutput, VisualFeatures
+from ssa.modeling.outputs import FrameOutput, SequenceOutput, SSAOutput, VisualFeatures
 from ssa.modeling.pixel_decoder import PixelDecoder
 from ssa.modeling.query_generation import InstanceQueryGenerator
 from ssa.modeling.sequential_alignment import (
@@ -104,6 +107,38 @@ class SSAModel(nn.Module):
             }
         return rows
 
+    # -- checkpoints (ssa.hub) ------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *,
+                        weights: Literal["auto", "trainable", "full"] = "auto", overwrite: bool = False,
+                        model_card: bool = True) -> Path:
+        """Write config.json, model.safetensors and README.md; see :func:`ssa.hub.save_pretrained`."""
+        from ssa import hub
+
+        return hub.save_pretrained(self, save_directory, weights=weights, overwrite=overwrite,
+                                   model_card=model_card)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, revision: str | None = None,
+                        cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False,
+                        token: str | bool | None = None, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, strict: bool = True) -> SSAModel:
+        """Load a checkpoint directory or Hub repo (eval mode); see :func:`ssa.hub.load_pretrained`."""
+        from ssa import hub
+
+        return hub.load_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=local_files_only, token=token, device=device,
+                                   dtype=dtype, strict=strict)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload SSA model", revision: str | None = None,
+                    weights: Literal["auto", "trainable", "full"] = "auto") -> str:
+        """Upload this model to the Hub repo ``repo_id``; returns the commit URL. See
+        :func:`ssa.hub.push_to_hub`."""
+        from ssa import hub
+
+        return hub.push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
+                               revision=revision, weights=weights)
+
     # -- 1. frozen visual pass ------------------------------------------------------------------------
     def encode_video(self, frames: Tensor) -> VisualFeatures:
         """Frozen CLIP stage features of CLIP-normalised frames (T, 3, H, W) or clips (B, T, 3, H, W).
@@ -159,24 +194,45 @@ class SSAModel(nn.Module):
             adapter_weights=cat("adapter_weights") if parts[0].adapter_weights is not None else None,
         )
 
-    def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor
-                            ) -> FrameOutput:
+    def _pair_rows(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor
+                   ) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+        """Gather each pair's frames and repeat its text per frame: stage maps (P·T, C_i, h_i, w_i),
+        words (P·T, L, D_t), word_mask (P·T, L), sentence (P·T, D_t)."""
         p, t = clip_index.shape[0], visual.num_frames
         device = visual.stages[0].device
         # Row r = pair r // T, frame r % T; it reads frame (clip_index[pair], frame) of the visual pass.
         rows = (clip_index.to(device)[:, None] * t + torch.arange(t, device=device)[None]).flatten()
         pair_of_row = torch.arange(p, device=device).repeat_interleave(t)
-        words = text.words.to(device)[pair_of_row]  # (P·T, L, D_t)
+        words = text.words.to(device)[pair_of_row]
         word_mask = text.word_mask.to(device)[pair_of_row]
-        sentence = text.sentence.to(device)[pair_of_row]  # (P·T, D_t)
+        sentence = text.sentence.to(device)[pair_of_row]
+        return [f[rows] for f in visual.stages], words, word_mask, sentence
 
-        stages = [f[rows] for f in visual.stages]  # (P·T, C_i, h_i, w_i)
-        adapter_weights = None
-        if self.adapters is not None:  # Eq. 3-4, one adapter per stage
-            refined = [a(f, words, word_mask, sentence) for a, f in zip(self.adapters, stages, strict=True)]
-            stages = [f for f, _ in refined]
-            adapter_weights = torch.stack([w for _, w in refined], dim=1).reshape(p, t, len(stages), 3)
+    def _adapt(self, stages: list[Tensor], words: Tensor, word_mask: Tensor, sentence: Tensor
+               ) -> tuple[list[Tensor], Tensor | None]:
+        """Semantic alignment (Eq. 3-4) of every stage; identity when the adapter is switched off."""
+        if self.adapters is None:
+            return stages, None
+        refined = [a(f, words, word_mask, sentence) for a, f in zip(self.adapters, stages, strict=True)]
+        return [f for f, _ in refined], torch.stack([w for _, w in refined], dim=1)  # (P·T, 4, 3)
 
+    def encode_mask_features(self, visual: VisualFeatures, text: TextFeatures,
+                             clip_index: Tensor | None = None) -> Tensor:
+        """F_mask only (adapters → pixel decoder), (P, T, mask_dim, H/4, W/4): what a caller that
+        dropped the mask features needs to recompute them."""
+        clip_index = self._check_pairs(visual, text, clip_index)
+        stages, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
+        stages, _ = self._adapt(stages, words, word_mask, sentence)
+        mask_features, _ = self.pixel_decoder(stages)
+        mh, mw = visual.mask_size
+        return mask_features[..., :mh, :mw].reshape(clip_index.shape[0], visual.num_frames,
+                                                    *mask_features.shape[1:2], mh, mw)
+
+    def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor
+                            ) -> FrameOutput:
+        p, t = clip_index.shape[0], visual.num_frames
+        stages, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
+        stages, adapter_weights = self._adapt(stages, words, word_mask, sentence)  # Eq. 3-4
         mask_features, multi_scale = self.pixel_decoder(stages)  # (P·T, Cm, H/4, W/4), strides 32/16/8
         queries, sentences = self.query_generator(stages[-1], words, word_mask, sentence)  # Eq. 5
         dec = self.frame_decoder(queries, multi_scale, mask_features)
@@ -197,56 +253,65 @@ class SSAModel(nn.Module):
             mask_logits=per_pair(crop(dec.mask_logits)),
             aux_class_logits=[per_pair(x) for x in dec.aux_class_logits],
             aux_mask_logits=[per_pair(crop(x)) for x in dec.aux_mask_logits],
-            adapter_weights=adapter_weights,
+            adapter_weights=None if adapter_weights is None else per_pair(adapter_weights),
         )
 
     # -- 4. per-clip sequential alignment and video decoding ------------------------------------------
-    def decode_video(self, frames: FrameOutput, text: TextFeatures, clip_index: Tensor | None = None,
-                     *, with_frames: bool | None = None) -> SSAOutput:
-        """Trajectories → temporal enhancement → ensemble → video decoder → masks, for P pairs.
-
-        ``with_frames`` keeps the per-frame predictions (deep supervision) in the output; default:
-        when training.
-        """
-        q = frames.queries  # (P, T, N, C)
-        p, t, n, _ = q.shape
+    def decode_sequence(self, queries: Tensor, sentences: Tensor, text: TextFeatures) -> SequenceOutput:
+        """Trajectories → temporal enhancement (Eq. 6) → ensemble (Eq. 7) → video decoder, for P pairs
+        of frame queries (P, T, N, C) and per-frame sentence features (P, T, C)."""
+        p, t, n, _ = queries.shape
         if len(text) != p:
             raise ValueError(f"{len(text)} expressions for {p} frame-stage pairs")
-        if clip_index is None:
-            clip_index = torch.zeros(p, dtype=torch.long)
         if self.temporal_enhancement is not None:
-            order = hungarian_trajectories(q)  # (P, T, N), on detached queries
-            trajectories = self.temporal_enhancement(apply_order(q, order))  # Eq. 6, Q̃_TE
+            order = hungarian_trajectories(queries)  # (P, T, N), on detached queries
+            trajectories = self.temporal_enhancement(apply_order(queries, order))  # Eq. 6, Q̃_TE
             if self.ensemble is not None:
                 video_queries, weights = self.ensemble(trajectories)  # Eq. 7
             else:  # Tab. 7 row 3: uniform temporal weights
-                weights = q.new_full((p, t, n), 1.0 / t)
+                weights = queries.new_full((p, t, n), 1.0 / t)
                 video_queries = trajectories.mean(dim=1)
         else:  # Tab. 7 row 4: no trajectories, plain mean of the unaligned frame queries
-            order = torch.arange(n, device=q.device).expand(p, t, n)
-            trajectories = q
-            weights = q.new_full((p, t, n), 1.0 / t)
-            video_queries = q.mean(dim=1)
+            order = torch.arange(n, device=queries.device).expand(p, t, n)
+            trajectories = queries
+            weights = queries.new_full((p, t, n), 1.0 / t)
+            video_queries = queries.mean(dim=1)
+        words, word_mask = text.words.to(queries.device), text.word_mask.to(queries.device)
+        dec = self.video_decoder(video_queries, trajectories, words, word_mask, sentences)
+        return SequenceOutput(
+            class_logits=dec.class_logits, mask_embed=dec.mask_embed, video_queries=dec.queries,
+            trajectory_order=order, ensemble_weights=weights,
+            aux_class_logits=dec.aux_class_logits, aux_mask_embed=dec.aux_mask_embed,
+        )
 
-        words, word_mask = text.words.to(q.device), text.word_mask.to(q.device)
-        dec = self.video_decoder(video_queries, trajectories, words, word_mask, frames.sentences)
-        masks = torch.einsum("pnc,ptchw->pnthw", dec.mask_embed, frames.mask_features)  # (P,N,T,H/4,W/4)
+    def decode_video(self, frames: FrameOutput, text: TextFeatures, clip_index: Tensor | None = None,
+                     *, with_frames: bool | None = None) -> SSAOutput:
+        """Sequence stages (:meth:`decode_sequence`) and masks = Q_emb · F_mask, for P pairs.
+
+        ``with_frames`` keeps the per-frame predictions and the video decoder's earlier layers (deep
+        supervision) in the output; default: when training.
+        """
+        seq = self.decode_sequence(frames.queries, frames.sentences, text)
+        p = frames.queries.shape[0]
+        if clip_index is None:
+            clip_index = torch.zeros(p, dtype=torch.long)
+        masks = torch.einsum("pnc,ptchw->pnthw", seq.mask_embed, frames.mask_features)  # (P,N,T,H/4,W/4)
         keep = self.training if with_frames is None else with_frames
         aux_masks = (
-            [torch.einsum("pnc,ptchw->pnthw", e, frames.mask_features) for e in dec.aux_mask_embed]
+            [torch.einsum("pnc,ptchw->pnthw", e, frames.mask_features) for e in seq.aux_mask_embed]
             if keep else []
         )
         return SSAOutput(
-            class_logits=dec.class_logits,
+            class_logits=seq.class_logits,
             mask_logits=masks,
-            frame_queries=q,
-            trajectory_order=order,
-            ensemble_weights=weights,
-            video_queries=dec.queries,
-            clip_index=clip_index.to(q.device),
+            frame_queries=frames.queries,
+            trajectory_order=seq.trajectory_order,
+            ensemble_weights=seq.ensemble_weights,
+            video_queries=seq.video_queries,
+            clip_index=clip_index.to(frames.queries.device),
             expressions=list(text.expressions),
             frames=frames if keep else None,
-            aux_class_logits=list(dec.aux_class_logits) if keep else [],
+            aux_class_logits=list(seq.aux_class_logits) if keep else [],
             aux_mask_logits=aux_masks,
         )
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-__all__ = ["VisualFeatures", "FrameOutput", "SSAOutput"]
+__all__ = ["VisualFeatures", "FrameOutput", "SequenceOutput", "SSAOutput"]
 
 
 @dataclass
@@ -47,6 +47,20 @@ class FrameOutput:
     aux_class_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, 2)
     aux_mask_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, h, w)
     adapter_weights: Tensor | None = None  # (P, T, 4, 3) stream weights W_α per stage, or None
+
+
+@dataclass
+class SequenceOutput:
+    """Per-clip stages (trajectories → temporal enhancement → ensemble → video decoder) for P pairs;
+    everything but the masks, which need the mask features of every frame."""
+
+    class_logits: Tensor  # (P, N, 2)
+    mask_embed: Tensor  # (P, N, mask_dim) Q_emb
+    video_queries: Tensor  # (P, N, C)
+    trajectory_order: Tensor  # (P, T, N)
+    ensemble_weights: Tensor  # (P, T, N)
+    aux_class_logits: list[Tensor] = field(default_factory=list)  # (P, N, 2) per earlier layer
+    aux_mask_embed: list[Tensor] = field(default_factory=list)  # (P, N, mask_dim) per earlier layer
 
 
 @dataclass

@@ -1,0 +1,703 @@
+"""Checkpoints: save, load and share SSA models (local directories and the Hugging Face Hub).
+
+A checkpoint is a directory (or Hub repo) holding
+
+* ``config.json``       ``SSAConfig.to_dict()``; it fully determines the architecture;
+* ``model.safetensors`` the weights (safetensors only: nothing is ever unpickled);
+* ``README.md``         a model card with Hub metadata.
+
+The weights are either *full* (every state-dict entry) or *trainable* (everything but the frozen CLIP
+under ``backbone.``). A trainable checkpoint is ~15x smaller for the paper's network; its CLIP comes
+back from open_clip's own Hub weights (``config.clip_pretrained``) at load time. The kind is recorded
+in the safetensors metadata (``ssa_weights``).
+
+Loading validates the tensors against the config on a meta-device model before anything is built or
+downloaded, so a checkpoint whose config does not match its weights fails fast with the mismatches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+import ssa
+from ssa.config import SSAConfig
+
+if TYPE_CHECKING:
+    from ssa.modeling.model import SSAModel
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "MODEL_CARD_NAME",
+    "WeightsNotFoundError",
+    "InvalidCheckpointError",
+    "save_pretrained",
+    "load_pretrained",
+    "push_to_hub",
+    "load_pth_state_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_CARD_NAME = "README.md"
+BACKBONE_PREFIX = "backbone."
+"""State-dict prefix of the frozen CLIP; a trainable checkpoint holds no key under it."""
+
+WeightsKind = Literal["trainable", "full"]
+_WEIGHT_CHOICES = ("auto", "trainable", "full")
+_MAX_LISTED = 5
+
+PAPER_TITLE = "Semantic and Sequential Alignment for Referring Video Object Segmentation"
+PROJECT_URL = "https://github.com/tavarich/SSA"
+CARD_TAGS = ["referring-video-object-segmentation", "video-segmentation", "ssa", "pytorch"]
+
+
+class WeightsNotFoundError(OSError):
+    """The checkpoint's files could not be found: not cached while offline, repo missing or gated,
+    revision or file missing. The message says why and how to fix it."""
+
+    def __init__(self, message: str, *, repo_id: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.reason = reason
+
+
+class InvalidCheckpointError(ValueError):
+    """A checkpoint file is unreadable (corrupt, truncated, bad JSON) or does not match its config."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# saving
+# ----------------------------------------------------------------------------------------------------
+def save_pretrained(
+    model: SSAModel,
+    save_directory: str | os.PathLike[str],
+    *,
+    weights: Literal["auto", "trainable", "full"] = "auto",
+    overwrite: bool = False,
+    model_card: bool = True,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and (optionally) ``README.md`` into ``save_directory``.
+
+    weights: ``"trainable"`` leaves out the frozen CLIP (it is re-fetched from open_clip at load time, so
+    it needs ``config.clip_pretrained``); ``"full"`` stores everything; ``"auto"`` picks trainable when
+    the CLIP is a frozen open_clip download and full otherwise (random or unfrozen CLIP).
+    An existing checkpoint is never replaced unless ``overwrite=True``. Files are written into a
+    temporary sibling directory and moved into place at the end, the weights last.
+    Returns the directory.
+    """
+    return _save(model, save_directory, weights=weights, overwrite=overwrite, model_card=model_card)
+
+
+def _save(
+    model: SSAModel,
+    save_directory: str | os.PathLike[str],
+    *,
+    weights: str,
+    overwrite: bool,
+    model_card: bool,
+    repo_id: str | None = None,
+) -> Path:
+    from ssa.modeling.model import SSAModel
+
+    if not isinstance(model, SSAModel):
+        raise TypeError(f"save_pretrained expects an SSAModel, got {type(model).__name__}")
+    kind = _resolve_weights_kind(model, weights)
+    target = Path(os.path.abspath(Path(save_directory).expanduser()))  # '.' and '..' get real names
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"cannot save an SSA checkpoint to {target}: it is not a directory")
+    existing = [target / name for name in (CONFIG_NAME, WEIGHTS_NAME) if (target / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{target} already holds a checkpoint ({', '.join(p.name for p in existing)}); "
+            "pass overwrite=True to replace it"
+        )
+    write_card = model_card and (overwrite or not (target / MODEL_CARD_NAME).exists())
+    if model_card and not write_card:
+        logger.warning("%s exists; keeping it (pass overwrite=True to replace it)", target / MODEL_CARD_NAME)
+
+    state = _state_dict_for_saving(model, kind)
+    metadata = {"format": "pt", "ssa_version": ssa.__version__, "ssa_weights": kind}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.ssa-tmp-", dir=target.parent))
+    try:
+        config_file = staging / CONFIG_NAME
+        config_file.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        _fsync(config_file)
+        if write_card:
+            card = render_model_card(
+                model.config, weights=kind, repo_id=repo_id or f"your-username/{target.name}",
+                num_parameters=model.num_parameters(),
+                num_trainable=model.num_parameters(trainable_only=True),
+                num_saved=sum(t.numel() for t in state.values()),
+            )
+            (staging / MODEL_CARD_NAME).write_text(card)
+        weights_file = staging / WEIGHTS_NAME
+        _write_safetensors(state, weights_file, metadata)
+
+        # Move into place. Old weights go first and new weights come last: a kill in between leaves a
+        # directory without weights (an error at load time), never a config paired with wrong weights.
+        target.mkdir(exist_ok=True)
+        if (target / WEIGHTS_NAME).exists():
+            os.remove(target / WEIGHTS_NAME)
+        os.replace(config_file, target / CONFIG_NAME)
+        if write_card:
+            os.replace(staging / MODEL_CARD_NAME, target / MODEL_CARD_NAME)
+        os.replace(weights_file, target / WEIGHTS_NAME)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("saved SSA checkpoint (%s weights, %d tensors) to %s", kind, len(state), target)
+    return target
+
+
+def _resolve_weights_kind(model: SSAModel, weights: str) -> WeightsKind:
+    if weights not in _WEIGHT_CHOICES:
+        raise ValueError(f"weights must be one of {_WEIGHT_CHOICES}, got {weights!r}")
+    pretrained = model.config.clip_pretrained
+    if weights == "trainable":
+        if not pretrained:
+            raise ValueError(
+                "weights='trainable' needs config.clip_pretrained: without it the CLIP is randomly "
+                "initialised and a checkpoint without it could not be reloaded; use weights='full'"
+            )
+        return "trainable"
+    if weights == "full":
+        return "full"
+    clip_frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    return "trainable" if pretrained and clip_frozen else "full"
+
+
+def _state_dict_for_saving(model: SSAModel, kind: WeightsKind) -> dict[str, Tensor]:
+    """Contiguous CPU tensors; storage shared between entries is copied (safetensors refuses it)."""
+    seen: set[tuple[str, int]] = set()
+    out: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        if kind == "trainable" and key.startswith(BACKBONE_PREFIX):
+            continue
+        tensor = value.detach().to("cpu").contiguous()
+        storage = (str(value.device), value.untyped_storage().data_ptr())
+        if storage in seen or tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()
+        seen.add(storage)
+        out[key] = tensor
+    return out
+
+
+def _write_safetensors(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    partial = path.with_name(path.name + ".partial")
+    save_file(state, str(partial), metadata=metadata)
+    _fsync(partial)
+    os.replace(partial, path)
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------------------------------
+# model card
+# ----------------------------------------------------------------------------------------------------
+def clip_base_model(config: SSAConfig) -> str | None:
+    """The Hub repo of open_clip's CLIP weights named by the config (``base_model``), or None."""
+    if not config.clip_pretrained or config.clip_config is not None or not config.clip_model:
+        return None
+    import open_clip
+
+    try:
+        cfg = open_clip.get_pretrained_cfg(config.clip_model, config.clip_pretrained)
+    except Exception:  # unknown model/tag: the card simply has no base_model
+        return None
+    hf_hub = (cfg or {}).get("hf_hub") or ""
+    return hf_hub.rstrip("/") or None
+
+
+def render_model_card(
+    config: SSAConfig,
+    *,
+    weights: WeightsKind,
+    repo_id: str,
+    num_parameters: int | None = None,
+    num_trainable: int | None = None,
+    num_saved: int | None = None,
+) -> str:
+    """The text of a checkpoint's ``README.md``: YAML front matter for the Hub, then a short body."""
+    from huggingface_hub import ModelCardData
+
+    base_model = clip_base_model(config)
+    data = ModelCardData(
+        library_name="ssa", tags=list(CARD_TAGS), base_model=base_model, license="apache-2.0",
+        pipeline_tag="mask-generation",
+    )
+    if config.clip_config is not None:
+        clip = "a small open_clip CLIP built from an explicit config (tests / demo)"
+    else:
+        clip = f"open_clip `{config.clip_model}`"
+    clip += f", weights `{config.clip_pretrained}`" if config.clip_pretrained else ", random weights"
+    if weights == "trainable":
+        stored = (
+            "trainable weights only: the frozen CLIP is loaded from "
+            f"{f'`{base_model}`' if base_model else 'open_clip'} at load time"
+        )
+    else:
+        stored = "all weights, the CLIP included"
+
+    def count(n: int | None) -> str:
+        return "n/a" if n is None else f"{n:,} ({n / 1e6:.1f}M)"
+
+    body = f"""
+# SSA: {config.preset or "custom configuration"}
+
+Referring video object segmentation with **Semantic and Sequential Alignment** (SSA): given a video and
+a sentence, the model segments the object(s) the sentence refers to in every frame.
+
+* Paper: *{PAPER_TITLE}* (CVPR 2025)
+* Code: {PROJECT_URL}
+* Library: `ssa`, a PyTorch SDK for referring video object segmentation
+
+## This checkpoint
+
+| | |
+|---|---|
+| preset | `{config.preset or "custom"}` |
+| CLIP | {clip} |
+| parameters | {count(num_parameters)} |
+| trainable parameters | {count(num_trainable)} |
+| stored in `{WEIGHTS_NAME}` | {count(num_saved)}, {stored} |
+| ssa version | {ssa.__version__} |
+
+## Usage
+
+```python
+from ssa import SSAPipeline
+
+pipe = SSAPipeline.from_pretrained("{repo_id}")
+```
+
+or the bare network:
+
+```python
+from ssa import SSAModel
+
+model = SSAModel.from_pretrained("{repo_id}")
+out = model(frames, "the cat jumping away")   # frames: (T, 3, H, W), CLIP-normalised
+```
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------------
+def _bundled_weights_dir(name: str) -> Path | None:
+    """The directory of a checkpoint shipped inside the package under ``name``, or None.
+
+    Hook for bundled weights (e.g. ``ssa-tiny-synthetic`` in ``ssa/weights/``); consulted first by
+    :func:`load_pretrained`. Nothing is bundled yet.
+    """
+    return None
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    strict: bool = True,
+) -> SSAModel:
+    """Load an SSA checkpoint from a bundled name, a local directory or a Hugging Face Hub repo id.
+
+    The tensors are checked against the config before the model is built or CLIP is downloaded.
+    Returns the model in eval mode on ``device`` (default CPU), cast to ``dtype`` when given.
+    Raises ``WeightsNotFoundError`` (an ``OSError``) when Hub files are unavailable (offline and not
+    cached, repo or revision missing, gated), ``FileNotFoundError`` for a local directory lacking a
+    file, and ``InvalidCheckpointError`` (a ``ValueError``) for corrupt files or config/weights mismatch.
+    """
+    config_file, weights_file = _resolve_files(
+        name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
+    )
+    config = _read_config(config_file)
+    metadata, shapes = _read_header(weights_file)
+    kind = _checkpoint_kind(metadata, shapes)
+    _validate_against_config(config, shapes, kind, strict=strict, weights_file=weights_file,
+                             config_file=config_file)
+    if kind == "trainable" and not config.clip_pretrained:
+        raise InvalidCheckpointError(
+            f"{weights_file} holds only trainable weights (no {BACKBONE_PREFIX}* keys) but {config_file} "
+            "sets no clip_pretrained, so the frozen CLIP cannot be restored"
+        )
+
+    from ssa.modeling.model import SSAModel
+
+    # Build without downloading CLIP, then fill it: from the checkpoint (full) or open_clip (trainable).
+    model = SSAModel(dataclasses.replace(config, clip_pretrained=None))
+    model.config = config
+    if kind == "trainable":
+        _load_clip(model, config, cache_dir=cache_dir)
+    state = _load_tensors(weights_file)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (kind == "trainable" and k.startswith(BACKBONE_PREFIX))]
+    if missing or result.unexpected_keys:  # only reachable with strict=False (validated above)
+        logger.warning(
+            "loaded %s non-strictly: %d missing key(s) %s, %d unexpected key(s) %s", weights_file,
+            len(missing), missing[:_MAX_LISTED], len(result.unexpected_keys),
+            result.unexpected_keys[:_MAX_LISTED],
+        )
+    model.to(device=torch.device(device) if device is not None else torch.device("cpu"))
+    if dtype is not None:
+        model.to(dtype=dtype)
+    model.eval()
+    logger.info("loaded SSA checkpoint %s (%s weights)", name_or_path, kind)
+    return model
+
+
+_PATH_LIKE = re.compile(r"^(\.{1,2}([/\\]|$)|~|/)|\\")
+
+
+def _resolve_files(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    local_files_only: bool,
+    token: str | bool | None,
+) -> tuple[Path, Path]:
+    """Local paths of ``config.json`` and ``model.safetensors``."""
+    name = os.fspath(name_or_path)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"expected a checkpoint directory or Hub repo id, got {name_or_path!r}")
+    directory = _bundled_weights_dir(name)
+    if directory is None:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            directory = path
+        elif path.exists():
+            raise NotADirectoryError(
+                f"{path} is a file; pass the checkpoint directory that holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
+    if directory is not None:
+        if revision is not None:
+            logger.warning("revision=%r is ignored for the local checkpoint %s", revision, directory)
+        files = (directory / CONFIG_NAME, directory / WEIGHTS_NAME)
+        for file in files:
+            if not file.is_file():
+                raise FileNotFoundError(f"SSA checkpoint directory {directory} has no {file.name} ({file})")
+        return files
+
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    not_found = (
+        f"{name!r} is neither an existing local directory nor a valid Hugging Face Hub repo id "
+        "('name' or 'namespace/name')"
+    )
+    if isinstance(name_or_path, os.PathLike) or _PATH_LIKE.search(name):
+        raise FileNotFoundError(not_found)
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        if "/" in name or os.sep in name:
+            raise FileNotFoundError(f"{not_found}: {err}") from err
+        raise ValueError(f"{not_found}: {err}") from err
+    return (
+        _hub_file(name, CONFIG_NAME, revision, cache_dir, local_files_only, token),
+        _hub_file(name, WEIGHTS_NAME, revision, cache_dir, local_files_only, token),
+    )
+
+
+def _hub_offline() -> bool:
+    """Whether Hub offline mode is on, as huggingface_hub sees it or as the environment now says."""
+    from huggingface_hub import constants
+
+    is_offline = getattr(constants, "is_offline_mode", None)
+    if callable(is_offline) and is_offline():
+        return True
+    if getattr(constants, "HF_HUB_OFFLINE", False):
+        return True
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_file(
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    local_files_only: bool,
+    token: str | bool | None,
+) -> Path:
+    """Download (or find in the cache) one file of a Hub repo; failures become WeightsNotFoundError."""
+    import huggingface_hub
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = _hub_offline()
+    where = f"{repo_id!r}" + (f" (revision {revision!r})" if revision else "")
+    try:
+        path = huggingface_hub.hf_hub_download(
+            repo_id, filename, repo_type="model", revision=revision,
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+            local_files_only=local_files_only or offline, token=token,
+            library_name="ssa", library_version=ssa.__version__,
+        )
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError) as err:
+        if offline:
+            reason = "offline mode is on (HF_HUB_OFFLINE=1)"
+        elif local_files_only:
+            reason = "local_files_only=True was passed"
+        else:
+            reason = f"the Hugging Face Hub could not be reached ({type(err).__name__})"
+        raise WeightsNotFoundError(
+            _not_cached_message(repo_id, where, filename, reason, cache_dir, offline, local_files_only),
+            repo_id=repo_id, reason=reason,
+        ) from err
+    except GatedRepoError as err:
+        reason = "the repo is gated: accept its terms on the Hub and pass a token (or `hf auth login`)"
+        raise WeightsNotFoundError(f"cannot access SSA weights {where}: {reason}. ({err})",
+                                   repo_id=repo_id, reason=reason) from err
+    except RepositoryNotFoundError as err:
+        reason = "the repo does not exist, or it is private and no valid token was given"
+        raise WeightsNotFoundError(f"cannot access SSA weights {where}: {reason}. ({err})",
+                                   repo_id=repo_id, reason=reason) from err
+    except RevisionNotFoundError as err:
+        reason = f"revision {revision!r} does not exist in the repo"
+        raise WeightsNotFoundError(f"cannot access SSA weights {where}: {reason}. ({err})",
+                                   repo_id=repo_id, reason=reason) from err
+    except EntryNotFoundError as err:
+        reason = f"the repo has no {filename}; is it an SSA checkpoint?"
+        raise WeightsNotFoundError(f"cannot load SSA weights {where}: {reason} ({err})",
+                                   repo_id=repo_id, reason=reason) from err
+    except HfHubHTTPError as err:
+        reason = f"the Hub answered with an error: {err}"
+        raise WeightsNotFoundError(f"cannot download SSA weights {where}: {reason}",
+                                   repo_id=repo_id, reason=reason) from err
+    return Path(path)
+
+
+def _not_cached_message(
+    repo_id: str,
+    where: str,
+    filename: str,
+    reason: str,
+    cache_dir: str | os.PathLike[str] | None,
+    offline: bool,
+    local_files_only: bool,
+) -> str:
+    from huggingface_hub import constants
+
+    cache = os.fspath(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
+    if offline:
+        first = "unset HF_HUB_OFFLINE and run once with an internet connection (the files are then cached)"
+    elif local_files_only:
+        first = "run once with local_files_only=False and an internet connection (the files are then cached)"
+    else:
+        first = "connect to the internet once (the files are then cached)"
+    return (
+        f"SSA weights {where} are not in the local Hugging Face cache ({cache}; missing {filename}) "
+        f"and cannot be downloaded: {reason}. To fix it: {first}; or, on an air-gapped machine, run "
+        f"`huggingface-cli download {repo_id}` (`hf download {repo_id}`) on a connected one and copy its "
+        "cache (HF_HUB_CACHE, default ~/.cache/huggingface/hub) here; or pass a local checkpoint "
+        f"directory holding {CONFIG_NAME} and {WEIGHTS_NAME}."
+    )
+
+
+def _read_config(config_file: Path) -> SSAConfig:
+    try:
+        values = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InvalidCheckpointError(f"{config_file} is not valid JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise InvalidCheckpointError(f"{config_file} must hold a JSON object, got {type(values).__name__}")
+    try:
+        return SSAConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise InvalidCheckpointError(f"{config_file} is not a valid SSA config: {err}") from err
+
+
+def _read_header(weights_file: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The safetensors metadata and the shape of every tensor, read from the header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(weights_file), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as err:  # SafetensorError: truncated, corrupt or not safetensors at all
+        raise InvalidCheckpointError(
+            f"{weights_file} is not a readable safetensors file ({err}); it may be truncated or corrupt: "
+            "download or save it again"
+        ) from err
+    return metadata, shapes
+
+
+def _load_tensors(weights_file: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(os.fspath(weights_file), device="cpu")
+    except Exception as err:
+        raise InvalidCheckpointError(f"could not read the tensors of {weights_file}: {err}") from err
+
+
+def _checkpoint_kind(metadata: Mapping[str, str], shapes: Mapping[str, tuple[int, ...]]) -> WeightsKind:
+    declared = metadata.get("ssa_weights")
+    if declared in ("trainable", "full"):
+        return declared  # type: ignore[return-value]
+    return "full" if any(k.startswith(BACKBONE_PREFIX) for k in shapes) else "trainable"
+
+
+def _expected_shapes(config: SSAConfig) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of the network the config describes, from a meta-device model (no memory,
+    no download)."""
+    from ssa.modeling.model import SSAModel
+
+    with torch.device("meta"):
+        skeleton = SSAModel(dataclasses.replace(config, clip_pretrained=None))
+    return {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+
+
+def _validate_against_config(
+    config: SSAConfig,
+    shapes: Mapping[str, tuple[int, ...]],
+    kind: WeightsKind,
+    *,
+    strict: bool,
+    weights_file: Path,
+    config_file: Path,
+) -> None:
+    expected = _expected_shapes(config)
+    if kind == "trainable":
+        expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIX)}
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    wrong = [
+        f"{k}: checkpoint shape {shapes[k]} vs config shape {expected[k]}"
+        for k in expected if k in shapes and tuple(shapes[k]) != expected[k]
+    ]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:_MAX_LISTED]))
+    if strict and missing:
+        problems.append(f"{len(missing)} missing key(s): {missing[:_MAX_LISTED]}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {unexpected[:_MAX_LISTED]}")
+    if problems:
+        raise InvalidCheckpointError(
+            f"{weights_file} ({kind} weights) does not match the network of {config_file}: "
+            + " | ".join(problems)
+        )
+
+
+def _load_clip(model: SSAModel, config: SSAConfig, *, cache_dir: str | os.PathLike[str] | None) -> None:
+    """Fetch the frozen CLIP of a trainable checkpoint from open_clip's Hub weights."""
+    try:
+        model.backbone.load_pretrained(
+            config.clip_pretrained, cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+        )
+    except RuntimeError as err:
+        if isinstance(err.__cause__, OSError):  # not cached / offline / repo missing
+            raise WeightsNotFoundError(
+                f"the checkpoint stores only trainable weights and its frozen CLIP could not be fetched: "
+                f"{err}",
+                repo_id=clip_base_model(config), reason=str(err.__cause__),
+            ) from err
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------
+# sharing
+# ----------------------------------------------------------------------------------------------------
+def push_to_hub(
+    model: SSAModel,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload SSA model",
+    revision: str | None = None,
+    weights: Literal["auto", "trainable", "full"] = "auto",
+) -> str:
+    """Create (if needed) the Hub repo ``repo_id`` and upload the checkpoint; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    _resolve_weights_kind(model, weights)  # fail before touching the network
+    api = HfApi(token=token)
+    repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    repo_id = getattr(repo_url, "repo_id", None) or repo_id
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ssa-push-") as tmp:
+        folder = _save(model, Path(tmp) / "checkpoint", weights=weights, overwrite=False, model_card=True,
+                       repo_id=repo_id)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
+            commit_message=commit_message,
+        )
+    url = getattr(info, "commit_url", None) or str(info)
+    logger.info("pushed SSA checkpoint to %s: %s", repo_id, url)
+    return url
+
+
+# ----------------------------------------------------------------------------------------------------
+# importing original checkpoints
+# ----------------------------------------------------------------------------------------------------
+def load_pth_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The state dict of a PyTorch ``.pth`` checkpoint, read with ``weights_only=True`` (no arbitrary
+    unpickling). ``{"model": sd}`` and ``{"state_dict": sd}`` wrappers are unwrapped; non-tensor
+    entries are dropped. Keys are returned as stored (map them to SSA names before loading)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise pickle.UnpicklingError(
+            f"{path} holds objects other than tensors and plain containers; refusing to unpickle it "
+            f"(weights_only=True). {err}"
+        ) from err
+    for _ in range(3):
+        if isinstance(obj, Mapping):
+            inner = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), Mapping)), None)
+            if inner is not None:
+                obj = inner
+                continue
+        break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+    state = {str(k): v for k, v in _tensor_items(obj)}
+    if not state:
+        raise ValueError(f"{path} holds no tensors")
+    return state
+
+
+def _tensor_items(obj: Mapping[Any, Any]) -> Iterator[tuple[Any, Tensor]]:
+    for key, value in obj.items():
+        if isinstance(value, Tensor):
+            yield key, value
