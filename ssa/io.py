@@ -1,0 +1,502 @@
+"""Writing results: COCO RLE, DAVIS palette PNGs, overlay MP4s, and safe output directories.
+
+* :func:`encode_rle` / :func:`decode_rle` — COCO compressed RLE, byte-for-byte what pycocotools writes
+  (MeViS ``mask_dict.json`` entries), without depending on pycocotools.
+* :func:`write_palette_png` / :func:`read_palette_png` — indexed PNGs with :data:`DAVIS_PALETTE`
+  (DAVIS / MeViS / Ref-YouTube-VOS annotation format).
+* :func:`write_overlay_video` — masks tinted over the frames, H.264 MP4 via PyAV, written atomically.
+* :func:`prepare_output_dir` / :func:`atomic_output_dir` — overwrite protection for result folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = [
+    "DAVIS_PALETTE",
+    "encode_rle",
+    "decode_rle",
+    "write_palette_png",
+    "read_palette_png",
+    "prepare_output_dir",
+    "atomic_output_dir",
+    "write_overlay_video",
+    "h264_encoder",
+    "atomic_write_text",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+# ---------------------------------------------------------------------------------------------------
+# COCO RLE
+
+
+def _run_lengths(mask: np.ndarray) -> np.ndarray:
+    """Column-major run lengths of a 2-D boolean mask, starting with a (possibly empty) 0-run."""
+    flat = np.ascontiguousarray(mask.T).reshape(-1)  # Fortran order
+    n = flat.size
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate(([0], change, [n]))
+    runs = np.diff(bounds).astype(np.int64)
+    if flat[0]:
+        runs = np.concatenate(([0], runs))
+    return runs
+
+
+def _counts_to_string(counts: np.ndarray) -> str:
+    """pycocotools ``rleToString``: deltas against the run two back (i > 2), 5-bit little-endian groups
+    with a continuation bit (0x20), each + 48 (vectorised)."""
+    x = counts.astype(np.int64).copy()
+    if x.size > 3:
+        x[3:] -= counts[1:-2].astype(np.int64)
+    # a value takes k characters, k minimal with -2^(5k-1) <= x < 2^(5k-1)
+    max_chars = 13  # enough for any int64
+    k = np.ones(x.shape, dtype=np.int64)
+    for j in range(1, max_chars):
+        limit = 1 << (5 * j - 1)
+        k += (x < -limit) | (x >= limit)
+    groups = np.arange(max_chars, dtype=np.int64)
+    chars = (x[:, None] >> (5 * groups[None, :])) & 0x1F
+    chars |= np.where(groups[None, :] < (k[:, None] - 1), 0x20, 0)
+    chars += 48
+    valid = groups[None, :] < k[:, None]
+    return chars[valid].astype(np.uint8).tobytes().decode("ascii")
+
+
+def _string_to_counts(s: bytes) -> np.ndarray:
+    """pycocotools ``rleFrString`` (vectorised)."""
+    c = np.frombuffer(s, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if (c < 0).any() or (c > 63).any():
+        raise ValueError("RLE counts string contains characters outside the COCO alphabet ('0'..'o')")
+    last = (c & 0x20) == 0  # a character without the continuation bit ends a value
+    if not last[-1]:
+        raise ValueError("RLE counts string is truncated (its last value is incomplete)")
+    value_id = np.concatenate(([0], np.cumsum(last)[:-1]))
+    starts = np.flatnonzero(np.concatenate(([True], last[:-1])))
+    position = np.arange(c.size) - starts[value_id]
+    if position.max() >= 13:
+        raise ValueError("RLE counts string has a value longer than 13 characters")
+    parts = (c & 0x1F) << (5 * position)
+    x = np.add.reduceat(parts, starts)
+    ends = np.flatnonzero(last)
+    lengths = ends - starts + 1
+    negative = (c[ends] & 0x10) != 0
+    x[negative] -= np.left_shift(1, 5 * lengths[negative])
+    counts = x.copy()
+    counts[1::2] = np.cumsum(x[1::2])
+    if counts.size > 2:
+        counts[2::2] = np.cumsum(x[2::2])
+    return counts
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """Encode an ``(H, W)`` mask as COCO compressed RLE ``{"size": [H, W], "counts": str}``.
+
+    Identical to ``pycocotools.mask.encode(np.asfortranarray(mask.astype(np.uint8)))`` (with the
+    counts decoded to ``str``, as stored in JSON). Accepts bool or integer masks (non-zero = True).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"encode_rle expects an (H, W) mask, got shape {mask.shape}")
+    if mask.dtype != bool:
+        if not np.issubdtype(mask.dtype, np.integer):
+            raise TypeError(
+                f"encode_rle expects a bool (or integer) mask, got {mask.dtype}; threshold it first"
+            )
+        mask = mask != 0
+    h, w = mask.shape
+    return {"size": [int(h), int(w)], "counts": _counts_to_string(_run_lengths(mask))}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """Decode a COCO RLE to an ``(H, W)`` bool mask.
+
+    ``counts`` may be the compressed string (``str`` or ``bytes``) or an uncompressed list of run
+    lengths (starting with the 0-run).
+    """
+    try:
+        h, w = (int(v) for v in rle["size"])
+        counts_in = rle["counts"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a COCO RLE dict with 'size': [H, W] and 'counts': {rle!r:.100}") from e
+    if isinstance(counts_in, str):
+        counts = _string_to_counts(counts_in.encode("ascii"))
+    elif isinstance(counts_in, (bytes, bytearray)):
+        counts = _string_to_counts(bytes(counts_in))
+    else:
+        counts = np.asarray(counts_in, dtype=np.int64).reshape(-1)
+    if (counts < 0).any():
+        raise ValueError("RLE has negative run lengths")
+    total = int(counts.sum())
+    if total != h * w:
+        raise ValueError(f"RLE run lengths sum to {total}, but size {h}x{w} has {h * w} pixels")
+    values = np.zeros(counts.size, dtype=bool)
+    values[1::2] = True
+    flat = np.repeat(values, counts)
+    return np.ascontiguousarray(flat.reshape(w, h).T)
+
+
+# ---------------------------------------------------------------------------------------------------
+# palette PNGs
+
+
+def _davis_palette() -> bytes:
+    palette = bytearray()
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += bytes((r, g, b))
+    return bytes(palette)
+
+
+DAVIS_PALETTE: bytes = _davis_palette()
+"""The DAVIS / PASCAL VOC colour map, 256 RGB triples (768 bytes): 0 black, 1 (128, 0, 0), 2 (0, 128, 0),
+3 (128, 128, 0), 4 (0, 0, 128), ..."""
+
+_PALETTE_RGB = np.frombuffer(DAVIS_PALETTE, dtype=np.uint8).reshape(256, 3)
+_PALETTE_LUTS = [np.ascontiguousarray(_PALETTE_RGB[:, c]) for c in range(3)]
+
+
+def _as_labels(labels: np.ndarray, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"{what}: expected an (H, W) label map, got shape {labels.shape}")
+    if labels.dtype == bool:
+        return labels.astype(np.uint8)
+    if labels.dtype == np.uint8:
+        return labels
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"{what}: expected bool or integer labels, got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"{what}: labels must be in 0..255, got {labels.min()}..{labels.max()}")
+    return labels.astype(np.uint8)
+
+
+def write_palette_png(path: PathLike, labels: np.ndarray) -> None:
+    """Write ``(H, W)`` labels (uint8, or bool → 0/1) as an indexed ("P") PNG with :data:`DAVIS_PALETTE`.
+
+    Parent directories are created.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    labels = np.ascontiguousarray(_as_labels(labels, str(path)))
+    h, w = labels.shape
+    image = Image.frombytes("P", (w, h), labels.tobytes())
+    image.putpalette(DAVIS_PALETTE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+
+
+def read_palette_png(path: PathLike) -> np.ndarray:
+    """The ``(H, W)`` uint8 indices of a palette ("P") PNG (a grayscale "L" PNG is read as is)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"mask file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "1"):
+                raise ValueError(f"{path}: expected a palette (P) or grayscale PNG, got mode {image.mode!r}")
+            return np.array(image.convert("L") if image.mode == "1" else image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read mask image {path}: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------------
+# output directories
+
+
+def _check_dir_target(path: Path, overwrite: bool) -> None:
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise NotADirectoryError(f"output path {path} exists and is not a directory")
+        if not overwrite and any(path.iterdir()):
+            raise FileExistsError(
+                f"output directory {path} already exists and is not empty; pass overwrite=True to replace it"
+            )
+
+
+def prepare_output_dir(path: PathLike, overwrite: bool = False) -> Path:
+    """Create the output directory ``path`` (and its parents) and return it.
+
+    A non-empty existing directory raises FileExistsError unless ``overwrite`` is True; its contents are
+    then kept (files are overwritten as they are written; use :func:`atomic_output_dir` to replace a
+    directory wholesale). An existing file at ``path`` raises NotADirectoryError.
+    """
+    path = Path(path)
+    _check_dir_target(path, overwrite)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory next to ``path``; on success it is renamed to ``path``.
+
+    Checks like :func:`prepare_output_dir` first. On success an existing ``path`` is replaced (only
+    allowed if it is empty or ``overwrite`` is True); if the block raises, the temporary directory is
+    removed and ``path`` is left untouched::
+
+        with atomic_output_dir("out/video1", overwrite=True) as tmp:
+            write_palette_png(tmp / "00000.png", labels)
+    """
+    path = Path(path)
+    _check_dir_target(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        _check_dir_target(path, overwrite)  # it may have appeared meanwhile
+        if path.exists():
+            backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, backup)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(backup, path)
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------
+# overlay video
+
+_H264_CANDIDATES = ("libx264", "libopenh264", "h264")
+_END = object()
+
+
+def _encoder_works(name: str) -> bool:
+    import av
+
+    try:
+        ctx = av.CodecContext.create(name, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 64, 64, "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        ctx.framerate = Fraction(25, 1)
+        ctx.open()
+        return True
+    except Exception:  # any failure means "not usable here"
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def h264_encoder() -> str:
+    """The first usable H.264 encoder of the installed PyAV/FFmpeg (``libx264``, ``libopenh264`` or
+    ``h264``), else ``"mpeg4"`` (with a logged warning)."""
+    for name in _H264_CANDIDATES:
+        if _encoder_works(name):
+            return name
+    logger.warning("no H.264 encoder in this PyAV/FFmpeg build; overlay videos use MPEG-4 part 2")
+    return "mpeg4"
+
+
+def _caption_band(image: np.ndarray, caption: str) -> None:
+    """Draw ``caption`` in white on a darkened band at the top of ``image`` (in place)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    text = caption.encode("ascii", "replace").decode("ascii")  # Hershey fonts are ASCII-only
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(0.35, min(1.2, w / 900))
+    thickness = 1 if scale < 0.8 else 2
+    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+    if tw > w - 8:  # shrink, then cut with an ellipsis
+        scale = max(0.3, scale * (w - 8) / tw)
+        (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+        while tw > w - 8 and len(text) > 4:
+            text = text[: max(1, int(len(text) * (w - 8) / tw)) - 3] + "..."
+            (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+    band = min(h, th + base + 8)
+    image[:band] = (image[:band].astype(np.uint16) * 2 // 5).astype(np.uint8)
+    cv2.putText(image, text, (4, 4 + th), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+def _overlay(image: np.ndarray, labels: np.ndarray | None, caption: str | None) -> np.ndarray:
+    """Tint labels over ``image`` (palette colour at 50%) with contours, plus the caption."""
+    import cv2
+
+    out = np.array(image, dtype=np.uint8, order="C", copy=True)
+    if labels is not None:
+        labels = np.ascontiguousarray(labels)
+        histogram = cv2.calcHist([labels], [0], None, [256], [0, 256]).reshape(-1)
+        present = np.flatnonzero(histogram[1:]) + 1
+        if present.size:
+            colour = cv2.merge([cv2.LUT(labels, _PALETTE_LUTS[c]) for c in range(3)])
+            blended = cv2.addWeighted(out, 0.5, colour, 0.5, 0)
+            out = cv2.copyTo(blended, (labels > 0).view(np.uint8), out)
+            thickness = max(1, round(min(out.shape[:2]) / 300))
+            for k in present:
+                binary = (labels == k).view(np.uint8)
+                contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                rgb = tuple(int(v) for v in _PALETTE_RGB[k])
+                cv2.drawContours(out, contours, -1, rgb, thickness, cv2.LINE_AA)
+    if caption:
+        _caption_band(out, caption)
+    return out
+
+
+def _as_image(frame: Any, index: int) -> np.ndarray:
+    image = getattr(frame, "image", frame)  # accept ssa.video.Frame
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"frame {index}: expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}"
+        )
+    return image
+
+
+def write_overlay_video(
+    path: PathLike,
+    frames: Iterable[np.ndarray],
+    masks: Iterable[np.ndarray | None],
+    *,
+    fps: float,
+    caption: str | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write an MP4 of ``frames`` with ``masks`` tinted over them; returns the path.
+
+    Args:
+        path: output file (``.mp4``; the container format follows the extension).
+        frames: ``(H, W, 3)`` uint8 RGB images (or :class:`ssa.video.Frame`), consumed one at a time.
+        masks: one per frame: ``(H, W)`` bool (drawn with palette colour 1) or uint8 labels (label k in
+            ``DAVIS_PALETTE`` colour k at 50% alpha, with a contour), or None for no overlay.
+        fps: frame rate of the output.
+        caption: text drawn on a dark band at the top (e.g. the expression; non-ASCII shown as "?").
+        progress: show a tqdm "encoding" bar.
+        overwrite: replace an existing file; otherwise FileExistsError.
+
+    H.264 (:func:`h264_encoder`), yuv420p; an odd width/height is padded by one black pixel on the
+    right/bottom. The video is written to a temporary file in the same directory and renamed on success,
+    so a failure never leaves a partial file at ``path``.
+    """
+    import av
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, expected a video file path")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    try:
+        fps_ok = float(fps) > 0 and np.isfinite(float(fps))
+    except (TypeError, ValueError):
+        fps_ok = False
+    if not fps_ok:
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    codec = h264_encoder()
+    rate = Fraction(fps).limit_denominator(1001)
+    total = len(frames) if hasattr(frames, "__len__") else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.stem}.tmp-", suffix=path.suffix or ".mp4", dir=path.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    frame_iter, mask_iter = iter(frames), iter(masks)
+    try:
+        try:
+            container = av.open(str(tmp), mode="w")
+        except (av.error.FFmpegError, ValueError) as e:
+            raise ValueError(f"cannot write a video to {path} (unknown extension?): {e}") from e
+        try:
+            stream = None
+            size: tuple[int, int] | None = None
+            count = 0
+            with tqdm(total=total, desc="encoding", unit="frame", disable=not progress) as bar:
+                for count, frame in enumerate(frame_iter):
+                    image = _as_image(frame, count)
+                    try:
+                        mask = next(mask_iter)
+                    except StopIteration:
+                        raise ValueError(f"masks ran out at frame {count}: fewer masks than frames") from None
+                    labels = None if mask is None else _as_labels(mask, f"mask {count}")
+                    if labels is not None and labels.shape != image.shape[:2]:
+                        raise ValueError(
+                            f"mask {count} has shape {labels.shape} but frame {count} is {image.shape[:2]}"
+                        )
+                    if size is None:
+                        size = image.shape[:2]
+                        options = {"crf": "20", "preset": "veryfast"} if codec == "libx264" else {}
+                        stream = container.add_stream(codec, rate=rate, options=options)
+                        stream.height, stream.width = size[0] + size[0] % 2, size[1] + size[1] % 2
+                        stream.pix_fmt = "yuv420p"
+                        stream.thread_type = "AUTO"
+                    elif image.shape[:2] != size:
+                        raise ValueError(f"frame {count} is {image.shape[:2]} but frame 0 is {size} (H, W)")
+                    out = _overlay(image, labels, caption)
+                    if size[0] % 2 or size[1] % 2:
+                        out = np.pad(out, ((0, size[0] % 2), (0, size[1] % 2), (0, 0)))
+                    video_frame = av.VideoFrame.from_ndarray(out, format="rgb24")
+                    for packet in stream.encode(video_frame):
+                        container.mux(packet)
+                    bar.update(1)
+            if stream is None:
+                raise ValueError("no frames to write")
+            if next(mask_iter, _END) is not _END:
+                raise ValueError(f"more masks than frames ({count + 1} frames)")
+            for packet in stream.encode():
+                container.mux(packet)
+        finally:
+            container.close()
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.debug("wrote %s (%s)", path, codec)
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling file renamed into place; an existing file
+    is refused unless ``overwrite`` is True."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
