@@ -5,6 +5,9 @@ Public API::
     from ssa import SSAConfig, SSAModel
     model = SSAModel(SSAConfig.from_preset("ssa-convnext-large"))
     out = model(frames, ["the cat jumping away"])     # frames: (T, 3, H, W) CLIP-normalised
+
+    pipe = SSAPipeline.from_pretrained("<hub repo id or local dir>")
+    result = pipe("video.mp4", "the cat jumping away")  # RVOSResult: per-frame masks
 """
 
 __version__ = "0.1.0"
@@ -12,5 +15,6 @@ __version__ = "0.1.0"
 from ssa.config import PRESETS, SSAConfig  # noqa: E402
 from ssa.modeling.model import SSAModel  # noqa: E402
 from ssa.modeling.outputs import SSAOutput  # noqa: E402
+from ssa.pipeline import RVOSResult, SSAPipeline  # noqa: E402
 
-__all__ = ["SSAConfig", "SSAModel", "SSAOutput", "PRESETS", "__version__"]
+__all__ = ["SSAConfig", "SSAModel", "SSAOutput", "SSAPipeline", "RVOSResult", "PRESETS", "__version__"]

@@ -1,0 +1,110 @@
+"""Command line: ``ssa segment VIDEO "expression" [more expressions] --model NAME_OR_DIR --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+logger = logging.getLogger("ssa")
+
+
+def _segment_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment the object(s) that expressions refer to in a video",
+        description=(
+            "Segment the object(s) each expression refers to in VIDEO. Writes, per expression i, "
+            "OUT/<i>/<frame>.png (palette PNGs, MeViS/DAVIS layout) and OUT/<i>.json (COCO RLE per "
+            "frame), plus OUT/expressions.json listing the expressions and their object scores."
+        ),
+    )
+    p.add_argument("video", help="video file, folder of frames")
+    p.add_argument("expressions", nargs="+", help="one or more referring expressions (quote each)")
+    p.add_argument("--model", required=True, help="Hub repo id or local checkpoint directory")
+    p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
+    p.add_argument("--overlay", type=Path, default=None,
+                   help="also write an overlay MP4 (with several expressions: NAME_<i>.mp4)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_const", dest="precision", const="fp16",
+                           help="fp16 autocast (CUDA; the default there)")
+    precision.add_argument("--bf16", action="store_const", dest="precision", const="bf16",
+                           help="bf16 autocast")
+    precision.add_argument("--fp32", action="store_const", dest="precision", const="fp32",
+                           help="full precision (the default on CPU)")
+    p.add_argument("--fps", type=float, default=None, help="sample frames at this rate")
+    p.add_argument("--stride", type=int, default=1, help="keep every k-th frame")
+    p.add_argument("--start", type=float, default=None, help="start time in seconds")
+    p.add_argument("--end", type=float, default=None, help="end time in seconds")
+    p.add_argument("--max-frames", type=int, default=None, help="process at most this many frames")
+    p.add_argument("--mode", choices=["multi", "single"], default="multi",
+                   help="multi: every object scoring above --threshold (MeViS); single: the best one")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of --mode multi")
+    p.add_argument("--chunk-size", type=int, default=16, help="frames per chunk (memory vs speed)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_segment)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from ssa.io import atomic_output_dir
+    from ssa.pipeline import SSAPipeline
+
+    pipe = SSAPipeline.from_pretrained(args.model, device=args.device, precision=args.precision,
+                                       chunk_size=args.chunk_size)
+    results = pipe(
+        args.video, list(args.expressions), mode=args.mode, threshold=args.threshold, stride=args.stride,
+        fps=args.fps, start=args.start, end=args.end, max_frames=args.max_frames,
+        progress=not args.no_progress,
+    )
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        summary = []
+        for i, result in enumerate(results):
+            result.save_pngs(tmp / str(i))
+            result.save_rle(tmp / f"{i}.json")
+            summary.append({"id": i, "expression": result.expression,
+                            "object_scores": [round(float(s), 4) for s in result.object_scores],
+                            "frames": len(result)})
+        (tmp / "expressions.json").write_text(json.dumps(summary, indent=2))
+    logger.info("wrote %d expression(s) to %s", len(results), args.out)
+    if args.overlay is not None:
+        for i, result in enumerate(results):
+            path = args.overlay if len(results) == 1 else args.overlay.with_name(
+                f"{args.overlay.stem}_{i}{args.overlay.suffix or '.mp4'}")
+            result.save_overlay(path, overwrite=args.overwrite, progress=not args.no_progress)
+            logger.info("wrote overlay %s", path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssa",
+        description="SSA: referring video object segmentation (Semantic and Sequential Alignment).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _segment_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError, OSError) as err:
+        logger.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
