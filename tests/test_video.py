@@ -364,3 +364,9 @@ def test_in_memory_errors():
         iter_frames(np.zeros((2, 4, 4, 3), np.uint8), start=1.0)
     with pytest.raises(TypeError, match="unsupported"):
         read_frames(42)
+
+
+def test_read_frames_passes_source_fps():
+    frames = read_frames(np.zeros((10, 8, 8, 3), np.uint8), source_fps=10.0, start=0.3, end=0.6)
+    assert [f.index for f in frames] == [3, 4, 5]
+    assert frames[0].timestamp == pytest.approx(0.3)
