@@ -677,27 +677,7 @@ def iter_frames(
     return _iter_items(items, opts, progress)
 
 
-def read_frames(
-    source: Source,
-    *,
-    stride: int = 1,
-    fps: float | None = None,
-    start: float | None = None,
-    end: float | None = None,
-    max_frames: int | None = None,
-    progress: bool = False,
-    source_fps: float | None = None,
-) -> list[Frame]:
-    """All selected frames as a list (see :func:`iter_frames`; mind the memory for long videos)."""
-    return list(
-        iter_frames(
-            source,
-            stride=stride,
-            fps=fps,
-            start=start,
-            end=end,
-            max_frames=max_frames,
-            progress=progress,
-            source_fps=source_fps,
-        )
-    )
+def read_frames(source: Source, **options: Any) -> list[Frame]:
+    """All selected frames as a list; ``options`` as for :func:`iter_frames` (mind the memory for long
+    videos)."""
+    return list(iter_frames(source, **options))
