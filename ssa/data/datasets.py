@@ -141,14 +141,24 @@ class _ReferringVideoDataset:
     # -- hooks -------------------------------------------------------------------------------------
 
     def _parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict[str, Any]:
-        """Validate one expression entry; returns what :meth:`_load_masks` needs (at least ``"exp"``)."""
+        """Validate one expression entry; returns what :meth:`_read_masks` needs (at least ``"exp"``)."""
+        raise NotImplementedError
+
+    def _read_masks(
+        self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
+    ) -> tuple[np.ndarray, list[int]]:
+        """Per-object ``(K, T, H, W)`` bool masks and object ids for the given frames of a split that
+        has ground truth; ``size`` is the (uniform) frame size."""
         raise NotImplementedError
 
     def _load_masks(
         self, video: str, exp_id: str, frame_names: list[str], sizes: list[tuple[int, int]]
     ) -> tuple[np.ndarray, list[int]]:
-        """Per-object ``(K, T, H, W)`` bool masks and object ids for the given frames."""
-        raise NotImplementedError
+        """Per-object masks and object ids; (0, T, H, W) and no ids when the split has no ground truth."""
+        _check_uniform(video, frame_names, sizes)
+        if not self.has_masks:
+            return _empty_masks(sizes), []
+        return self._read_masks(video, exp_id, frame_names, sizes[0])
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -335,15 +345,12 @@ class MeViSDataset(_ReferringVideoDataset):
         parsed["obj_ids"] = [_as_int(o, f"{where}, obj_id") for o in exp["obj_id"]]
         return parsed
 
-    def _load_masks(
-        self, video: str, exp_id: str, frame_names: list[str], sizes: list[tuple[int, int]]
+    def _read_masks(
+        self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
     ) -> tuple[np.ndarray, list[int]]:
-        _check_uniform(video, frame_names, sizes)
-        if not self.has_masks:
-            return _empty_masks(sizes), []
         parsed = self._expressions[(video, exp_id)]
         position = {name: t for t, name in enumerate(self._frames[video])}
-        h, w = sizes[0]
+        h, w = size
         masks = np.zeros((len(parsed["anno_ids"]), len(frame_names), h, w), dtype=bool)
         for k, anno in enumerate(parsed["anno_ids"]):
             rles = self._mask_dict[anno]
@@ -399,14 +406,11 @@ class RefYouTubeVOSDataset(_ReferringVideoDataset):
         """Where the palette mask of frame ``frame`` of ``video`` is expected."""
         return self.annotations_dir / video / f"{frame}.png"
 
-    def _load_masks(
-        self, video: str, exp_id: str, frame_names: list[str], sizes: list[tuple[int, int]]
+    def _read_masks(
+        self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
     ) -> tuple[np.ndarray, list[int]]:
-        _check_uniform(video, frame_names, sizes)
-        if not self.has_masks:
-            return _empty_masks(sizes), []
         obj = self._expressions[(video, exp_id)]["obj_id"]
-        h, w = sizes[0]
+        h, w = size
         masks = np.zeros((1, len(frame_names), h, w), dtype=bool)
         for t, name in enumerate(frame_names):
             path = self.annotation_path(video, name)
