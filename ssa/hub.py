@@ -449,13 +449,9 @@ def _hub_file(
     """Download (or find in the cache) one file of a Hub repo; failures become WeightsNotFoundError."""
     import huggingface_hub
     from huggingface_hub.utils import (
-        EntryNotFoundError,
-        GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
     )
 
     offline = _hub_offline()
@@ -478,27 +474,34 @@ def _hub_file(
             _not_cached_message(repo_id, where, filename, reason, cache_dir, offline, local_files_only),
             repo_id=repo_id, reason=reason,
         ) from err
-    except GatedRepoError as err:
-        reason = "the repo is gated: accept its terms on the Hub and pass a token (or `hf auth login`)"
-        raise WeightsNotFoundError(f"cannot access SSA weights {where}: {reason}. ({err})",
-                                   repo_id=repo_id, reason=reason) from err
-    except RepositoryNotFoundError as err:
-        reason = "the repo does not exist, or it is private and no valid token was given"
-        raise WeightsNotFoundError(f"cannot access SSA weights {where}: {reason}. ({err})",
-                                   repo_id=repo_id, reason=reason) from err
-    except RevisionNotFoundError as err:
-        reason = f"revision {revision!r} does not exist in the repo"
-        raise WeightsNotFoundError(f"cannot access SSA weights {where}: {reason}. ({err})",
-                                   repo_id=repo_id, reason=reason) from err
-    except EntryNotFoundError as err:
-        reason = f"the repo has no {filename}; is it an SSA checkpoint?"
-        raise WeightsNotFoundError(f"cannot load SSA weights {where}: {reason} ({err})",
-                                   repo_id=repo_id, reason=reason) from err
-    except HfHubHTTPError as err:
-        reason = f"the Hub answered with an error: {err}"
-        raise WeightsNotFoundError(f"cannot download SSA weights {where}: {reason}",
+    except HfHubHTTPError as err:  # gated, missing repo / revision / file, any other Hub answer
+        verb, reason, detail = _hub_error_reason(err, revision, filename)
+        raise WeightsNotFoundError(f"cannot {verb} SSA weights {where}: {reason}{detail}",
                                    repo_id=repo_id, reason=reason) from err
     return Path(path)
+
+
+def _hub_error_reason(err: Exception, revision: str | None, filename: str) -> tuple[str, str, str]:
+    """(verb, reason, detail) of a Hub HTTP error, most specific class first (GatedRepoError is a
+    RepositoryNotFoundError)."""
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(err, GatedRepoError):
+        reason = "the repo is gated: accept its terms on the Hub and pass a token (or `hf auth login`)"
+        return "access", reason, f". ({err})"
+    if isinstance(err, RepositoryNotFoundError):
+        reason = "the repo does not exist, or it is private and no valid token was given"
+        return "access", reason, f". ({err})"
+    if isinstance(err, RevisionNotFoundError):
+        return "access", f"revision {revision!r} does not exist in the repo", f". ({err})"
+    if isinstance(err, EntryNotFoundError):
+        return "load", f"the repo has no {filename}; is it an SSA checkpoint?", f" ({err})"
+    return "download", f"the Hub answered with an error: {err}", ""
 
 
 def _not_cached_message(
