@@ -1,4 +1,8 @@
-"""Command line: ``ssa segment VIDEO "expression" [more expressions] --model NAME_OR_DIR --out DIR``."""
+"""Command line: ``ssa segment | synth | evaluate | train``.
+
+``ssa segment VIDEO "expression" [more expressions] --model NAME_OR_DIR --out DIR`` segments a video;
+``ssa synth --out DIR`` writes a synthetic split; see ``ssa COMMAND --help``.
+"""
 
 from __future__ import annotations
 
@@ -82,6 +86,36 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic motion-referring split (MeViS layout)",
+        description=(
+            "Write a deterministic synthetic split of small videos of moving shapes with referring "
+            "expressions (motion-only pairs, multi-object, static/moving, stop, enter/leave, occlusion) "
+            "in the MeViS layout: OUT/JPEGImages, OUT/meta_expressions.json, OUT/mask_dict.json."
+        ),
+    )
+    p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
+    p.add_argument("--videos", type=int, default=200, help="number of videos")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (same seed, same split)")
+    p.add_argument("--frames", type=int, default=12, help="frames per video")
+    p.add_argument("--height", type=int, default=96, help="frame height")
+    p.add_argument("--width", type=int, default=128, help="frame width")
+    p.add_argument("--mp4", action="store_true", help="also write OUT/videos/<video>.mp4 (H.264)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from ssa.data.synthetic import write_split
+
+    write_split(args.out, args.videos, args.seed, num_frames=args.frames, height=args.height,
+                width=args.width, mp4=args.mp4, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssa",
@@ -91,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _segment_parser(sub)
+    _synth_parser(sub)
     return parser
 
 
