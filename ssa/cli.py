@@ -116,6 +116,58 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="J, F and J&F of a model or of saved predictions on a MeViS-layout split",
+        description=(
+            "Score a model (--model) or a predictions folder (--predictions, <video>/<exp_id>/<frame>.png) "
+            "on a MeViS-layout split with ground truth (JPEGImages/, meta_expressions.json, mask_dict.json). "
+            "Writes OUT/per_expression.csv and OUT/summary.json (and, for a model, the predictions in "
+            "OUT/predictions/<video>/<exp_id>/<frame>.png) and prints the summary JSON. An interrupted "
+            "run resumes where it stopped. Under torchrun the videos are shared among the ranks."
+        ),
+    )
+    p.add_argument("--data", required=True, type=Path, help="the split directory (MeViS layout)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="Hub repo id or local checkpoint directory to run")
+    source.add_argument("--predictions", type=Path, help="folder of predicted masks to score")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes scoring --predictions in parallel (default 0: in this process)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--mode", choices=["multi", "single"], default="multi",
+                   help="multi: every object scoring above --threshold (MeViS); single: the best one")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of --mode multi")
+    p.add_argument("--no-resume", action="store_true",
+                   help="score every video again, even those an interrupted run finished")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import os
+
+    from ssa.eval import evaluate
+
+    if args.predictions is not None:
+        if not args.predictions.is_dir():
+            raise FileNotFoundError(f"predictions directory not found: {args.predictions}")
+        source: str | Path = args.predictions
+    else:
+        model = Path(args.model)
+        if model.is_dir() and not (model / "config.json").is_file():
+            raise FileNotFoundError(f"{model} is not a model checkpoint directory (no config.json)")
+        source = args.model
+    summary = evaluate(
+        source, args.data, out_dir=args.out, workers=args.workers, progress=not args.no_progress,
+        resume=not args.no_resume, device=args.device, mode=args.mode, threshold=args.threshold,
+    )
+    if os.environ.get("RANK", "0") == "0":
+        sys.stdout.write(json.dumps(dict(summary), indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssa",
@@ -125,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _segment_parser(sub)
+    _evaluate_parser(sub)
     _synth_parser(sub)
     return parser
 
