@@ -168,6 +168,60 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on a MeViS-layout dataset (also under torchrun)",
+        description=(
+            "Fine-tune SSA with ssa.train.finetune. CONFIG is a JSON file with 'model' (preset name, "
+            "checkpoint dir or Hub repo id), 'train_data', 'output_dir', optionally 'val_data', and any "
+            "TrainConfig field (iterations, batch_size, lr, ..., 'loss': {...}). Command-line options "
+            "override the file. Run under torchrun for DDP."
+        ),
+    )
+    p.add_argument("--config", type=Path, default=None, help="JSON training config")
+    p.add_argument("--model", default=None, help="preset name, checkpoint dir or Hub repo id")
+    p.add_argument("--data", default=None, help="training split (MeViS layout)")
+    p.add_argument("--val-data", default=None, help="validation split evaluated during training")
+    p.add_argument("--out", default=None, help="output directory")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="clips per step over all ranks")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ssa.train import TrainConfig, finetune
+
+    values: dict = {}
+    if args.config is not None:
+        if not args.config.is_file():
+            raise FileNotFoundError(f"training config {args.config} not found")
+        try:
+            values = json.loads(args.config.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{args.config} is not valid JSON: {e}") from e
+        if not isinstance(values, dict):
+            raise ValueError(f"{args.config} must hold a JSON object")
+    for key, value in (("model", args.model), ("train_data", args.data), ("val_data", args.val_data),
+                       ("output_dir", args.out), ("iterations", args.iterations),
+                       ("batch_size", args.batch_size), ("lr", args.lr)):
+        if value is not None:
+            values[key] = value
+    missing = [k for k in ("model", "train_data", "output_dir") if k not in values]
+    if missing:
+        raise ValueError(f"training needs {missing} (in --config or as --model/--data/--out)")
+    model, data, out = values.pop("model"), values.pop("train_data"), values.pop("output_dir")
+    val = values.pop("val_data", None)
+    config = TrainConfig.from_dict(values)
+    finetune(model, data, output_dir=out, val_data=val, config=config, resume=args.resume,
+             device=args.device, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssa",
@@ -179,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _segment_parser(sub)
     _evaluate_parser(sub)
     _synth_parser(sub)
+    _train_parser(sub)
     return parser
 
 

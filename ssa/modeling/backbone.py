@@ -6,7 +6,8 @@ the joint CLIP space, padding after the end-of-text token masked) and the senten
 projected end-of-text token, i.e. exactly ``CLIP.encode_text``).
 
 CLIP is frozen: its parameters never require grad, it runs under ``torch.no_grad`` and stays in eval
-mode whatever ``.train()`` is called with (the ConvNeXt trunk has drop-path).
+mode whatever ``.train()`` is called with (the ConvNeXt trunk has drop-path). Fine-tuning can unfreeze
+it (:meth:`FrozenCLIP.unfreeze`, used for the tiny demo model, whose CLIP has no pretrained weights).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class FrozenCLIP(nn.Module):
         if len(self.stage_channels) != 4:
             raise ValueError(f"expected a 4-stage ConvNeXt trunk, got {len(self.stage_channels)} stages")
         self.text_dim: int = int(self.clip.text_projection.shape[1])
+        self.frozen = True
         for p in self.clip.parameters():
             p.requires_grad_(False)
         self.clip.eval()
@@ -111,10 +113,23 @@ class FrozenCLIP(nn.Module):
 
     # -- frozen behaviour --------------------------------------------------------------------------
     def train(self, mode: bool = True) -> FrozenCLIP:
-        """CLIP stays in eval mode (no drop-path, fixed norms) whatever ``mode`` says."""
+        """A frozen CLIP stays in eval mode (no drop-path, fixed norms) whatever ``mode`` says."""
         super().train(mode)
-        self.clip.eval()
+        if self.frozen:
+            self.clip.eval()
         return self
+
+    def unfreeze(self) -> FrozenCLIP:
+        """Make CLIP trainable: its parameters require grad, it follows ``.train()`` and its passes
+        record gradients. Irreversible for this instance (the optimiser may hold its parameters)."""
+        self.frozen = False
+        for p in self.clip.parameters():
+            p.requires_grad_(True)
+        self.clip.train(self.training)
+        return self
+
+    def _grad(self) -> torch.set_grad_enabled:
+        return torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen)
 
     def load_pretrained(self, tag: str, cache_dir: str | None = None) -> None:
         """Load open_clip's pretrained weights ``tag`` for this CLIP model (fetched from the Hub)."""
@@ -159,9 +174,12 @@ class FrozenCLIP(nn.Module):
         # trimming the context gives identical features at lower cost.
         return tokens[:, :length], texts
 
-    @torch.no_grad()
     def encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
         """F_w (per-token) and F_s (sentence) features, Eq. (2)."""
+        with self._grad():
+            return self._encode_text(expressions)
+
+    def _encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
         tokens, texts = self.tokenize(expressions)
         device = self.clip.token_embedding.weight.device
         tokens = tokens.to(device)
@@ -178,17 +196,17 @@ class FrozenCLIP(nn.Module):
         return TextFeatures(words=words, word_mask=word_mask, sentence=sentence, expressions=texts)
 
     # -- vision ------------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Stage features F_v^1..F_v^4, each (B, C_i, H/s_i, W/s_i), of CLIP-normalised images
         (B, 3, H, W) whose sides are multiples of 32."""
-        trunk = self.clip.visual.trunk
-        x = trunk.stem(images)
-        features = []
-        for stage in trunk.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        with self._grad():
+            trunk = self.clip.visual.trunk
+            x = trunk.stem(images)
+            features = []
+            for stage in trunk.stages:
+                x = stage(x)
+                features.append(x)
+            return features
 
     @property
     def pixel_mean(self) -> tuple[float, float, float]:

@@ -1,0 +1,185 @@
+"""finetune(): frozen CLIP stays bit-identical, exact resume, DDP (gloo, 2 processes) equals one process,
+atomic checkpoints, clear errors, and the ``ssa train`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssa.cli import main
+from ssa.data.synthetic import write_split
+from ssa.train import TrainConfig, finetune, latest_checkpoint
+from ssa.train.data import batch_keys, flip_expression
+from ssa.train.finetune import lr_factor
+
+FAST = {"num_frames": 4, "scales": [64], "log_every": 1, "warmup_iters": 1, "hflip": True,
+        "loss": {"num_points": 256}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train") / "split"
+    return write_split(root, num_videos=4, seed=11, num_frames=6, height=64, width=64, progress=False)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_frozen_clip_is_bit_identical_and_the_rest_moves(data, tmp_path):
+    torch.manual_seed(0)
+    from ssa import SSAConfig
+    from ssa.modeling.model import SSAModel
+
+    model = SSAModel(SSAConfig.from_preset("ssa-tiny"))
+    before = _state(model)
+    trained = finetune(model, data, output_dir=tmp_path / "run", iterations=3, batch_size=2, progress=False,
+                       **FAST)
+    after = _state(trained)
+    clip = [k for k in before if k.startswith("backbone.")]
+    rest = [k for k in before if not k.startswith("backbone.") and before[k].is_floating_point()]
+    assert clip and rest
+    assert all(torch.equal(before[k], after[k]) for k in clip)
+    assert sum(not torch.equal(before[k], after[k]) for k in rest) > len(rest) // 2
+    assert not trained.training and trained.backbone.clip.training is False
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert latest_checkpoint(tmp_path / "run").name == "step-0000003"
+
+
+def test_unfrozen_clip_trains(data, tmp_path):
+    model = finetune("ssa-tiny", data, output_dir=tmp_path / "u", iterations=2, batch_size=2, progress=False,
+                     unfreeze_clip=True, **FAST)
+    torch.manual_seed(FAST.get("seed", 0))
+    from ssa import SSAConfig
+    from ssa.modeling.model import SSAModel
+
+    fresh = SSAModel(SSAConfig.from_preset("ssa-tiny"))
+    trained = model.state_dict()
+    moved = [k for k, v in fresh.state_dict().items()
+             if k.startswith("backbone.") and v.is_floating_point() and not torch.equal(v, trained[k])]
+    assert moved  # CLIP weights changed
+
+
+def test_resume_equals_an_uninterrupted_run(data, tmp_path):
+    opts = dict(batch_size=2, progress=False, save_every=2, lr_drops=[], **FAST)
+    straight = finetune("ssa-tiny", data, output_dir=tmp_path / "a", iterations=4, **opts)
+    finetune("ssa-tiny", data, output_dir=tmp_path / "b", iterations=2, **opts)  # "killed" after step 2
+    resumed = finetune("ssa-tiny", data, output_dir=tmp_path / "b", iterations=4, resume=True, **opts)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+def test_checkpoints_are_atomic(data, tmp_path, monkeypatch):
+    out = tmp_path / "c"
+    finetune("ssa-tiny", data, output_dir=out, iterations=1, batch_size=2, progress=False, **FAST)
+    good = latest_checkpoint(out)
+    # a write killed half-way leaves only a hidden temporary directory, which is never picked up
+    (out / "checkpoints" / ".step-0000009.tmp-abc").mkdir()
+    assert latest_checkpoint(out) == good
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        finetune("ssa-tiny", data, output_dir=out, iterations=2, batch_size=2, progress=False, resume=True,
+                 **FAST)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == [".step-0000009.tmp-abc", "step-0000001"]
+
+
+def test_errors(data, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="resume"):
+        finetune("ssa-tiny", data, output_dir=tmp_path / "full", iterations=1, batch_size=2, progress=False)
+    assert (tmp_path / "full" / "mine.txt").read_text() == "x"
+    with pytest.raises(ValueError, match="divisible"):
+        finetune("ssa-tiny", data, output_dir=tmp_path / "x", iterations=1, batch_size=3, grad_accum=2,
+                 progress=False)
+    with pytest.raises(TypeError, match="learning_rate"):
+        finetune("ssa-tiny", data, output_dir=tmp_path / "x", learning_rate=1.0)
+    with pytest.raises(FileNotFoundError):
+        finetune("ssa-tiny", tmp_path / "nothing", output_dir=tmp_path / "x", iterations=1, batch_size=2)
+    with pytest.raises(ValueError, match="lr"):
+        finetune("ssa-tiny", data, output_dir=tmp_path / "x", lr=-1.0)
+    with pytest.raises(ValueError, match="unknown TrainConfig"):
+        TrainConfig.from_dict({"iterationz": 3})
+    with pytest.raises(ValueError, match="fp16"):
+        finetune("ssa-tiny", data, output_dir=tmp_path / "x", iterations=1, batch_size=2, precision="fp16",
+                 device="cpu", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_schedule_and_flip():
+    cfg = TrainConfig(iterations=100, warmup_iters=10, lr_drops=[0.5, 0.9], lr_gamma=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.01)
+    assert lr_factor(10, cfg) == 1.0 and lr_factor(49, cfg) == 1.0
+    assert lr_factor(50, cfg) == pytest.approx(0.1) and lr_factor(95, cfg) == pytest.approx(0.01)
+    assert flip_expression("the cat moving left, then Right") == "the cat moving right, then Left"
+    assert flip_expression("the leftmost bird") == "the rightmost bird"
+    assert flip_expression("the leftover cake") == "the leftover cake"
+
+
+def test_batches_do_not_depend_on_the_number_of_ranks():
+    one = batch_keys(10, 4, rank=0, world_size=1, seed=3)
+    two = [batch_keys(10, 2, rank=r, world_size=2, seed=3) for r in range(2)]
+    for _ in range(5):  # crosses an epoch boundary (2 global batches per epoch)
+        assert sorted(next(one)) == sorted(next(two[0]) + next(two[1]))
+    resumed = batch_keys(10, 4, rank=0, world_size=1, seed=3, start_batch=3)
+    fresh = batch_keys(10, 4, rank=0, world_size=1, seed=3)
+    for _ in range(3):
+        next(fresh)
+    assert next(resumed) == next(fresh)
+
+
+_DDP_SCRIPT = """
+import sys, torch
+from ssa.train import finetune
+import json
+opts = json.loads(sys.argv[3])
+finetune("ssa-tiny", sys.argv[1], output_dir=sys.argv[2], progress=False, **opts)
+"""
+
+
+def test_ddp_two_processes_equal_one(data, tmp_path):
+    opts = dict(iterations=3, batch_size=2, **FAST)
+    single = finetune("ssa-tiny", data, output_dir=tmp_path / "single", **opts, progress=False)
+    script = tmp_path / "run.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(data), str(tmp_path / "ddp"), json.dumps(opts)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from ssa.modeling.model import SSAModel
+
+    ddp = SSAModel.from_pretrained(tmp_path / "ddp" / "model")
+    a, b = single.state_dict(), ddp.state_dict()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < 1e-4, worst
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]  # rank 0 alone writes the log
+
+
+def test_cli_train(data, tmp_path):
+    cfg = {"model": "ssa-tiny", "train_data": str(data), "output_dir": str(tmp_path / "cli"), "iterations": 1,
+           "batch_size": 2, **FAST}
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    assert (tmp_path / "cli" / "model" / "config.json").is_file()
+    assert main(["train", "--config", str(path), "--no-progress"]) == 2  # output exists, no --resume
+    path.write_text(json.dumps({**cfg, "iterationz": 1}))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "cli2")]) == 2

@@ -1,0 +1,132 @@
+"""Recipe of the bundled demo model ``ssa-tiny-synthetic``: ``ssa-tiny`` trained on the synthetic
+motion-referring benchmark with :func:`ssa.train.finetune`, on a CPU.
+
+    python weights/train_ssa_tiny_synthetic.py --work /tmp/ssa-demo            # train + evaluate + ship
+    python weights/train_ssa_tiny_synthetic.py --work /tmp/ssa-demo --resume   # continue an interrupted run
+
+Steps: write the training split (seed 0) and a held-out split (seed 1000, never used in training), train
+(the CLIP too: the tiny CLIP has no pretrained weights), evaluate J&F on the held-out split (overall and
+on its motion-only expressions), and write ``weights/ssa-tiny-synthetic/`` (fp16 safetensors, config,
+model card with the measured table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ssa import SSAConfig, SSAPipeline
+from ssa.data.synthetic import write_split
+from ssa.eval import evaluate
+from ssa.modeling.model import SSAModel
+from ssa.train import finetune
+
+HERE = Path(__file__).resolve().parent
+logger = logging.getLogger("recipe")
+
+RECIPE = {
+    "num_frames": 6,
+    "lr": 5e-4,
+    "warmup_iters": 100,
+    "lr_drops": [0.8],
+    "unfreeze_clip": True,
+    "log_every": 25,
+    "save_every": 250,
+    "loss": {"num_points": 2048},
+}
+
+
+def breakdown(summary, meta: dict) -> dict[str, dict[str, float]]:
+    """J, F, J&F over all expressions and over the motion-only / multi-object ones."""
+    flags = {(vid, eid): e for vid, v in meta["videos"].items() for eid, e in v["expressions"].items()}
+    groups: dict[str, list] = {"all": [], "motion-only": [], "multi-object": []}
+    for row in summary.rows:
+        e = flags[(row.video, row.exp_id)]
+        groups["all"].append(row)
+        if e["motion_only"]:
+            groups["motion-only"].append(row)
+        if len(e["obj_id"]) > 1:
+            groups["multi-object"].append(row)
+    out = {}
+    for name, rows in groups.items():
+        if rows:
+            j = sum(r.j for r in rows) / len(rows)
+            f = sum(r.f for r in rows) / len(rows)
+            out[name] = {"J": j, "F": f, "J&F": (j + f) / 2, "expressions": len(rows)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, required=True, help="scratch directory (splits, checkpoints)")
+    p.add_argument("--out", type=Path, default=HERE / "ssa-tiny-synthetic", help="where the model goes")
+    p.add_argument("--train-videos", type=int, default=400)
+    p.add_argument("--val-videos", type=int, default=60)
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval-only", action="store_true", help="evaluate and ship the finished run")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    train, val = args.work / "train", args.work / "val"
+    if not train.exists():
+        write_split(train, args.train_videos, seed=0)
+    if not val.exists():
+        write_split(val, args.val_videos, seed=1000)
+    run = args.work / "run"
+    started = time.perf_counter()
+    if not args.eval_only:
+        torch.manual_seed(0)
+        model = SSAModel(SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128))
+        model = finetune(model, train, output_dir=run, iterations=args.iterations, batch_size=args.batch_size,
+                         resume=args.resume, **RECIPE)
+    else:
+        model = SSAModel.from_pretrained(run / "model")
+    train_minutes = (time.perf_counter() - started) / 60
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+    summary = evaluate(SSAPipeline(model, device="cpu"), val, out_dir=args.work / "eval", resume=False)
+    meta = json.loads((val / "meta_expressions.json").read_text())
+    table = breakdown(summary, meta)
+    logger.info("held-out J&F: %s", json.dumps(table))
+
+    model.half().save_pretrained(args.out, weights="full", overwrite=True)
+    rows = "\n".join(
+        f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |" for name, v in table.items()
+    )
+    card = (args.out / "README.md").read_text()
+    card += f"""
+## ssa-tiny-synthetic: the demo model
+
+`ssa-tiny` (CLIP on timm `convnext_atto`, text width 128, trained from scratch with the rest) trained with
+`ssa.train.finetune` on the synthetic motion-referring benchmark (`ssa synth`, {args.train_videos} videos,
+seed 0), {log[-1]['step']} iterations of {args.batch_size} clips × {RECIPE['num_frames']} frames, input short
+side 96. Recipe: `weights/train_ssa_tiny_synthetic.py`. Weights stored in fp16 (loaded as fp32).
+Training time: {train_minutes:.1f} min on {platform.processor() or platform.machine()}
+({torch.get_num_threads()} threads, CPU){' (this run: evaluation only)' if args.eval_only else ''}.
+
+Held-out synthetic split (seed 1000, {args.val_videos} videos, never seen in training), measured by
+`ssa.eval.evaluate` (the same code as `ssa evaluate`), multi-object selection (score > 0.5):
+
+| expressions | count | J | F | J&F |
+|---|---|---|---|---|
+{rows}
+
+A toy for demos, tests and quick starts: it knows coloured squares, circles and triangles moving on a
+plain background, nothing about natural videos.
+"""
+    (args.out / "README.md").write_text(card)
+    (args.out / "results.json").write_text(json.dumps({"heldout": table, "train_minutes": train_minutes,
+                                                       "iterations": log[-1]["step"]}, indent=2))
+    logger.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
