@@ -1,0 +1,385 @@
+"""The training objective of SSA (Eq. 8): L_train = L_v + L_f + λ_sim · L_sim.
+
+- **L_f** (frame level): per pair p and frame t, the N frame queries are Hungarian-matched
+  (:class:`~ssa.train.matcher.HungarianMatcher`) to the referred objects visible in frame t (mask
+  nonempty at t). Matched queries are supervised as "referred" (class 0) with BCE + dice on their
+  masks; every other query as "no object" (class 1, weight ``no_object_weight``).
+- **L_v** (video level): the same for the N video queries against whole tubes (objects with at
+  least one nonempty frame). A tube's mask terms cover all T frames, ``num_points`` points per frame
+  (so a frame of a tube is sampled as densely as a frame of L_f); the dice is over the tube as one
+  mask, the BCE the mean over its T · num_points points.
+- **L_sim**: matched frame-query embeddings (last frame-decoder layer's matching) against matched
+  video-query embeddings: cosine / τ between every such frame and video embedding of the batch, target
+  1 when both were matched to the same object of the same pair, else 0; BCE-with-logits, averaged.
+
+Both L_f and L_v are summed over the decoder layers when ``deep_supervision`` (each earlier layer is
+matched on its own). Mask terms are normalised by the number of targets in the batch (averaged over
+DDP ranks when torch.distributed is initialised, at least 1); the class term is the weighted mean of
+the cross-entropy over all queries.
+
+Point sampling (DESIGN.md §5): matching uses uniform random points; the loss uses importance sampling
+(``oversample_ratio`` × points drawn uniformly, the ``importance_sample_ratio`` share with the least
+certain predicted logit kept, the rest fresh uniform points; ``importance_sample_ratio=0`` gives plain
+uniform sampling). All randomness comes from an optional ``torch.Generator`` passed to the forward, or
+from the global RNG (reproducible under ``torch.manual_seed``). Everything is computed in float32 with
+autocast disabled, whatever precision the model ran in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssa.modeling.outputs import SSAOutput
+from ssa.train.matcher import HungarianMatcher, match_cost, point_sample, uncertain_points
+
+__all__ = ["LossConfig", "SSACriterion"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LossConfig:
+    """Weights and sampling of the training objective (Eq. 8). JSON-friendly (``to_dict``/``from_dict``).
+
+    ``class_weight``, ``mask_weight`` and ``dice_weight`` weight both the loss terms and the matching
+    costs (as in Mask2Former-style set prediction).
+    """
+
+    class_weight: float = 2.0
+    """Weight of the referred / no-object cross-entropy (and of −p_referred in the matching cost)."""
+    mask_weight: float = 5.0
+    """Weight of the point-sampled mask BCE."""
+    dice_weight: float = 5.0
+    """Weight of the point-sampled dice loss."""
+    no_object_weight: float = 0.1
+    """Cross-entropy weight of the "no object" class (unmatched queries)."""
+    sim_weight: float = 0.5
+    """λ_sim of Eq. 8 (the paper uses 0.5-1.0)."""
+    sim_temperature: float = 0.1
+    """τ of L_sim: logits are cos/τ, within ±10. With τ = 0.1 a pair reaches BCE < 0.05 once the cosine
+    is above ≈ 0.3 (same object) or below ≈ −0.3 (different objects): a margin, not a collapse of all
+    embeddings of an object onto one direction."""
+    num_points: int = 12544
+    """Points per mask (per frame for tubes), for matching and for the loss; 112² at paper scale."""
+    oversample_ratio: float = 3.0
+    """Loss point sampling: candidates drawn = oversample_ratio × num_points (≥ 1)."""
+    importance_sample_ratio: float = 0.75
+    """Loss point sampling: share of points taken from the most uncertain candidates (0 = uniform)."""
+    deep_supervision: bool = True
+    """Also supervise every earlier decoder layer (frame and video decoders), summed."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        for name in ("class_weight", "mask_weight", "dice_weight", "sim_weight"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"LossConfig.{name} must be a finite number >= 0, got {value!r}")
+        for name in ("no_object_weight", "sim_temperature"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"LossConfig.{name} must be a finite number > 0, got {value!r}")
+        if not isinstance(self.num_points, int) or isinstance(self.num_points, bool) or self.num_points <= 0:
+            raise ValueError(f"LossConfig.num_points must be a positive integer, got {self.num_points!r}")
+        if not _is_real(self.oversample_ratio) or not 1.0 <= self.oversample_ratio < math.inf:
+            raise ValueError(f"LossConfig.oversample_ratio must be a finite number >= 1, "
+                             f"got {self.oversample_ratio!r}")
+        if not _is_real(self.importance_sample_ratio) or not 0.0 <= self.importance_sample_ratio <= 1.0:
+            raise ValueError(f"LossConfig.importance_sample_ratio must be in [0, 1], "
+                             f"got {self.importance_sample_ratio!r}")
+        if not isinstance(self.deep_supervision, bool):
+            raise ValueError(f"LossConfig.deep_supervision must be a bool, got {self.deep_supervision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LossConfig:
+        """Build from a dict; unknown keys are an error, not ignored."""
+        if not isinstance(values, dict):
+            raise TypeError(f"LossConfig.from_dict expects a dict, got {type(values).__name__}")
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown LossConfig field(s) {sorted(unknown)}")
+        return cls(**values)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _num_targets(count: int, device: torch.device) -> Tensor:
+    """Number of targets for normalisation: averaged over DDP ranks when distributed, at least 1."""
+    n = torch.tensor(float(count), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return n.clamp(min=1.0)
+
+
+@dataclass
+class _Matches:
+    """Matched (prediction, target) pairs of one layer, as parallel long tensors on CPU.
+
+    ``frame`` is the frame index for frame-level matches and None for video-level ones.
+    """
+
+    pair: Tensor
+    query: Tensor
+    target: Tensor
+    frame: Tensor | None = None
+
+
+class SSACriterion(nn.Module):
+    """L_train = L_v + L_f + λ_sim · L_sim (Eq. 8) of an :class:`~ssa.modeling.outputs.SSAOutput`.
+
+    ``forward(output, targets)``: ``output`` from the model in training mode (or ``with_frames=True``),
+    ``targets[p]`` the (K_p, T, H, W) bool/uint8/float masks of the objects referred to by pair p at any
+    spatial size (K_p = 0: nothing referred). Returns a dict of scalar tensors: ``"loss"`` (the total,
+    with gradient) and, detached for logging, ``loss_frame`` / ``loss_video`` (L_f, L_v: weighted,
+    summed over layers), their weighted components ``loss_{frame,video}_{class,mask,dice}``, and
+    ``loss_sim`` (L_sim, before λ_sim). The criterion has no parameters.
+    """
+
+    def __init__(self, config: LossConfig | None = None) -> None:
+        super().__init__()
+        self.config = LossConfig() if config is None else config
+        if not isinstance(self.config, LossConfig):
+            raise TypeError(f"SSACriterion expects a LossConfig, got {type(self.config).__name__}")
+        self.config.validate()
+        c = self.config
+        self.matcher = HungarianMatcher(c.class_weight, c.mask_weight, c.dice_weight, c.num_points)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
+
+    # -- entry point -----------------------------------------------------------------------------------
+    def forward(self, output: SSAOutput, targets: list[Tensor], *,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The losses of Eq. 8 for P pairs; see the class docstring."""
+        device = output.class_logits.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self._forward(output, targets, generator)
+
+    def _forward(self, output: SSAOutput, targets: list[Tensor],
+                 generator: torch.Generator | None) -> dict[str, Tensor]:
+        c = self.config
+        frames = output.frames
+        if frames is None:
+            raise ValueError(
+                "SSACriterion needs the per-frame predictions (output.frames is None): run the model in "
+                "training mode or with with_frames=True"
+            )
+        p, t, n = frames.class_logits.shape[:3]
+        masks = self._check_targets(targets, p, t, output.class_logits.device)
+        visible = [(m.flatten(2) > 0).any(-1) for m in masks]  # per pair (K, T): object in frame t
+        tubes = [v.any(-1) for v in visible]  # per pair (K,): object anywhere in the clip
+        device = output.class_logits.device
+        num_frame = _num_targets(sum(int(v.sum()) for v in visible), device)
+        num_video = _num_targets(sum(int(k.sum()) for k in tubes), device)
+
+        # L_f over the frame decoder's layers, the last one last (its matching feeds L_sim).
+        frame_layers = list(zip(frames.aux_class_logits, frames.aux_mask_logits, strict=True))
+        video_layers = list(zip(output.aux_class_logits, output.aux_mask_logits, strict=True))
+        if not c.deep_supervision:
+            frame_layers, video_layers = [], []
+        frame_layers.append((frames.class_logits, frames.mask_logits))
+        video_layers.append((output.class_logits, output.mask_logits))
+
+        frame_terms = torch.zeros(3, device=device)
+        for cls_logits, mask_logits in frame_layers:
+            terms, frame_matches = self._frame_layer(cls_logits, mask_logits, masks, visible, num_frame,
+                                                     generator)
+            frame_terms = frame_terms + terms
+        video_terms = torch.zeros(3, device=device)
+        for cls_logits, mask_logits in video_layers:
+            terms, video_matches = self._video_layer(cls_logits, mask_logits, masks, tubes, num_video,
+                                                     generator)
+            video_terms = video_terms + terms
+
+        loss_sim = self._similarity(output, frame_matches, video_matches)
+        loss_frame, loss_video = frame_terms.sum(), video_terms.sum()
+        total = loss_video + loss_frame + c.sim_weight * loss_sim  # Eq. 8
+        out = {"loss": total, "loss_frame": loss_frame.detach(), "loss_video": loss_video.detach(),
+               "loss_sim": loss_sim.detach()}
+        for level, terms in (("frame", frame_terms), ("video", video_terms)):
+            for j, name in enumerate(("class", "mask", "dice")):
+                out[f"loss_{level}_{name}"] = terms[j].detach()
+        return out
+
+    # -- checks ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_targets(targets: list[Tensor], num_pairs: int, num_frames: int, device: torch.device
+                       ) -> list[Tensor]:
+        """Validate the targets and return them as float32 (K, T, H, W) on ``device``."""
+        if not isinstance(targets, (list, tuple)):
+            raise TypeError(f"targets must be a list of (K, T, H, W) tensors, got {type(targets).__name__}")
+        if len(targets) != num_pairs:
+            raise ValueError(
+                f"got {len(targets)} target tensors for {num_pairs} (clip, expression) pairs; "
+                "targets[p] must hold the masks of the objects referred to by pair p"
+            )
+        out = []
+        for i, tgt in enumerate(targets):
+            if not isinstance(tgt, Tensor):
+                raise TypeError(f"targets[{i}] must be a torch.Tensor, got {type(tgt).__name__}")
+            if tgt.dim() != 4:
+                raise ValueError(
+                    f"targets[{i}] must be 4-D (K, T, H, W) masks, got shape {tuple(tgt.shape)}"
+                )
+            if tgt.shape[1] != num_frames:
+                raise ValueError(
+                    f"targets[{i}] has {tgt.shape[1]} frames (shape {tuple(tgt.shape)}) but the "
+                    f"predictions have T={num_frames}"
+                )
+            if tgt.shape[2] == 0 or tgt.shape[3] == 0:
+                raise ValueError(f"targets[{i}] has an empty spatial size (shape {tuple(tgt.shape)})")
+            if tgt.is_complex():
+                raise ValueError(f"targets[{i}] must be bool, integer or float masks, got {tgt.dtype}")
+            tgt = tgt.to(device)
+            out.append(tgt.float() if tgt.is_floating_point() else (tgt != 0).float())
+        return out
+
+    # -- L_f -------------------------------------------------------------------------------------------
+    def _frame_layer(self, class_logits: Tensor, mask_logits: Tensor, masks: list[Tensor],
+                     visible: list[Tensor], num_targets: Tensor, generator: torch.Generator | None
+                     ) -> tuple[Tensor, _Matches]:
+        """Weighted (class, mask, dice) of one frame-decoder layer and its matches.
+
+        class_logits (P, T, N, 2), mask_logits (P, T, N, h, w).
+        """
+        class_logits, mask_logits = class_logits.float(), mask_logits.float()
+        pairs, frames, queries, objects = [], [], [], []
+        for p, (tgt, vis) in enumerate(zip(masks, visible, strict=True)):
+            if not bool(vis.any()):
+                continue
+            pred_pts, tgt_pts = self.matcher.sample(mask_logits[p].transpose(0, 1), tgt,
+                                                    generator=generator)  # (T, N, M), (T, K, M)
+            cost = self.matcher.cost_matrix(class_logits[p], pred_pts, tgt_pts).cpu()  # (T, N, K)
+            vis_cpu = vis.cpu()
+            for t in range(cost.shape[0]):
+                cols = vis_cpu[:, t].nonzero().flatten()  # objects visible in frame t
+                if cols.numel() == 0:
+                    continue
+                rows, sel = match_cost(cost[t][:, cols])
+                pairs.append(torch.full_like(rows, p))
+                frames.append(torch.full_like(rows, t))
+                queries.append(rows)
+                objects.append(cols[sel])
+        matches = _Matches(*_cat(pairs, queries, objects), frame=_cat(frames)[0])
+
+        # class: matched → referred (0), the rest → no object (1)
+        labels = torch.ones(class_logits.shape[:3], dtype=torch.long)  # (P, T, N)
+        labels[matches.pair, matches.frame, matches.query] = 0
+        loss_class = self._class_loss(class_logits, labels.to(class_logits.device))
+
+        pred = mask_logits[matches.pair, matches.frame, matches.query][:, None]  # (M, 1, h, w)
+        tgt = []
+        for p in range(len(masks)):
+            mine = matches.pair == p
+            tgt.append(masks[p][matches.target[mine], matches.frame[mine]][:, None])  # (M_p, 1, H, W)
+        loss_mask, loss_dice = self._mask_losses(pred, tgt, num_targets, mask_logits, generator)
+        return self._weighted(loss_class, loss_mask, loss_dice), matches
+
+    # -- L_v -------------------------------------------------------------------------------------------
+    def _video_layer(self, class_logits: Tensor, mask_logits: Tensor, masks: list[Tensor],
+                     tubes: list[Tensor], num_targets: Tensor, generator: torch.Generator | None
+                     ) -> tuple[Tensor, _Matches]:
+        """Weighted (class, mask, dice) of one video-decoder layer and its matches.
+
+        class_logits (P, N, 2), mask_logits (P, N, T, h, w).
+        """
+        class_logits, mask_logits = class_logits.float(), mask_logits.float()
+        pairs, queries, objects = [], [], []
+        for p, (tgt, tube) in enumerate(zip(masks, tubes, strict=True)):
+            keep = tube.nonzero().flatten()  # objects present in at least one frame
+            if keep.numel() == 0:
+                continue
+            rows, sel = self.matcher(class_logits[p], mask_logits[p], tgt[keep], generator=generator)
+            pairs.append(torch.full_like(rows, p))
+            queries.append(rows)
+            objects.append(keep.cpu()[sel])
+        matches = _Matches(*_cat(pairs, queries, objects))
+
+        labels = torch.ones(class_logits.shape[:2], dtype=torch.long)  # (P, N)
+        labels[matches.pair, matches.query] = 0
+        loss_class = self._class_loss(class_logits, labels.to(class_logits.device))
+
+        pred = mask_logits[matches.pair, matches.query]  # (M, T, h, w)
+        tgt = [masks[p][matches.target[matches.pair == p]] for p in range(len(masks))]  # (M_p, T, H, W)
+        loss_mask, loss_dice = self._mask_losses(pred, tgt, num_targets, mask_logits, generator)
+        return self._weighted(loss_class, loss_mask, loss_dice), matches
+
+    # -- shared terms ----------------------------------------------------------------------------------
+    def _weighted(self, loss_class: Tensor, loss_mask: Tensor, loss_dice: Tensor) -> Tensor:
+        c = self.config
+        return torch.stack([c.class_weight * loss_class, c.mask_weight * loss_mask,
+                            c.dice_weight * loss_dice])
+
+    def _class_loss(self, class_logits: Tensor, labels: Tensor) -> Tensor:
+        """Weighted cross-entropy (no-object weight) averaged over all queries: (..., 2), (...)."""
+        weight = class_logits.new_tensor([1.0, self.config.no_object_weight])
+        return F.cross_entropy(class_logits.reshape(-1, 2), labels.reshape(-1), weight=weight)
+
+    def _mask_losses(self, pred: Tensor, targets: list[Tensor], num_targets: Tensor, all_logits: Tensor,
+                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Σ BCE and Σ dice over matched masks, each / num_targets.
+
+        pred (M, T, h, w) matched logits; targets: per pair (M_p, T, H, W), in the order of ``pred``.
+        Each of the T frames gets ``num_points`` importance-sampled points; a mask's BCE is the mean
+        over its T · num_points points and its dice is over all of them.
+        """
+        m, t, h, w = pred.shape
+        if m == 0:
+            zero = all_logits.sum() * 0.0  # keeps the mask head in the graph (DDP)
+            return zero, zero
+        c = self.config
+        maps = pred.reshape(m * t, 1, h, w)
+        points = uncertain_points(maps, c.num_points, oversample_ratio=c.oversample_ratio,
+                                  importance_sample_ratio=c.importance_sample_ratio,
+                                  generator=generator)  # (M·T, num_points, 2)
+        logits = point_sample(maps, points)[:, 0].reshape(m, -1)  # (M, T·num_points)
+        labels, start = [], 0
+        for tgt in targets:
+            k = tgt.shape[0]
+            if k == 0:
+                continue
+            rows = slice(start * t, (start + k) * t)
+            tgt_maps = tgt.reshape(k * t, 1, *tgt.shape[-2:])
+            labels.append(point_sample(tgt_maps, points[rows], mode="nearest")[:, 0].reshape(k, -1))
+            start += k
+        labels = torch.cat(labels)  # (M, T·num_points)
+        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1)  # (M,)
+        prob = logits.sigmoid()
+        dice = 1.0 - (2.0 * (prob * labels).sum(-1) + 1.0) / (prob.sum(-1) + labels.sum(-1) + 1.0)  # (M,)
+        return bce.sum() / num_targets, dice.sum() / num_targets
+
+    # -- L_sim -----------------------------------------------------------------------------------------
+    def _similarity(self, output: SSAOutput, frame: _Matches, video: _Matches) -> Tensor:
+        """L_sim: BCE of cos/τ between matched frame and video query embeddings, target = same object
+        of the same pair."""
+        frame_queries, video_queries = output.frame_queries.float(), output.video_queries.float()
+        if frame.pair.numel() == 0 or video.pair.numel() == 0:
+            return (frame_queries.sum() + video_queries.sum()) * 0.0  # connected, for DDP
+        device = frame_queries.device
+        f = F.normalize(frame_queries[frame.pair, frame.frame, frame.query], dim=-1)  # (M_f, C)
+        v = F.normalize(video_queries[video.pair, video.query], dim=-1)  # (M_v, C)
+        logits = f @ v.T / self.config.sim_temperature  # (M_f, M_v)
+        same = (frame.pair[:, None] == video.pair[None]) & (frame.target[:, None] == video.target[None])
+        return F.binary_cross_entropy_with_logits(logits, same.to(device=device, dtype=logits.dtype))
+
+
+def _cat(*lists: list[Tensor]) -> tuple[Tensor, ...]:
+    """Concatenate lists of long tensors (empty list → empty long tensor)."""
+    return tuple(torch.cat(x) if x else torch.empty(0, dtype=torch.long) for x in lists)
