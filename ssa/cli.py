@@ -30,7 +30,8 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("video", help="video file, folder of frames")
     p.add_argument("expressions", nargs="+", help="one or more referring expressions (quote each)")
-    p.add_argument("--model", required=True, help="Hub repo id or local checkpoint directory")
+    p.add_argument("--model", default="ssa-tiny-synthetic",
+                   help="bundled name, Hub repo id or local checkpoint directory (default: the demo model)")
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
     p.add_argument("--overlay", type=Path, default=None,
                    help="also write an overlay MP4 (with several expressions: NAME_<i>.mp4)")

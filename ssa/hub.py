@@ -307,17 +307,32 @@ out = model(frames, "the cat jumping away")   # frames: (T, 3, H, W), CLIP-norma
 # ----------------------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------------------
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "ssa-tiny-synthetic"
+
+
+def bundled_models() -> list[str]:
+    """Names of the checkpoints shipped inside the package (``ssa/weights/<name>/``)."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+
+
 def _bundled_weights_dir(name: str) -> Path | None:
     """The directory of a checkpoint shipped inside the package under ``name``, or None.
 
-    Hook for bundled weights (e.g. ``ssa-tiny-synthetic`` in ``ssa/weights/``); consulted first by
-    :func:`load_pretrained`. Nothing is bundled yet.
+    Consulted first by :func:`load_pretrained`, so a bundled name (``ssa-tiny-synthetic``, the demo
+    model) works offline and from a wheel install; a local directory of the same name does not shadow it
+    unless given as a path (``./ssa-tiny-synthetic``).
     """
-    return None
+    if "/" in name or os.sep in name or name.startswith("."):
+        return None
+    directory = BUNDLED_DIR / name
+    return directory if (directory / CONFIG_NAME).is_file() else None
 
 
 def load_pretrained(
-    name_or_path: str | os.PathLike[str],
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,

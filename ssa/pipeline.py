@@ -232,11 +232,14 @@ class SSAPipeline:
         self.config = model.config
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, device: str | torch.device | None = None,
+    def from_pretrained(cls, name_or_path: str | Path = "ssa-tiny-synthetic", *,
+                        device: str | torch.device | None = None,
                         precision: Precision | None = None, revision: str | None = None,
                         cache_dir: str | Path | None = None, local_files_only: bool = False,
                         token: str | None = None, **kwargs: Any) -> SSAPipeline:
-        """Load a model from a Hub repo id or a local directory (see :meth:`SSAModel.from_pretrained`)."""
+        """Load a model from a bundled name, a Hub repo id or a local directory (see
+        :meth:`SSAModel.from_pretrained`). The default, ``ssa-tiny-synthetic``, is the small demo model
+        shipped with the package (trained on synthetic moving shapes: a toy, not a model of real videos)."""
         model = SSAModel.from_pretrained(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
             token=token,

@@ -230,9 +230,12 @@ def test_perfect_predictions_give_near_zero_mask_and_class_loss() -> None:
             assert per_layer < (1e-3 if name == "class" else 0.03), (level, name, perfect)
             assert float(rand[f"loss_{level}_{name}"]) / (2 * weight) > 0.1
     assert perfect["loss"] < rand["loss"]
-    # Orthogonal embeddings: positives at cos 1 (BCE ≈ 0), negatives at cos 0 (BCE log 2).
-    num_obj = 3
-    assert perfect["loss_sim"] == pytest.approx(math.log(2) * (num_obj - 1) / num_obj, abs=1e-3)
+    # Orthogonal embeddings: positives at cos 1 (BCE ≈ 0), negatives at cos 0 (BCE log 2). Within a
+    # pair each matched frame query meets every matched video query of that pair: pair 0 has two
+    # objects (one negative per frame match), pair 1 one (no negative).
+    f0, f1 = (int(x.flatten(2).any(-1).sum()) for x in low)  # frame matches = visible (object, frame)
+    expected_sim = math.log(2) * f0 / (2 * f0 + f1)
+    assert perfect["loss_sim"] == pytest.approx(expected_sim, abs=1e-3)
     assert math.isclose(float(perfect["loss"]), float(perfect["loss_frame"] + perfect["loss_video"]
                                                       + 0.5 * perfect["loss_sim"]), rel_tol=1e-5)
 
@@ -256,17 +259,33 @@ def test_similarity_loss_hand_computed() -> None:
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_similarity_targets_are_per_pair() -> None:
-    # Two pairs, one object each, all embeddings along the same direction: object 0 of pair 0 and
-    # object 0 of pair 1 are different objects (target 0) although their embeddings agree.
+def test_similarity_compares_queries_within_a_pair_only() -> None:
+    # Two pairs, one object each, all embeddings along the same direction: each pair's frame query
+    # meets only its own video query (a positive), never the other pair's (which could be the same
+    # object under another expression); a batch split over DDP ranks gives the same L_sim.
     low = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
     low[0, 0, :4] = True
     out = perfect_output([low, low], n=2, c=2)
     out.frame_queries = torch.ones_like(out.frame_queries)
     out.video_queries = torch.ones_like(out.video_queries)
     loss = SSACriterion(LossConfig(num_points=256, sim_temperature=0.1))(out, [low, low])["loss_sim"]
+    assert float(loss) == pytest.approx(float(F.softplus(torch.tensor(-10.0))), rel=1e-5)
+    out.video_queries[1] = -out.video_queries[1]  # pair 1's positive now points away
+    loss = SSACriterion(LossConfig(num_points=256, sim_temperature=0.1))(out, [low, low])["loss_sim"]
     expected = (F.softplus(torch.tensor(-10.0)) + F.softplus(torch.tensor(10.0))) / 2
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_per_pair_generators_make_a_pair_independent_of_its_batch() -> None:
+    low = [rect_masks(2, 3, 16, 16, seed=4), rect_masks(1, 3, 16, 16, seed=5)]
+    out = random_output(2, 3, 6, 16, 16)
+    crit = SSACriterion(LossConfig(num_points=64))
+    both = crit(out, low, generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    # the same pair 1 next to another pair 0 draws the same points: only pair 0's terms change
+    other = crit(out, low, generator=[torch.Generator().manual_seed(s) for s in (9, 2)])
+    assert float(both["loss"]) != float(other["loss"])
+    with pytest.raises(ValueError, match="generators"):
+        crit(out, low, generator=[torch.Generator()])
 
 
 def test_class_loss_is_the_no_object_weighted_cross_entropy() -> None:

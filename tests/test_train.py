@@ -168,7 +168,7 @@ def test_ddp_two_processes_equal_one(data, tmp_path):
     ddp = SSAModel.from_pretrained(tmp_path / "ddp" / "model")
     a, b = single.state_dict(), ddp.state_dict()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
-    assert worst < 1e-4, worst
+    assert worst < 1e-5, worst  # measured < 1e-6; per-pair point seeds make it exact up to fp order
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]  # rank 0 alone writes the log
 

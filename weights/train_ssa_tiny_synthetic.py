@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ssa import SSAConfig, SSAPipeline
-from ssa.data.synthetic import write_split
+from ssa.data.synthetic import score_breakdown, write_split
 from ssa.eval import evaluate
 from ssa.modeling.model import SSAModel
 from ssa.train import finetune
@@ -42,30 +42,11 @@ RECIPE = {
 }
 
 
-def breakdown(summary, meta: dict) -> dict[str, dict[str, float]]:
-    """J, F, J&F over all expressions and over the motion-only / multi-object ones."""
-    flags = {(vid, eid): e for vid, v in meta["videos"].items() for eid, e in v["expressions"].items()}
-    groups: dict[str, list] = {"all": [], "motion-only": [], "multi-object": []}
-    for row in summary.rows:
-        e = flags[(row.video, row.exp_id)]
-        groups["all"].append(row)
-        if e["motion_only"]:
-            groups["motion-only"].append(row)
-        if len(e["obj_id"]) > 1:
-            groups["multi-object"].append(row)
-    out = {}
-    for name, rows in groups.items():
-        if rows:
-            j = sum(r.j for r in rows) / len(rows)
-            f = sum(r.f for r in rows) / len(rows)
-            out[name] = {"J": j, "F": f, "J&F": (j + f) / 2, "expressions": len(rows)}
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, required=True, help="scratch directory (splits, checkpoints)")
-    p.add_argument("--out", type=Path, default=HERE / "ssa-tiny-synthetic", help="where the model goes")
+    p.add_argument("--out", type=Path, default=HERE.parent / "ssa" / "weights" / "ssa-tiny-synthetic",
+                   help="where the model goes (inside the package; weights/ssa-tiny-synthetic links there)")
     p.add_argument("--train-videos", type=int, default=400)
     p.add_argument("--val-videos", type=int, default=60)
     p.add_argument("--iterations", type=int, default=2000)
@@ -93,14 +74,12 @@ def main() -> None:
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
     summary = evaluate(SSAPipeline(model, device="cpu"), val, out_dir=args.work / "eval", resume=False)
-    meta = json.loads((val / "meta_expressions.json").read_text())
-    table = breakdown(summary, meta)
+    table = score_breakdown(summary.rows, val)
     logger.info("held-out J&F: %s", json.dumps(table))
 
     model.half().save_pretrained(args.out, weights="full", overwrite=True)
-    rows = "\n".join(
-        f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |" for name, v in table.items()
-    )
+    rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
+                     for name, v in table.items())
     card = (args.out / "README.md").read_text()
     card += f"""
 ## ssa-tiny-synthetic: the demo model

@@ -51,6 +51,7 @@ __all__ = [
     "generate_video",
     "generate_videos",
     "write_split",
+    "score_breakdown",
 ]
 
 logger = logging.getLogger(__name__)
@@ -454,3 +455,27 @@ def write_split(root: str | os.PathLike, num_videos: int = 200, seed: int = 0, *
     n_motion = sum(e["motion_only"] for v in meta.values() for e in v["expressions"].values())
     logger.info("wrote %d videos, %d expressions (%d motion-only) to %s", num_videos, n_exp, n_motion, root)
     return root
+
+
+def score_breakdown(rows: Sequence, split_dir: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """J, F and J&F of evaluated expressions over all of them and over the synthetic split's groups.
+
+    ``rows``: per-expression scores with ``video``, ``exp_id``, ``j`` and ``f`` (the ``.rows`` of
+    :func:`ssa.eval.evaluate`'s summary). Groups: ``all``, ``motion-only`` (the expressions only motion
+    resolves), ``multi-object`` and ``single-object``.
+    """
+    meta = json.loads((Path(split_dir) / "meta_expressions.json").read_text())["videos"]
+    groups: dict[str, list] = {"all": [], "motion-only": [], "multi-object": [], "single-object": []}
+    for row in rows:
+        e = meta[row.video]["expressions"][row.exp_id]
+        groups["all"].append(row)
+        if e.get("motion_only"):
+            groups["motion-only"].append(row)
+        groups["multi-object" if len(e["obj_id"]) > 1 else "single-object"].append(row)
+    out = {}
+    for name, members in groups.items():
+        if members:
+            j = sum(r.j for r in members) / len(members)
+            f = sum(r.f for r in members) / len(members)
+            out[name] = {"J": j, "F": f, "J&F": (j + f) / 2, "expressions": len(members)}
+    return out

@@ -118,11 +118,13 @@ class SSAModel(nn.Module):
                                    model_card=model_card)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, revision: str | None = None,
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "ssa-tiny-synthetic", *,
+                        revision: str | None = None,
                         cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False,
                         token: str | bool | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, strict: bool = True) -> SSAModel:
-        """Load a checkpoint directory or Hub repo (eval mode); see :func:`ssa.hub.load_pretrained`."""
+        """Load a bundled model, checkpoint directory or Hub repo (eval mode); see
+        :func:`ssa.hub.load_pretrained`. The default is the bundled demo model ``ssa-tiny-synthetic``."""
         from ssa import hub
 
         return hub.load_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,

@@ -410,7 +410,8 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
             sync = k == cfg.grad_accum - 1 or d.world_size == 1
             with (contextlib.nullcontext() if sync else ddp.no_sync()), _autocast(precision, dev):
                 output = ddp(batch.frames, [[e] for e in batch.expressions], with_frames=True)
-                losses = criterion(output, batch.targets)
+                generators = _clip_generators(cfg.seed, step, k, batch.keys)
+                losses = criterion(output, batch.targets, generator=generators)
             loss = losses["loss"] / cfg.grad_accum
             if not torch.isfinite(loss):
                 terms = {k: float(v) for k, v in losses.items()}
@@ -456,6 +457,17 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
         model.save_pretrained(final, weights="full" if cfg.unfreeze_clip else "auto", overwrite=True)
         logger.info("trained model saved to %s", final)
     return model
+
+
+def _clip_generators(seed: int, step: int, micro: int, keys: list[tuple[int, int]]) -> list[torch.Generator]:
+    """One generator per clip for the loss's point sampling, seeded by the run seed, the step and the
+    clip: the points do not depend on which rank or batch neighbours a clip has (exact DDP parity)."""
+    out = []
+    for epoch, index in keys:
+        g = torch.Generator()
+        g.manual_seed(hash((seed, step, micro, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        out.append(g)
+    return out
 
 
 def _mean_over_ranks(record: dict[str, float], d: _Dist, dev: torch.device) -> dict[str, float]:

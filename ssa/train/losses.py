@@ -9,20 +9,22 @@
   (so a frame of a tube is sampled as densely as a frame of L_f); the dice is over the tube as one
   mask, the BCE the mean over its T · num_points points.
 - **L_sim**: matched frame-query embeddings (last frame-decoder layer's matching) against matched
-  video-query embeddings: cosine / τ between every such frame and video embedding of the batch, target
-  1 when both were matched to the same object of the same pair, else 0; BCE-with-logits, averaged.
+  video-query embeddings of the same pair: cosine / τ between every such frame and video embedding,
+  target 1 when both were matched to the same object, else 0; BCE-with-logits, the mean over all these
+  (frame, video) couples of the batch.
 
 Both L_f and L_v are summed over the decoder layers when ``deep_supervision`` (each earlier layer is
 matched on its own). Mask terms are normalised by the number of targets in the batch (averaged over
 DDP ranks when torch.distributed is initialised, at least 1); the class term is the weighted mean of
-the cross-entropy over all queries.
+the cross-entropy over all queries. Every mean's denominator is averaged over DDP ranks the same way, so
+with per-pair generators a batch split over ranks gives exactly the gradients of the whole batch.
 
 Point sampling (DESIGN.md §5): matching uses uniform random points; the loss uses importance sampling
 (``oversample_ratio`` × points drawn uniformly, the ``importance_sample_ratio`` share with the least
 certain predicted logit kept, the rest fresh uniform points; ``importance_sample_ratio=0`` gives plain
-uniform sampling). All randomness comes from an optional ``torch.Generator`` passed to the forward, or
-from the global RNG (reproducible under ``torch.manual_seed``). Everything is computed in float32 with
-autocast disabled, whatever precision the model ran in.
+uniform sampling). All randomness comes from an optional ``torch.Generator`` (or one per pair) passed
+to the forward, or from the global RNG (reproducible under ``torch.manual_seed``). Everything is
+computed in float32 with autocast disabled, whatever precision the model ran in.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +122,7 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _num_targets(count: int, device: torch.device) -> Tensor:
+def _num_targets(count: float, device: torch.device) -> Tensor:
     """Number of targets for normalisation: averaged over DDP ranks when distributed, at least 1."""
     n = torch.tensor(float(count), device=device)
     if dist.is_available() and dist.is_initialized():
@@ -166,14 +169,26 @@ class SSACriterion(nn.Module):
 
     # -- entry point -----------------------------------------------------------------------------------
     def forward(self, output: SSAOutput, targets: list[Tensor], *,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """The losses of Eq. 8 for P pairs; see the class docstring."""
+                generator: torch.Generator | Sequence[torch.Generator] | None = None) -> dict[str, Tensor]:
+        """The losses of Eq. 8 for P pairs; see the class docstring.
+
+        ``generator``: the source of the sampled points — one generator, or one per pair (then a pair's
+        points do not depend on the other pairs in the batch: with per-clip seeds, a batch split over
+        DDP ranks gives exactly the loss of the whole batch in one process), or None (global RNG).
+        """
         device = output.class_logits.device
+        num_pairs = output.class_logits.shape[0]
+        if generator is None or isinstance(generator, torch.Generator):
+            generators: list[torch.Generator | None] = [generator] * num_pairs
+        else:
+            generators = list(generator)
+            if len(generators) != num_pairs:
+                raise ValueError(f"got {len(generators)} generators for {num_pairs} pairs")
         with torch.autocast(device_type=device.type, enabled=False):
-            return self._forward(output, targets, generator)
+            return self._forward(output, targets, generators)
 
     def _forward(self, output: SSAOutput, targets: list[Tensor],
-                 generator: torch.Generator | None) -> dict[str, Tensor]:
+                 generator: list[torch.Generator | None]) -> dict[str, Tensor]:
         c = self.config
         frames = output.frames
         if frames is None:
@@ -253,7 +268,7 @@ class SSACriterion(nn.Module):
 
     # -- L_f -------------------------------------------------------------------------------------------
     def _frame_layer(self, class_logits: Tensor, mask_logits: Tensor, masks: list[Tensor],
-                     visible: list[Tensor], num_targets: Tensor, generator: torch.Generator | None
+                     visible: list[Tensor], num_targets: Tensor, generator: list[torch.Generator | None]
                      ) -> tuple[Tensor, _Matches]:
         """Weighted (class, mask, dice) of one frame-decoder layer and its matches.
 
@@ -265,7 +280,7 @@ class SSACriterion(nn.Module):
             if not bool(vis.any()):
                 continue
             pred_pts, tgt_pts = self.matcher.sample(mask_logits[p].transpose(0, 1), tgt,
-                                                    generator=generator)  # (T, N, M), (T, K, M)
+                                                    generator=generator[p])  # (T, N, M), (T, K, M)
             cost = self.matcher.cost_matrix(class_logits[p], pred_pts, tgt_pts).cpu()  # (T, N, K)
             vis_cpu = vis.cpu()
             for t in range(cost.shape[0]):
@@ -294,7 +309,7 @@ class SSACriterion(nn.Module):
 
     # -- L_v -------------------------------------------------------------------------------------------
     def _video_layer(self, class_logits: Tensor, mask_logits: Tensor, masks: list[Tensor],
-                     tubes: list[Tensor], num_targets: Tensor, generator: torch.Generator | None
+                     tubes: list[Tensor], num_targets: Tensor, generator: list[torch.Generator | None]
                      ) -> tuple[Tensor, _Matches]:
         """Weighted (class, mask, dice) of one video-decoder layer and its matches.
 
@@ -306,7 +321,7 @@ class SSACriterion(nn.Module):
             keep = tube.nonzero().flatten()  # objects present in at least one frame
             if keep.numel() == 0:
                 continue
-            rows, sel = self.matcher(class_logits[p], mask_logits[p], tgt[keep], generator=generator)
+            rows, sel = self.matcher(class_logits[p], mask_logits[p], tgt[keep], generator=generator[p])
             pairs.append(torch.full_like(rows, p))
             queries.append(rows)
             objects.append(keep.cpu()[sel])
@@ -328,12 +343,18 @@ class SSACriterion(nn.Module):
                             c.dice_weight * loss_dice])
 
     def _class_loss(self, class_logits: Tensor, labels: Tensor) -> Tensor:
-        """Weighted cross-entropy (no-object weight) averaged over all queries: (..., 2), (...)."""
+        """Weighted cross-entropy (no-object weight), the weighted mean over all queries: (..., 2), (...).
+
+        The denominator (the sum of the weights) is averaged over DDP ranks, so that the mean is the one
+        of the global batch once DDP averages the gradients.
+        """
         weight = class_logits.new_tensor([1.0, self.config.no_object_weight])
-        return F.cross_entropy(class_logits.reshape(-1, 2), labels.reshape(-1), weight=weight)
+        labels = labels.reshape(-1)
+        total = F.cross_entropy(class_logits.reshape(-1, 2), labels, weight=weight, reduction="sum")
+        return total / _num_targets(float(weight[labels].sum()), class_logits.device)
 
     def _mask_losses(self, pred: Tensor, targets: list[Tensor], num_targets: Tensor, all_logits: Tensor,
-                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+                     generator: list[torch.Generator | None]) -> tuple[Tensor, Tensor]:
         """Σ BCE and Σ dice over matched masks, each / num_targets.
 
         pred (M, T, h, w) matched logits; targets: per pair (M_p, T, H, W), in the order of ``pred``.
@@ -346,19 +367,20 @@ class SSACriterion(nn.Module):
             return zero, zero
         c = self.config
         maps = pred.reshape(m * t, 1, h, w)
-        points = uncertain_points(maps, c.num_points, oversample_ratio=c.oversample_ratio,
-                                  importance_sample_ratio=c.importance_sample_ratio,
-                                  generator=generator)  # (M·T, num_points, 2)
-        logits = point_sample(maps, points)[:, 0].reshape(m, -1)  # (M, T·num_points)
-        labels, start = [], 0
-        for tgt in targets:
+        points, labels, start = [], [], 0
+        for p, tgt in enumerate(targets):  # each pair's points from its own generator
             k = tgt.shape[0]
             if k == 0:
                 continue
             rows = slice(start * t, (start + k) * t)
+            pts = uncertain_points(maps[rows], c.num_points, oversample_ratio=c.oversample_ratio,
+                                   importance_sample_ratio=c.importance_sample_ratio,
+                                   generator=generator[p])  # (k·T, num_points, 2)
             tgt_maps = tgt.reshape(k * t, 1, *tgt.shape[-2:])
-            labels.append(point_sample(tgt_maps, points[rows], mode="nearest")[:, 0].reshape(k, -1))
+            labels.append(point_sample(tgt_maps, pts, mode="nearest")[:, 0].reshape(k, -1))
+            points.append(pts)
             start += k
+        logits = point_sample(maps, torch.cat(points))[:, 0].reshape(m, -1)  # (M, T·num_points)
         labels = torch.cat(labels)  # (M, T·num_points)
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1)  # (M,)
         prob = logits.sigmoid()
@@ -367,17 +389,26 @@ class SSACriterion(nn.Module):
 
     # -- L_sim -----------------------------------------------------------------------------------------
     def _similarity(self, output: SSAOutput, frame: _Matches, video: _Matches) -> Tensor:
-        """L_sim: BCE of cos/τ between matched frame and video query embeddings, target = same object
-        of the same pair."""
+        """L_sim: BCE of cos/τ between the matched frame and video query embeddings of each pair, target
+        1 for the same object; the mean over all (frame, video) match pairs of the batch (denominator
+        averaged over DDP ranks). Clips of different pairs are not compared: they may show the same
+        object under another expression, and a batch split over ranks gives the same loss."""
         frame_queries, video_queries = output.frame_queries.float(), output.video_queries.float()
-        if frame.pair.numel() == 0 or video.pair.numel() == 0:
-            return (frame_queries.sum() + video_queries.sum()) * 0.0  # connected, for DDP
+        zero = (frame_queries.sum() + video_queries.sum()) * 0.0  # connected, for DDP
         device = frame_queries.device
-        f = F.normalize(frame_queries[frame.pair, frame.frame, frame.query], dim=-1)  # (M_f, C)
-        v = F.normalize(video_queries[video.pair, video.query], dim=-1)  # (M_v, C)
-        logits = f @ v.T / self.config.sim_temperature  # (M_f, M_v)
-        same = (frame.pair[:, None] == video.pair[None]) & (frame.target[:, None] == video.target[None])
-        return F.binary_cross_entropy_with_logits(logits, same.to(device=device, dtype=logits.dtype))
+        total, count = zero, 0
+        for p in range(frame_queries.shape[0]):
+            fm, vm = frame.pair == p, video.pair == p
+            if not bool(fm.any()) or not bool(vm.any()):
+                continue
+            f = F.normalize(frame_queries[p, frame.frame[fm], frame.query[fm]], dim=-1)  # (M_f, C)
+            v = F.normalize(video_queries[p, video.query[vm]], dim=-1)  # (M_v, C)
+            logits = f @ v.T / self.config.sim_temperature  # (M_f, M_v)
+            same = frame.target[fm][:, None] == video.target[vm][None]
+            target = same.to(device=device, dtype=logits.dtype)
+            total = total + F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+            count += logits.numel()
+        return total / _num_targets(count, device)
 
 
 def _cat(*lists: list[Tensor]) -> tuple[Tensor, ...]:
