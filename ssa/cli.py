@@ -18,6 +18,13 @@ __all__ = ["main"]
 logger = logging.getLogger("ssa")
 
 
+def _selection_options(p: argparse.ArgumentParser) -> None:
+    """--mode and --threshold: which objects a model's result keeps (SSAPipeline's options)."""
+    p.add_argument("--mode", choices=["multi", "single"], default="multi",
+                   help="multi: every object scoring above --threshold (MeViS); single: the best one")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of --mode multi")
+
+
 def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "segment",
@@ -48,9 +55,7 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=float, default=None, help="start time in seconds")
     p.add_argument("--end", type=float, default=None, help="end time in seconds")
     p.add_argument("--max-frames", type=int, default=None, help="process at most this many frames")
-    p.add_argument("--mode", choices=["multi", "single"], default="multi",
-                   help="multi: every object scoring above --threshold (MeViS); single: the best one")
-    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of --mode multi")
+    _selection_options(p)
     p.add_argument("--chunk-size", type=int, default=16, help="frames per chunk (memory vs speed)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -132,14 +137,12 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="the split directory (MeViS layout)")
     p.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="Hub repo id or local checkpoint directory to run")
+    source.add_argument("--model", help="bundled name, Hub repo id or local checkpoint directory to run")
     source.add_argument("--predictions", type=Path, help="folder of predicted masks to score")
     p.add_argument("--workers", type=int, default=0,
                    help="processes scoring --predictions in parallel (default 0: in this process)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--mode", choices=["multi", "single"], default="multi",
-                   help="multi: every object scoring above --threshold (MeViS); single: the best one")
-    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of --mode multi")
+    _selection_options(p)
     p.add_argument("--no-resume", action="store_true",
                    help="score every video again, even those an interrupted run finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

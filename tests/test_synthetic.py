@@ -147,3 +147,37 @@ def test_cli_synth(tmp_path):
     ds = MeViSDataset(out)
     assert len(ds.videos) == 3 and len(ds) > 3
     assert main(["synth", "--out", str(out), "--videos", "3", "--no-progress"]) == 2  # exists: refused
+
+
+def _write_all(split, root, transform):
+    from ssa.eval import write_prediction
+
+    for index in range(20):
+        video = generate_video(7, index, story=STORIES[index % len(STORIES)])
+        names = [f"{t:05d}" for t in range(video.frames.shape[0])]
+        for i, expression in enumerate(video.expressions):
+            write_prediction(root, video.name, str(i), names, transform(video.target(expression)))
+    return root
+
+
+def test_evaluating_the_synthetic_split(split, tmp_path):
+    """Ground truth as predictions → J&F 1; empty predictions → the share of frames where the target
+    is absent (both empty → 1, one empty → 0); shifted by 6 px → below 1."""
+    from ssa.eval import evaluate
+
+    perfect = evaluate(_write_all(split, tmp_path / "gt", lambda m: m), split, progress=False)
+    assert perfect["J"] == perfect["F"] == perfect["J&F"] == 1.0
+    assert perfect["videos"] == 20 and perfect["expressions"] == len(MeViSDataset(split))
+
+    empty = evaluate(_write_all(split, tmp_path / "empty", np.zeros_like), split, progress=False)
+    absent = []
+    for index in range(20):
+        video = generate_video(7, index, story=STORIES[index % len(STORIES)])
+        absent += [float((~video.target(e).any(axis=(1, 2))).mean()) for e in video.expressions]
+    assert 0 < np.mean(absent) < 1  # some targets leave, enter or hide
+    assert empty["J"] == pytest.approx(np.mean(absent), abs=1e-12)
+    assert empty["F"] == pytest.approx(np.mean(absent), abs=1e-12)
+
+    shifted = evaluate(_write_all(split, tmp_path / "shift", lambda m: np.roll(m, 6, axis=2)), split,
+                       progress=False)
+    assert 0.2 < shifted["J&F"] < 0.95
