@@ -70,8 +70,13 @@ def main() -> None:
                          resume=args.resume, **RECIPE)
     else:
         model = SSAModel.from_pretrained(run / "model")
-    train_minutes = (time.perf_counter() - started) / 60
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    # training time from the log's throughput (robust to interruptions and resumes): each record covers
+    # log_every steps of batch_size clips; a resumed run re-logs some steps, keep the last record of each
+    steps = {r["step"]: r for r in log if "clips_per_s" in r}
+    train_minutes = sum(RECIPE["log_every"] * args.batch_size / r["clips_per_s"] for r in steps.values()) / 60
+    logger.info("trained %d iterations in %.1f min (this process: %.1f min)", max(steps), train_minutes,
+                (time.perf_counter() - started) / 60)
 
     summary = evaluate(SSAPipeline(model, device="cpu"), val, out_dir=args.work / "eval", resume=False)
     table = score_breakdown(summary.rows, val)
@@ -86,10 +91,10 @@ def main() -> None:
 
 `ssa-tiny` (CLIP on timm `convnext_atto`, text width 128, trained from scratch with the rest) trained with
 `ssa.train.finetune` on the synthetic motion-referring benchmark (`ssa synth`, {args.train_videos} videos,
-seed 0), {log[-1]['step']} iterations of {args.batch_size} clips × {RECIPE['num_frames']} frames, input short
-side 96. Recipe: `weights/train_ssa_tiny_synthetic.py`. Weights stored in fp16 (loaded as fp32).
+seed 0), {max(steps)} iterations of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn
+from 72-120, flips), inference at short side 96. Recipe: `weights/train_ssa_tiny_synthetic.py`. Weights stored in fp16 (loaded as fp32).
 Training time: {train_minutes:.1f} min on {platform.processor() or platform.machine()}
-({torch.get_num_threads()} threads, CPU){' (this run: evaluation only)' if args.eval_only else ''}.
+({torch.get_num_threads()} threads, CPU), from the training log's throughput.
 
 Held-out synthetic split (seed 1000, {args.val_videos} videos, never seen in training), measured by
 `ssa.eval.evaluate` (the same code as `ssa evaluate`), multi-object selection (score > 0.5):
@@ -103,7 +108,7 @@ plain background, nothing about natural videos.
 """
     (args.out / "README.md").write_text(card)
     (args.out / "results.json").write_text(json.dumps({"heldout": table, "train_minutes": train_minutes,
-                                                       "iterations": log[-1]["step"]}, indent=2))
+                                                       "iterations": max(steps)}, indent=2))
     logger.info("wrote %s", args.out)
 
 
