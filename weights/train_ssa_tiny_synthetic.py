@@ -92,7 +92,8 @@ def main() -> None:
 `ssa-tiny` (CLIP on timm `convnext_atto`, text width 128, trained from scratch with the rest) trained with
 `ssa.train.finetune` on the synthetic motion-referring benchmark (`ssa synth`, {args.train_videos} videos,
 seed 0), {max(steps)} iterations of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn
-from 72-120, flips), inference at short side 96. Recipe: `weights/train_ssa_tiny_synthetic.py`. Weights stored in fp16 (loaded as fp32).
+from 72-120, flips), inference at short side 96. Recipe: `weights/train_ssa_tiny_synthetic.py`.
+Weights stored in fp16 (loaded as fp32).
 Training time: {train_minutes:.1f} min on {platform.processor() or platform.machine()}
 ({torch.get_num_threads()} threads, CPU), from the training log's throughput.
 
