@@ -183,3 +183,16 @@ def test_cli_train(data, tmp_path):
     assert main(["train", "--config", str(path), "--no-progress"]) == 2  # output exists, no --resume
     path.write_text(json.dumps({**cfg, "iterationz": 1}))
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "cli2")]) == 2
+
+
+def test_periodic_evaluation_on_a_validation_split(data, tmp_path):
+    out = tmp_path / "v"
+    finetune("ssa-tiny", data, output_dir=out, iterations=2, batch_size=2, progress=False, val_data=data,
+             eval_every=1, **FAST)
+    evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()
+             if "eval" in json.loads(line)]
+    assert [e["step"] for e in evals] == [1, 2]
+    for e in evals:
+        assert 0.0 <= e["eval"]["J&F"] <= 1.0 and e["eval"]["expressions"] > 0
+    summary = json.loads((out / "eval" / "step-0000002" / "summary.json").read_text())
+    assert summary["J&F"] == evals[-1]["eval"]["J&F"]
