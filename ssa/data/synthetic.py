@@ -472,10 +472,12 @@ def score_breakdown(rows: Sequence, split_dir: str | os.PathLike) -> dict[str, d
         if e.get("motion_only"):
             groups["motion-only"].append(row)
         groups["multi-object" if len(e["obj_id"]) > 1 else "single-object"].append(row)
+    from ssa.eval.metrics import summarize
+
     out = {}
     for name, members in groups.items():
         if members:
-            j = sum(r.j for r in members) / len(members)
-            f = sum(r.f for r in members) / len(members)
-            out[name] = {"J": j, "F": f, "J&F": (j + f) / 2, "expressions": len(members)}
+            scores = summarize([(r.j, r.f) for r in members])
+            scores["expressions"] = scores.pop("count")
+            out[name] = scores
     return out

@@ -209,6 +209,11 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
+def _weights_kind(cfg: TrainConfig) -> str:
+    """A trained CLIP must be saved with the rest; a frozen one is left to save_pretrained's "auto"."""
+    return "full" if cfg.unfreeze_clip else "auto"
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint ``output_dir/checkpoints/step-N`` or None.
 
@@ -230,7 +235,7 @@ def _save_checkpoint(output_dir: Path, step: int, model: SSAModel, optimizer: to
     final = folder / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.tmp-", dir=folder))
     try:
-        model.save_pretrained(tmp / "model", weights="full" if cfg.unfreeze_clip else "auto")
+        model.save_pretrained(tmp / "model", weights=_weights_kind(cfg))
         state = {
             "step": step,
             "optimizer": optimizer.state_dict(),
@@ -414,10 +419,10 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
                 losses = criterion(output, batch.targets, generator=generators)
             loss = losses["loss"] / cfg.grad_accum
             if not torch.isfinite(loss):
-                terms = {k: float(v) for k, v in losses.items()}
+                terms = {name: float(v) for name, v in losses.items()}
                 raise FloatingPointError(f"non-finite loss at step {step}: {terms}")
             (scaler.scale(loss) if scaler is not None else loss).backward()
-            window.append({k: float(v.detach()) for k, v in losses.items()})
+            window.append({name: float(v.detach()) for name, v in losses.items()})
         if scaler is not None:
             scaler.unscale_(optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -454,7 +459,7 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
     model.eval()
     if d.main:
         final = output_dir / "model"
-        model.save_pretrained(final, weights="full" if cfg.unfreeze_clip else "auto", overwrite=True)
+        model.save_pretrained(final, weights=_weights_kind(cfg), overwrite=True)
         logger.info("trained model saved to %s", final)
     return model
 
