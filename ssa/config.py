@@ -70,6 +70,11 @@ class SSAConfig:
     mean of the (unaligned) frame queries (Tab. 7 row 4)."""
     ensemble: bool = True
     """Trajectory-to-instance ensemble (Eq. 7). False: uniform temporal weights (Tab. 7 row 3)."""
+    trajectory_masks: bool = False
+    """Not in the paper. False (paper, §3.4): one mask embedding Q_emb per video query for every frame,
+    masks = Q_emb · F_mask^t. True: video query i gets a per-frame embedding from its own trajectory,
+    MLP(Q_v,i + W·Q̃_TE,i^t) · F_mask^t, so a mask can follow one of two look-alike objects (a single
+    embedding cannot: identical objects have identical mask features)."""
     temporal_layers: int = 8
     """Temporal enhancement layers (Eq. 6). The paper gives no depth; 8 makes the trainable count
     match its Table 6 (39.4M without the adapter)."""

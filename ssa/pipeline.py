@@ -325,7 +325,7 @@ class SSAPipeline:
 
         # Masks of the selected queries, chunk by chunk, at the original resolution.
         masks = _MaskWriter(state.size, [s.numel() for s in selected])
-        embeds = [seq.mask_embed[i, s] for i, s in enumerate(selected)]  # (K_i, Cm)
+        embeds = [seq.mask_embed[i, s] for i, s in enumerate(selected)]  # (K_i, T, Cm)
         if state.mask_features is not None:
             for features in state.mask_features:
                 masks.add(embeds, features.to(self.device), self._model_size(state.size))
@@ -383,19 +383,24 @@ class _MaskWriter:
         self.counts = counts
         self.union: list[list[np.ndarray]] = [[] for _ in counts]  # per expression: (k, bytes)
         self.objects: list[list[np.ndarray]] = [[] for _ in counts]  # per expression: (K, k, bytes)
+        self.frames_done = 0  # frames written so far: where the next chunk starts
 
     def add(self, embeds: list[torch.Tensor], features: torch.Tensor, model_size: tuple[int, int]) -> None:
-        """features (E, k, Cm, h4, w4): mask features of a chunk for every expression."""
+        """embeds: per expression (K, T, Cm) over the whole video; features (E, k, Cm, h4, w4): mask
+        features of the next chunk of k frames for every expression."""
         h, w = self.size
         mh, mw = model_size
         k = features.shape[1]
+        start = self.frames_done
+        self.frames_done += k
         nbytes = math.ceil(h * w / 8)
         for i, embed in enumerate(embeds):
             if embed.shape[0] == 0:
                 self.union[i].append(np.zeros((k, nbytes), dtype=np.uint8))
                 self.objects[i].append(np.zeros((0, k, nbytes), dtype=np.uint8))
                 continue
-            logits = torch.einsum("kc,tchw->kthw", embed.float(), features[i].float())  # (K, k, h4, w4)
+            chunk_embed = embed[:, start:start + k].float()  # (K, k, Cm)
+            logits = torch.einsum("ktc,tchw->kthw", chunk_embed, features[i].float())  # (K, k, h4, w4)
             # The h4 x w4 grid covers 4·h4 x 4·w4 model pixels; scale that to original pixels, crop.
             h4, w4 = logits.shape[-2:]
             full = (round(4 * h4 * h / mh), round(4 * w4 * w / mw))

@@ -6,7 +6,7 @@
     per frame:  adapters (Eq. 3-4) → pixel decoder → query generation (Eq. 5) → frame decoder
                                                                             decode_frames()
     per clip:   Hungarian trajectories → temporal enhancement (Eq. 6) → ensemble (Eq. 7)
-                → video query decoder → masks = Q_emb · F_mask          decode_video()
+                → video query decoder → masks = Q_emb^t · F_mask^t      decode_video()
 
 ``model(frames, expressions)`` runs all of it; the split methods let one visual pass serve several
 expressions and let callers chunk the per-frame stages over time.
@@ -82,7 +82,7 @@ class SSAModel(nn.Module):
         self.ensemble = TrajectoryEnsemble(c.hidden_dim) if c.trajectory and c.ensemble else None
         self.video_decoder = VideoQueryDecoder(
             c.hidden_dim, text_dim, c.num_queries, c.num_heads, c.video_decoder_layers,
-            c.video_decoder_ffn_dim, c.mask_dim, c.dropout,
+            c.video_decoder_ffn_dim, c.mask_dim, c.dropout, trajectory_masks=c.trajectory_masks,
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class SSAModel(nn.Module):
 
     def decode_video(self, frames: FrameOutput, text: TextFeatures, clip_index: Tensor | None = None,
                      *, with_frames: bool | None = None) -> SSAOutput:
-        """Sequence stages (:meth:`decode_sequence`) and masks = Q_emb · F_mask, for P pairs.
+        """Sequence stages (:meth:`decode_sequence`) and masks = Q_emb^t · F_mask^t, for P pairs.
 
         ``with_frames`` keeps the per-frame predictions and the video decoder's earlier layers (deep
         supervision) in the output; default: when training.
@@ -297,10 +297,10 @@ class SSAModel(nn.Module):
         p = frames.queries.shape[0]
         if clip_index is None:
             clip_index = torch.zeros(p, dtype=torch.long)
-        masks = torch.einsum("pnc,ptchw->pnthw", seq.mask_embed, frames.mask_features)  # (P,N,T,H/4,W/4)
+        masks = torch.einsum("pntc,ptchw->pnthw", seq.mask_embed, frames.mask_features)  # (P,N,T,H/4,W/4)
         keep = self.training if with_frames is None else with_frames
         aux_masks = (
-            [torch.einsum("pnc,ptchw->pnthw", e, frames.mask_features) for e in seq.aux_mask_embed]
+            [torch.einsum("pntc,ptchw->pnthw", e, frames.mask_features) for e in seq.aux_mask_embed]
             if keep else []
         )
         return SSAOutput(

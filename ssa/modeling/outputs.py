@@ -55,12 +55,12 @@ class SequenceOutput:
     everything but the masks, which need the mask features of every frame."""
 
     class_logits: Tensor  # (P, N, 2)
-    mask_embed: Tensor  # (P, N, mask_dim) Q_emb
+    mask_embed: Tensor  # (P, N, T, mask_dim) Q_emb per frame (one value over T unless trajectory_masks)
     video_queries: Tensor  # (P, N, C)
     trajectory_order: Tensor  # (P, T, N)
     ensemble_weights: Tensor  # (P, T, N)
     aux_class_logits: list[Tensor] = field(default_factory=list)  # (P, N, 2) per earlier layer
-    aux_mask_embed: list[Tensor] = field(default_factory=list)  # (P, N, mask_dim) per earlier layer
+    aux_mask_embed: list[Tensor] = field(default_factory=list)  # (P, N, T, mask_dim) per earlier layer
 
 
 @dataclass

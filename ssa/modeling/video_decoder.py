@@ -8,6 +8,9 @@ Decision where the paper is silent: the language memory is the projected word fe
 with the per-frame sentence features F̂_s^t produced by the query generation (Eq. 5), so the decoder
 sees both the expression and how each frame reads it. Predictions after every layer serve deep
 supervision.
+
+``trajectory_masks`` (not in the paper, off by default): the mask embedding of video query i at frame t
+is MLP(Q_v,i + W·Q̃_TE,i^t) rather than MLP(Q_v,i) for all frames, so the masks follow trajectory i.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ __all__ = ["VideoQueryDecoder", "VideoDecoderOutput"]
 class VideoDecoderOutput:
     queries: Tensor  # (B, N, C) decoded video queries
     class_logits: Tensor  # (B, N, 2) S_cls: [referred, not referred]
-    mask_embed: Tensor  # (B, N, mask_dim) Q_emb
+    mask_embed: Tensor  # (B, N, T, mask_dim) Q_emb per frame (expanded over T without trajectory_masks)
     aux_class_logits: list[Tensor]  # per earlier layer, (B, N, 2)
-    aux_mask_embed: list[Tensor]  # per earlier layer, (B, N, mask_dim)
+    aux_mask_embed: list[Tensor]  # per earlier layer, (B, N, T, mask_dim)
 
 
 class _VideoDecoderLayer(nn.Module):
@@ -49,7 +52,8 @@ class _VideoDecoderLayer(nn.Module):
 
 class VideoQueryDecoder(nn.Module):
     def __init__(self, hidden_dim: int, text_dim: int, num_queries: int, num_heads: int,
-                 num_layers: int, ffn_dim: int, mask_dim: int, dropout: float = 0.0) -> None:
+                 num_layers: int, ffn_dim: int, mask_dim: int, dropout: float = 0.0,
+                 trajectory_masks: bool = False) -> None:
         super().__init__()
         self.query_pos = nn.Embedding(num_queries, hidden_dim)
         self.text_proj = nn.Linear(text_dim, hidden_dim)
@@ -59,10 +63,19 @@ class VideoQueryDecoder(nn.Module):
         self.norm = nn.LayerNorm(hidden_dim)
         self.class_head = nn.Linear(hidden_dim, 2)
         self.mask_head = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        # W of the per-frame mask embedding MLP(Q_v,i + W·Q̃_TE,i^t), only with trajectory_masks.
+        self.trajectory_proj = nn.Linear(hidden_dim, hidden_dim) if trajectory_masks else None
 
-    def _predict(self, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _predict(self, q: Tensor, trajectories: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, N, C), trajectories (B, N, T, C) → normed q, class logits (B, N, 2), mask embedding
+        (B, N, T, mask_dim)."""
         q = self.norm(q)
-        return q, self.class_head(q), self.mask_head(q)
+        t = trajectories.shape[2]
+        if self.trajectory_proj is None:
+            emb = self.mask_head(q)[:, :, None].expand(-1, -1, t, -1)  # one Q_emb for all frames
+        else:
+            emb = self.mask_head(q[:, :, None] + self.trajectory_proj(trajectories))
+        return q, self.class_head(q), emb
 
     def forward(self, video_queries: Tensor, frame_queries: Tensor, words: Tensor, word_mask: Tensor,
                 frame_sentences: Tensor) -> VideoDecoderOutput:
@@ -81,13 +94,14 @@ class VideoQueryDecoder(nn.Module):
         text_pad = torch.cat([~word_mask, word_mask.new_zeros(b, t)], dim=1)  # True = ignore
         pos = self.query_pos.weight[None]  # (1, N, C)
 
+        per_query = frame_queries.transpose(1, 2)  # (B, N, T, C): trajectory i along time
         q = video_queries
         aux_cls, aux_emb = [], []
         for i, layer in enumerate(self.layers):
             q = layer(q, pos, frames, frame_pos, text, text_pad)
             if i < len(self.layers) - 1:
-                _, cls, emb = self._predict(q)
+                _, cls, emb = self._predict(q, per_query)
                 aux_cls.append(cls)
                 aux_emb.append(emb)
-        q, cls, emb = self._predict(q)
+        q, cls, emb = self._predict(q, per_query)
         return VideoDecoderOutput(q, cls, emb, aux_cls, aux_emb)
