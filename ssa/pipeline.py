@@ -6,8 +6,9 @@
 
 How a call runs (DESIGN.md §4), with memory bounded in the video's length:
 
-1. frames are decoded lazily (PyAV) and processed in chunks of ``chunk_size`` frames: resize (short
-   side to the preset's size, long side capped), CLIP normalisation, one frozen visual pass per chunk
+1. frames are decoded lazily (PyAV) and processed in chunks of ``chunk_size`` frames; decoding, the
+   resize (short side to the preset's size, long side capped) and CLIP normalisation run on a background
+   thread ahead of the model; one frozen visual pass per chunk
    shared by every expression, then the text-dependent per-frame stages for all expressions at once;
    only the per-frame queries (N×C) are kept for the whole video, and the mask features while they
    fit ``mask_feature_budget`` bytes (fp16, on the CPU);
@@ -16,6 +17,9 @@ How a call runs (DESIGN.md §4), with memory bounded in the video's length:
 3. masks are made chunk by chunk for the selected queries only, upsampled to the original resolution
    and stored bit-packed; when the mask features did not fit the budget they are recomputed in a
    second pass over the video (decoding again).
+
+``pipe.stream(video, expressions)`` runs the same steps but yields the masks frame by frame from a
+second pass, so that memory stays flat however long the video is.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
+import queue
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -40,7 +46,10 @@ from ssa.modeling.backbone import validate_expressions
 from ssa.modeling.model import SSAModel
 from ssa.modeling.selection import select_queries
 
-__all__ = ["SSAPipeline", "RVOSResult", "preprocess_frames", "resized_size"]
+if TYPE_CHECKING:
+    from ssa.profiling import StageTimer
+
+__all__ = ["SSAPipeline", "RVOSResult", "FrameMasks", "preprocess_frames", "resized_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -205,11 +214,12 @@ class SSAPipeline:
     ``chunk_size``: frames per chunk of the per-frame stages (memory vs. speed).
     ``mask_feature_budget``: bytes of mask features kept between the passes; beyond it they are
     recomputed with a second decode of the video.
+    ``prefetch``: chunks decoded and preprocessed ahead, on a background thread.
     """
 
     def __init__(self, model: SSAModel, *, device: str | torch.device | None = None,
                  precision: Precision | None = None, chunk_size: int = 16,
-                 mask_feature_budget: int = 1 << 30) -> None:
+                 mask_feature_budget: int = 1 << 30, prefetch: int = 2) -> None:
         if not isinstance(model, SSAModel):
             raise TypeError(f"SSAPipeline needs an SSAModel, got {type(model).__name__}")
         if device is None:
@@ -225,9 +235,13 @@ class SSAPipeline:
             raise ValueError("fp16 autocast needs CUDA; use precision='bf16' or 'fp32' on CPU")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.precision: Precision = precision
         self.chunk_size = chunk_size
         self.mask_feature_budget = mask_feature_budget
+        self.prefetch = prefetch
+        self.timer: StageTimer | None = None  # set while a ssa.profiling.StageTimer is attached
         self.model = model.to(self.device).eval()
         self.config = model.config
 
@@ -253,29 +267,101 @@ class SSAPipeline:
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _stage(self, name: str) -> contextlib.AbstractContextManager:
+        """Time a stage when a :class:`ssa.profiling.StageTimer` is attached."""
+        return contextlib.nullcontext() if self.timer is None else self.timer.section(name)
+
     def _chunks(self, video: Any, options: dict[str, Any], progress: bool, desc: str
-                ) -> Iterator[list[Any]]:
+                ) -> Iterator[_Chunk]:
+        """Chunks of ``chunk_size`` decoded and preprocessed frames. Decoding and preprocessing run on a
+        background thread, up to ``prefetch`` chunks ahead, so that they overlap with the model."""
         from ssa.video import iter_frames
 
-        bar = tqdm(desc=desc, unit="frame", disable=not progress)
-        chunk: list[Any] = []
-        try:
-            for frame in iter_frames(video, **options):
-                chunk.append(frame)
-                if len(chunk) == self.chunk_size:
-                    yield chunk
-                    bar.update(len(chunk))
-                    chunk = []
-            if chunk:
-                yield chunk
-                bar.update(len(chunk))
-        finally:
-            bar.close()
+        timer = self.timer
+        mean, std = self.model.backbone.pixel_mean, self.model.backbone.pixel_std
 
-    def _encode_chunk(self, chunk: list[Any]):  # -> VisualFeatures
-        frames = preprocess_frames([f.image for f in chunk], self.config,
-                                   self.model.backbone.pixel_mean, self.model.backbone.pixel_std)
-        return self.model.encode_video(frames.to(self.device))
+        def produce() -> Iterator[_Chunk]:
+            frames = iter_frames(video, **options)
+            done = False
+            while not done:
+                chunk: list[Any] = []
+                start = time.perf_counter()
+                for frame in frames:
+                    chunk.append(frame)
+                    if len(chunk) == self.chunk_size:
+                        break
+                else:
+                    done = True
+                if timer is not None:
+                    timer.add("decode", time.perf_counter() - start)
+                if not chunk:
+                    return
+                start = time.perf_counter()
+                pixels = preprocess_frames([f.image for f in chunk], self.config, mean, std)
+                if timer is not None:
+                    timer.add("preprocess", time.perf_counter() - start)
+                yield _Chunk(chunk, pixels)
+
+        with tqdm(desc=desc, unit="frame", disable=not progress) as bar:
+            for item in _in_background(produce, self.prefetch, timer):
+                yield item
+                bar.update(len(item.frames))
+
+    def _frame_pass(self, video: Any, options: dict[str, Any], text: Any, progress: bool,
+                    mask_feature_budget: int) -> _VideoState:
+        """Pass 1: per-frame stages chunk by chunk; keeps the per-frame queries, and the mask features
+        while they fit ``mask_feature_budget`` bytes."""
+        model = self.model
+        clip_index = torch.zeros(len(text), dtype=torch.long)
+        state = _VideoState(mask_features=[] if mask_feature_budget > 0 else None)
+        with self._autocast():
+            for chunk in self._chunks(video, options, progress, "segmenting"):
+                self._record_frames(state, chunk.frames)
+                visual = model.encode_video(chunk.pixels.to(self.device))
+                out = model.decode_frames(visual, text, clip_index)
+                state.queries.append(out.queries.float().cpu())
+                state.sentences.append(out.sentences.float().cpu())
+                self._keep_mask_features(state, out.mask_features, mask_feature_budget)
+        if not state.indices:
+            raise ValueError(f"no frame was selected from {_describe(video)} with {options}")
+        return state
+
+    def _select(self, state: _VideoState, text: Any, mode: Mode, threshold: float
+                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Sequence stages over the whole video, once for all expressions: class logits (E, N), the
+        selected queries per expression (K_i,), and their per-frame mask embeddings (K_i, T, Cm)."""
+        queries = torch.cat(state.queries, dim=1).to(self.device)  # (E, T, N, C)
+        sentences = torch.cat(state.sentences, dim=1).to(self.device)  # (E, T, C)
+        with self._autocast(), self._stage("sequence"):
+            seq = self.model.decode_sequence(queries, sentences, text)
+        class_logits = seq.class_logits.float()
+        selected = [select_queries(class_logits[i], mode, threshold) for i in range(len(text))]
+        embeds = [seq.mask_embed[i, s] for i, s in enumerate(selected)]  # (K_i, T, Cm)
+        return class_logits, selected, embeds
+
+    def _mask_chunks(self, video: Any, options: dict[str, Any], text: Any, state: _VideoState,
+                     embeds: list[torch.Tensor], progress: bool) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """Masks of the selected queries at the original resolution, chunk by chunk: (first frame of
+        the chunk, per expression a bool tensor (K_i, k, H, W) on the CPU). Uses the kept mask features,
+        or recomputes them in a second pass over the video when they were not kept."""
+        size, model_size = state.size, self._model_size(state.size)
+        start = 0
+        if state.mask_features is not None:
+            for features in state.mask_features:
+                with self._stage("masks"):
+                    masks = _upsample_masks(embeds, features.to(self.device), start, size, model_size)
+                yield start, masks
+                start += features.shape[1]
+            return
+        clip_index = torch.zeros(len(text), dtype=torch.long)
+        for chunk in self._chunks(video, options, progress, "masks"):
+            with self._autocast():
+                visual = self.model.encode_video(chunk.pixels.to(self.device))
+                features = self.model.encode_mask_features(visual, text, clip_index)
+            with self._stage("masks"):
+                masks = _upsample_masks(embeds, features, start, size, model_size)
+            yield start, masks
+            start += len(chunk.frames)
 
     @torch.no_grad()
     def __call__(self, video: Any, expressions: str | Sequence[str], *, mode: Mode = "multi",
@@ -289,67 +375,82 @@ class SSAPipeline:
         (→ a list of results, in order; the video is decoded once and the frozen visual pass runs
         once for all of them). ``mode``: "multi" keeps every query scoring above ``threshold``,
         "single" the best one. ``stride``/``fps``/``start``/``end``/``max_frames`` select frames.
+        For long videos, :meth:`stream` gives the same masks frame by frame with flat memory.
         """
         single = isinstance(expressions, str)
-        texts = validate_expressions(expressions)
-        if mode not in ("multi", "single"):
-            raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        options = {"stride": stride, "fps": fps, "start": start, "end": end, "max_frames": max_frames}
-        model = self.model
-        text = model.encode_text(texts)
-        e = len(text)
-        clip_index = torch.zeros(e, dtype=torch.long)
-
-        # Pass 1: per-frame stages in chunks; keep queries (and mask features within budget).
-        state = _VideoState()
-        with self._autocast():
-            for chunk in self._chunks(video, options, progress, "segmenting"):
-                self._record_frames(state, chunk)
-                visual = self._encode_chunk(chunk)
-                out = model.decode_frames(visual, text, clip_index)
-                state.queries.append(out.queries.float().cpu())
-                state.sentences.append(out.sentences.float().cpu())
-                self._keep_mask_features(state, out.mask_features)
-        if not state.indices:
-            raise ValueError(f"no frame was selected from {_describe(video)} with {options}")
-
-        # Sequence stages over the whole video, once for all expressions.
-        queries = torch.cat(state.queries, dim=1).to(self.device)  # (E, T, N, C)
-        sentences = torch.cat(state.sentences, dim=1).to(self.device)  # (E, T, C)
-        with self._autocast():
-            seq = model.decode_sequence(queries, sentences, text)
-        class_logits = seq.class_logits.float()
-        selected = [select_queries(class_logits[i], mode, threshold) for i in range(e)]
-
-        # Masks of the selected queries, chunk by chunk, at the original resolution.
-        masks = _MaskWriter(state.size, [s.numel() for s in selected])
-        embeds = [seq.mask_embed[i, s] for i, s in enumerate(selected)]  # (K_i, T, Cm)
-        if state.mask_features is not None:
-            for features in state.mask_features:
-                masks.add(embeds, features.to(self.device), self._model_size(state.size))
-        else:
+        texts, options = self._check_call(expressions, mode, threshold, stride, fps, start, end, max_frames)
+        text = self.model.encode_text(texts)
+        state = self._frame_pass(video, options, text, progress, self.mask_feature_budget)
+        if state.mask_features is None:
             logger.info("mask features exceeded the budget: recomputing them in a second pass")
-            with self._autocast():
-                for chunk in self._chunks(video, options, progress, "masks"):
-                    visual = self._encode_chunk(chunk)
-                    features = model.encode_mask_features(visual, text, clip_index)
-                    masks.add(embeds, features, self._model_size(state.size))
+        class_logits, selected, embeds = self._select(state, text, mode, threshold)
+
+        # Masks of the selected queries, chunk by chunk, at the original resolution, bit-packed.
+        packer = _MaskPacker(state.size, len(text))
+        for _, masks in self._mask_chunks(video, options, text, state, embeds, progress):
+            with self._stage("masks"):
+                packer.add(masks)
 
         scores = class_logits.softmax(-1)[..., 0].cpu().numpy()  # (E, N)
         frame_fps = _processed_fps(state.timestamps)
         results = []
         for i, expr in enumerate(text.expressions):
-            union, objects = masks.result(i)
+            union, objects = packer.result(i)
+            ids = selected[i].cpu().numpy()
             results.append(RVOSResult(
                 expression=expr, size=state.size, frame_indices=list(state.indices),
                 timestamps=list(state.timestamps), frame_names=list(state.names), scores=scores[i],
-                object_ids=selected[i].cpu().numpy(), object_scores=scores[i][selected[i].cpu().numpy()],
-                mode=mode, fps=frame_fps, _packed=union, _packed_objects=objects,
-                _source=(video, dict(options)),
+                object_ids=ids, object_scores=scores[i][ids], mode=mode, fps=frame_fps,
+                _packed=union, _packed_objects=objects, _source=(video, dict(options)),
             ))
         return results[0] if single else results
+
+    def stream(self, video: Any, expressions: str | Sequence[str], *, mode: Mode = "multi",
+               threshold: float = 0.5, stride: int = 1, fps: float | None = None,
+               start: float | None = None, end: float | None = None, max_frames: int | None = None,
+               mask_feature_budget: int = 0, progress: bool = True) -> Iterator[FrameMasks]:
+        """Segment a long video with memory flat in its length: yields one :class:`FrameMasks` per
+        processed frame, in order, with the same masks as :meth:`__call__`.
+
+        SSA decides which objects are referred from the whole video, so the frames are read twice:
+        pass 1 keeps only the per-frame queries (N×C per frame and expression); after the sequence
+        stages, pass 2 decodes again, recomputes the mask features and yields masks as it goes.
+        ``mask_feature_budget`` > 0 keeps up to that many bytes of mask features from pass 1 instead
+        (fewer recomputed frames, more memory). Arguments as for :meth:`__call__`; nothing runs until
+        the first frame is asked for.
+        """
+        texts, options = self._check_call(expressions, mode, threshold, stride, fps, start, end, max_frames)
+        with torch.no_grad():
+            text = self.model.encode_text(texts)
+            state = self._frame_pass(video, options, text, progress, mask_feature_budget)
+            class_logits, selected, embeds = self._select(state, text, mode, threshold)
+        scores = class_logits.softmax(-1)[..., 0].cpu().numpy()  # (E, N)
+        ids = [s.cpu().numpy() for s in selected]
+        object_scores = [scores[i][ids[i]] for i in range(len(ids))]
+        masks_iter = self._mask_chunks(video, options, text, state, embeds, progress)
+        while True:
+            with torch.no_grad():
+                item = next(masks_iter, None)
+            if item is None:
+                return
+            first, masks = item
+            for j in range(masks[0].shape[1]):
+                t = first + j
+                yield FrameMasks(
+                    t=t, frame_index=state.indices[t], timestamp=state.timestamps[t], name=state.names[t],
+                    expressions=list(text.expressions), object_ids=ids, object_scores=object_scores,
+                    object_masks=[m[:, j].numpy() for m in masks],
+                )
+
+    def _check_call(self, expressions: str | Sequence[str], mode: str, threshold: float, stride: int,
+                    fps: float | None, start: float | None, end: float | None, max_frames: int | None
+                    ) -> tuple[list[str], dict[str, Any]]:
+        texts = validate_expressions(expressions)
+        if mode not in ("multi", "single"):
+            raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        return texts, {"stride": stride, "fps": fps, "start": start, "end": end, "max_frames": max_frames}
 
     # ------------------------------------------------------------------------------------------------
     def _model_size(self, size: tuple[int, int]) -> tuple[int, int]:
@@ -364,50 +465,141 @@ class SSAPipeline:
             state.timestamps.append(f.timestamp)
             state.names.append(f.name)
 
-    def _keep_mask_features(self, state: _VideoState, features: torch.Tensor) -> None:
+    @staticmethod
+    def _keep_mask_features(state: _VideoState, features: torch.Tensor, budget: int) -> None:
         if state.mask_features is None:
             return
         kept = features.to("cpu", torch.float16)
         state.mask_bytes += kept.numel() * kept.element_size()
-        if state.mask_bytes > self.mask_feature_budget:
+        if state.mask_bytes > budget:
             state.mask_features = None  # from now on: recompute in a second pass
         else:
             state.mask_features.append(kept)
 
 
-class _MaskWriter:
+@dataclass
+class _Chunk:
+    frames: list[Any]  # ssa.video.Frame
+    pixels: torch.Tensor  # (k, 3, h, w) CLIP-normalised, at the model's size
+
+
+@dataclass
+class FrameMasks:
+    """Masks of every expression in one frame, as :meth:`SSAPipeline.stream` yields them."""
+
+    t: int  # position among the processed frames
+    frame_index: int  # index in the source video
+    timestamp: float | None
+    name: str  # name for per-frame output files
+    expressions: list[str]
+    object_ids: list[np.ndarray]  # per expression (K_i,): the selected video queries
+    object_scores: list[np.ndarray]  # per expression (K_i,)
+    object_masks: list[np.ndarray]  # per expression (K_i, H, W) bool
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(E, H, W) bool: per expression, the union of its selected objects."""
+        return np.stack([m.any(0) for m in self.object_masks])
+
+    def labels(self, e: int) -> np.ndarray:
+        """(H, W) uint8 label map of expression ``e``: 0 background, k the k-th selected object (the
+        higher-scoring object wins where two overlap), as :meth:`RVOSResult.labels`."""
+        masks = self.object_masks[e]
+        out = np.zeros(masks.shape[1:], dtype=np.uint8)
+        for k in np.argsort(self.object_scores[e])[::-1][:255][::-1]:  # lowest score first
+            out[masks[k]] = k + 1
+        return out
+
+
+def _in_background(produce: Any, depth: int, timer: Any) -> Iterator[Any]:
+    """Run the generator function ``produce`` on a thread, ``depth`` items ahead; exceptions raised
+    there are raised here. Time spent waiting for items is the ``frames_wait`` stage."""
+    items: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in produce():
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(_Failure(err))
+
+    thread = threading.Thread(target=run, name="ssa-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            start = time.perf_counter()
+            item = items.get()
+            if timer is not None:
+                timer.add("frames_wait", time.perf_counter() - start)
+            if item is end:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+def _upsample_masks(embeds: list[torch.Tensor], features: torch.Tensor, start: int,
+                    size: tuple[int, int], model_size: tuple[int, int]) -> list[torch.Tensor]:
+    """Masks of the selected queries for a chunk of k frames starting at frame ``start``.
+
+    embeds: per expression (K_i, T, Cm) over the whole video; features (E, k, Cm, h4, w4). Returns per
+    expression a bool tensor (K_i, k, H, W) on the CPU, at the original size ``size``.
+    """
+    h, w = size
+    mh, mw = model_size
+    k = features.shape[1]
+    out = []
+    for i, embed in enumerate(embeds):
+        if embed.shape[0] == 0:
+            out.append(torch.zeros((0, k, h, w), dtype=torch.bool))
+            continue
+        chunk_embed = embed[:, start:start + k].float()  # (K, k, Cm)
+        logits = torch.einsum("ktc,tchw->kthw", chunk_embed, features[i].float())  # (K, k, h4, w4)
+        # The h4 x w4 grid covers 4·h4 x 4·w4 model pixels; scale that to original pixels, crop.
+        h4, w4 = logits.shape[-2:]
+        full = (round(4 * h4 * h / mh), round(4 * w4 * w / mw))
+        up = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)[..., :h, :w] > 0
+        out.append(up.cpu())
+    return out
+
+
+class _MaskPacker:
     """Accumulates bit-packed masks of the selected queries, chunk by chunk."""
 
-    def __init__(self, size: tuple[int, int], counts: list[int]) -> None:
+    def __init__(self, size: tuple[int, int], num_expressions: int) -> None:
         self.size = size
-        self.counts = counts
-        self.union: list[list[np.ndarray]] = [[] for _ in counts]  # per expression: (k, bytes)
-        self.objects: list[list[np.ndarray]] = [[] for _ in counts]  # per expression: (K, k, bytes)
-        self.frames_done = 0  # frames written so far: where the next chunk starts
+        self.union: list[list[np.ndarray]] = [[] for _ in range(num_expressions)]  # (k, bytes) each
+        self.objects: list[list[np.ndarray]] = [[] for _ in range(num_expressions)]  # (K, k, bytes) each
 
-    def add(self, embeds: list[torch.Tensor], features: torch.Tensor, model_size: tuple[int, int]) -> None:
-        """embeds: per expression (K, T, Cm) over the whole video; features (E, k, Cm, h4, w4): mask
-        features of the next chunk of k frames for every expression."""
+    def add(self, masks: list[torch.Tensor]) -> None:
+        """masks: per expression (K_i, k, H, W) bool, the next k frames."""
         h, w = self.size
-        mh, mw = model_size
-        k = features.shape[1]
-        start = self.frames_done
-        self.frames_done += k
-        nbytes = math.ceil(h * w / 8)
-        for i, embed in enumerate(embeds):
-            if embed.shape[0] == 0:
-                self.union[i].append(np.zeros((k, nbytes), dtype=np.uint8))
-                self.objects[i].append(np.zeros((0, k, nbytes), dtype=np.uint8))
-                continue
-            chunk_embed = embed[:, start:start + k].float()  # (K, k, Cm)
-            logits = torch.einsum("ktc,tchw->kthw", chunk_embed, features[i].float())  # (K, k, h4, w4)
-            # The h4 x w4 grid covers 4·h4 x 4·w4 model pixels; scale that to original pixels, crop.
-            h4, w4 = logits.shape[-2:]
-            full = (round(4 * h4 * h / mh), round(4 * w4 * w / mw))
-            up = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)[..., :h, :w] > 0
-            objects = np.packbits(up.cpu().numpy().reshape(embed.shape[0], k, h * w), axis=-1)
-            self.objects[i].append(objects)
-            self.union[i].append(np.packbits(up.any(0).cpu().numpy().reshape(k, h * w), axis=-1))
+        for i, m in enumerate(masks):
+            k = m.shape[1]
+            objects = m.numpy().reshape(m.shape[0], k, h * w)
+            self.objects[i].append(np.packbits(objects, axis=-1))
+            self.union[i].append(np.packbits(objects.any(0), axis=-1))
 
     def result(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self.union[i], axis=0), np.concatenate(self.objects[i], axis=1)

@@ -1,0 +1,172 @@
+"""Stage timings and peak memory of :class:`~ssa.SSAPipeline` calls (used by ``benchmarks/pipeline.py``).
+
+    timer = StageTimer(pipe)          # hooks the model's modules, sets pipe.timer
+    with timer:                       # recording on; hooks removed on exit
+        pipe("video.mp4", "the cat")
+    timer.stages()                    # {"decode": s, "preprocess": s, "clip_visual": s, ...}
+
+The pipeline reports the stages it runs itself (decoding and preprocessing on its background thread,
+the sequence stages, mask upsampling and selection); forward hooks time the model's modules. On CUDA
+every boundary synchronises the device, so the figures are stage costs, slightly above what an
+unobserved call takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["StageTimer", "PeakMemory", "STAGES", "current_rss"]
+
+STAGES = (
+    "decode",
+    "preprocess",
+    "clip_visual",
+    "text",
+    "adapters",
+    "pixel_decoder",
+    "query_generation+frame_decoder",
+    "trajectories+temporal+ensemble",
+    "video_decoder",
+    "masks",
+    "writing",
+)
+"""Stage names in data-flow order, as :meth:`StageTimer.stages` reports them."""
+
+
+class StageTimer:
+    """Accumulates wall time per stage of the pipeline ``pipe`` while entered."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.totals: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+        self._cuda = pipe.device.type == "cuda"
+        self._handles: list[Any] = []
+        self._starts: dict[int, float] = {}
+
+    # -- recording ------------------------------------------------------------------------------------
+    def _now(self) -> float:
+        if self._cuda:
+            torch.cuda.synchronize(self.pipe.device)
+        return time.perf_counter()
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to stage ``name`` (thread-safe: the decoding thread reports here too)."""
+        with self._lock:
+            self.totals[name] += seconds
+
+    @contextlib.contextmanager
+    def section(self, name: str, *, sync: bool = True) -> Iterator[None]:
+        """Time the enclosed block as stage ``name`` (``sync=False`` off the compute stream)."""
+        start = self._now() if sync else time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, (self._now() if sync else time.perf_counter()) - start)
+
+    def _hook(self, name: str, first: nn.Module, last: nn.Module | None = None) -> None:
+        """Time from the start of ``first``'s forward to the end of ``last``'s (default: ``first``)."""
+        key = id(first)
+
+        def pre(*_: Any) -> None:
+            self._starts[key] = self._now()
+
+        def post(*_: Any) -> None:
+            start = self._starts.pop(key, None)
+            if start is not None:
+                self.add(name, self._now() - start)
+
+        self._handles.append(first.register_forward_pre_hook(pre))
+        self._handles.append((last or first).register_forward_hook(post))
+
+    def __enter__(self) -> StageTimer:
+        model = self.pipe.model
+        trunk = model.backbone.clip.visual.trunk
+        self._hook("clip_visual", trunk.stem, trunk.stages[-1])
+        self._hook("text", model.backbone.clip.transformer)
+        for adapter in model.adapters or []:
+            self._hook("adapters", adapter)
+        self._hook("pixel_decoder", model.pixel_decoder)
+        self._hook("query_generation+frame_decoder", model.query_generator)
+        self._hook("query_generation+frame_decoder", model.frame_decoder)
+        self._hook("video_decoder", model.video_decoder)
+        self.pipe.timer = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.pipe.timer = None
+
+    # -- report ---------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.totals.clear()
+
+    def stages(self) -> dict[str, float]:
+        """Seconds per stage in :data:`STAGES` order. The pipeline times the whole sequence step; the
+        video decoder's share is reported on its own and the rest is trajectories + temporal
+        enhancement + ensemble."""
+        t = dict(self.totals)
+        sequence = t.pop("sequence", 0.0)
+        t["trajectories+temporal+ensemble"] = max(0.0, sequence - t.get("video_decoder", 0.0))
+        return {name: t.get(name, 0.0) for name in STAGES}
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes (Linux /proc; else the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+    """Peak memory while entered: RSS sampled every ``interval`` s on a thread (CPU), or
+    ``torch.cuda.max_memory_allocated`` on ``device`` (CUDA). ``samples`` keeps (seconds, RSS) pairs."""
+
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.01) -> None:
+        self.device = torch.device(device)
+        self.interval = interval
+        self.peak = 0
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        start = time.perf_counter()
+        while not self._stop.is_set():
+            rss = current_rss()
+            self.peak = max(self.peak, rss)
+            self.samples.append((time.perf_counter() - start, rss))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            assert self._thread is not None
+            self._thread.join()
+            self.peak = max(self.peak, current_rss())
