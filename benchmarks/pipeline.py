@@ -1,0 +1,326 @@
+"""Stage-by-stage time and peak memory of SSAPipeline on one video, and peak memory against length.
+
+    python benchmarks/pipeline.py --preset ssa-convnext-large --frames 16 --short-side 448 \
+        --expressions 1 2 --repeats 3 --json out.json --markdown out.md --plot out.png
+    python benchmarks/pipeline.py --preset ssa-tiny --frames 2000 --height 480 --stream --repeats 1
+    python benchmarks/pipeline.py --preset ssa-tiny --sweep-frames 250 500 1000 2000 --height 480 --stream
+
+The input is an H.264 MP4 written first (moving shapes over a textured background, ``--height`` lines,
+16:9; or ``--video FILE``). Each repeat runs the pipeline end to end (decode → preprocess → model →
+masks → writing PNGs + RLE, as ``ssa segment`` does) under :class:`ssa.profiling.StageTimer`, which
+reports per stage:
+
+  decode, preprocess      time on the background decoding thread (overlapped with the model)
+  clip_visual … masks     the model's stages and the mask upsampling / selection
+  writing                 PNG + RLE writers
+  frames_wait             time the model waited for frames: the part of decode + preprocess not hidden
+
+The same process also times the frozen CLIP visual pass alone on the same (already preprocessed) frames,
+in the pipeline's chunks, so ``end-to-end / CLIP`` compares like with like. Medians over repeats.
+Peak memory: RSS sampled every 10 ms (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
+``--sweep-frames`` runs each length in a fresh process (RSS is per process) and plots peak memory
+against T. CLIP weights are random (no download): the cost is that of the real architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssa import SSAConfig, SSAModel, SSAPipeline
+from ssa.pipeline import preprocess_frames
+from ssa.profiling import STAGES, PeakMemory, StageTimer
+from ssa.video import read_frames
+
+logger = logging.getLogger("bench")
+
+EXPRESSIONS = ["the red square moving right", "the blue circle", "the object that stops",
+               "the triangle moving down", "the biggest shape", "the square on the left",
+               "the circle moving up", "the shape entering from the left"]
+
+
+def write_video(path: Path, frames: int, height: int, fps: int = 30) -> Path:
+    """A 16:9 H.264 MP4: shapes moving over a smooth textured background (encoder: libx264)."""
+    import av
+
+    width = (height * 16 // 9) // 2 * 2
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = np.stack([(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)),
+                           ((xx + yy) * 3) % 256], axis=-1).astype(np.uint8)
+    side = max(8, height // 6)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(frames):
+            img = background.copy()
+            x = (4 * i) % (width - side)
+            y = (3 * i) % (height - side)
+            img[height // 3: height // 3 + side, x: x + side] = (230, 40, 40)
+            img[y: y + side, width // 2: width // 2 + side] = (40, 40, 230)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def build_pipeline(args: argparse.Namespace) -> SSAPipeline:
+    overrides: dict[str, Any] = {}
+    if args.short_side:
+        overrides["image_size"] = args.short_side
+        overrides["max_size"] = max(args.max_size or 0, args.short_side * 16 // 9 + 32)
+    if args.preset != "ssa-tiny":
+        overrides["clip_pretrained"] = None  # random CLIP weights: no download, same cost
+    torch.manual_seed(0)
+    model = SSAModel(SSAConfig.from_preset(args.preset, **overrides))
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return SSAPipeline(model, device=args.device, precision=args.precision, chunk_size=args.chunk_size)
+
+
+def run_once(pipe: SSAPipeline, video: str, expressions: list[str], stream: bool, out: Path,
+             mode: str = "single") -> dict[str, Any]:
+    """One end-to-end run: per-stage seconds, wall seconds, peak memory."""
+    with StageTimer(pipe) as timer, PeakMemory(pipe.device) as memory:
+        start = time.perf_counter()
+        if stream:
+            frames = 0
+            for frame in pipe.stream(video, expressions, mode=mode, progress=False):
+                with timer.section("writing", sync=False):
+                    _write_frame(frame, out)
+                frames += 1
+        else:
+            results = pipe(video, expressions, mode=mode, progress=False)
+            with timer.section("writing", sync=False):
+                for i, result in enumerate(results):
+                    result.save_pngs(out / str(i), overwrite=True)
+                    result.save_rle(out / f"{i}.json", overwrite=True)
+            frames = len(results[0])
+        wall = time.perf_counter() - start
+    rss = memory.samples
+    return {"wall": wall, "frames": frames, "stages": timer.stages(),
+            "frames_wait": timer.totals.get("frames_wait", 0.0), "peak_bytes": memory.peak,
+            # RSS at a quarter, half and the end of the run: flat when memory does not grow with T
+            "rss_quarters": [rss[int(q * (len(rss) - 1))][1] for q in (0.25, 0.5, 1.0)] if rss else []}
+
+
+def _write_frame(frame: Any, out: Path) -> None:
+    from ssa.io import write_palette_png
+
+    for e in range(len(frame.expressions)):
+        folder = out / str(e)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_palette_png(folder / f"{frame.name}.png", frame.labels(e))
+
+
+def clip_alone(pipe: SSAPipeline, video: str, max_frames: int | None) -> float:
+    """Seconds of the frozen CLIP visual pass alone over the video's frames, in the pipeline's chunks."""
+    model = pipe.model
+    frames = [f.image for f in read_frames(video, max_frames=max_frames)]
+    pixels = preprocess_frames(frames, pipe.config, model.backbone.pixel_mean, model.backbone.pixel_std)
+    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+    with torch.no_grad(), pipe._autocast():
+        sync()
+        start = time.perf_counter()
+        for s in range(0, len(pixels), pipe.chunk_size):
+            model.encode_video(pixels[s:s + pipe.chunk_size].to(pipe.device))
+        sync()
+    return time.perf_counter() - start
+
+
+def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
+    pipe = build_pipeline(args)
+    report: dict[str, Any] = {
+        "preset": args.preset, "device": str(pipe.device), "precision": pipe.precision,
+        "model_size": list(pipe._model_size(_video_size(video))), "video": video,
+        "chunk_size": pipe.chunk_size, "stream": args.stream, "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(), "runs": {},
+    }
+    pipe(video, EXPRESSIONS[:1], max_frames=pipe.chunk_size, progress=False)  # warm-up, not timed
+    for e in args.expressions:
+        rows = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append(run_once(pipe, video, EXPRESSIONS[:e], args.stream, Path(tmp), args.mode))
+            logger.info("E=%d: %.2f s", e, rows[-1]["wall"])
+        report["runs"][e] = {
+            "wall": statistics.median(r["wall"] for r in rows),
+            "frames": rows[0]["frames"],
+            "stages": {s: statistics.median(r["stages"][s] for r in rows) for s in STAGES},
+            "frames_wait": statistics.median(r["frames_wait"] for r in rows),
+            "peak_bytes": max(r["peak_bytes"] for r in rows),
+            "rss_quarters": rows[-1]["rss_quarters"],
+        }
+    if not args.no_clip_alone:
+        report["clip_alone"] = statistics.median(clip_alone(pipe, video, None) for _ in range(args.repeats))
+    return report
+
+
+def _video_size(video: str) -> tuple[int, int]:
+    from ssa.video import probe
+
+    info = probe(video)
+    return info.height, info.width
+
+
+def markdown(report: dict[str, Any]) -> str:
+    runs = report["runs"]
+    es = sorted(runs, key=int)
+    first = runs[es[0]]
+    lines = [
+        f"{report['preset']}, {report['device']} {report['precision']}, model input "
+        f"{report['model_size'][1]}x{report['model_size'][0]}, {first['frames']} frames, chunk "
+        f"{report['chunk_size']}{', stream' if report['stream'] else ''} ({report['threads']} threads)",
+        "",
+        "| stage | " + " | ".join(f"E={e} (s)" for e in es) + " |",
+        "|---|" + "---|" * len(es),
+    ]
+    def row(label: str, cell: Any) -> None:
+        lines.append(f"| {label} | " + " | ".join(cell(runs[e]) for e in es) + " |")
+
+    for stage in STAGES:
+        note = " (background thread)" if stage in ("decode", "preprocess") else ""
+        row(stage + note, lambda r, stage=stage: f"{r['stages'][stage]:.3f}")
+    row("waiting for frames (exposed decode)", lambda r: f"{r['frames_wait']:.3f}")
+    row("**end to end**", lambda r: f"**{r['wall']:.3f}**")
+    row("frames/s", lambda r: f"{r['frames'] / r['wall']:.1f}")
+    row("peak memory (MB)", lambda r: f"{r['peak_bytes'] / 2**20:.0f}")
+    lines.append("")
+    if "clip_alone" in report:
+        clip = report["clip_alone"]
+        lines.append(f"- frozen CLIP visual pass alone, same frames: {clip:.3f} s; "
+                     f"end to end (E={es[0]}) / CLIP = **{first['wall'] / clip:.2f}**")
+    for e in es[1:]:
+        extra = (runs[e]["wall"] - first["wall"]) / (int(e) - int(es[0])) / first["wall"]
+        lines.append(f"- each expression beyond {es[0]} (E={e}): +{100 * extra:.1f}% of the E={es[0]} time")
+    io = first["stages"]["decode"] + first["stages"]["preprocess"]
+    lines.append(f"- exposed decode + preprocess: {100 * first['frames_wait'] / first['wall']:.1f}% of wall "
+                 f"time (the thread spent {io:.3f} s)")
+    if first["rss_quarters"]:
+        q = [f"{b / 2**20:.0f}" for b in first["rss_quarters"]]
+        lines.append(f"- RSS at 25% / 50% / 100% of the run: {' / '.join(q)} MB")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'ssa[bench]'): no plot written")
+        return
+    panels = 2 if sweep else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    if report:
+        run = report["runs"][sorted(report["runs"], key=int)[0]]
+        names = list(STAGES) + ["frames_wait"]
+        values = [run["stages"][s] for s in STAGES] + [run["frames_wait"]]
+        ax = axes[0][0]
+        ax.barh(names[::-1], values[::-1], color="tab:blue")
+        ax.set_xlabel("seconds (median)")
+        ax.set_title(f"{report['preset']}: {run['frames']} frames, end to end {run['wall']:.2f} s")
+    if sweep:
+        ax = axes[0][-1]
+        ax.plot([r["frames"] for r in sweep], [r["peak_bytes"] / 2**20 for r in sweep], "o-")
+        ax.set_xlabel("frames (T)")
+        ax.set_ylabel("peak memory (MB)")
+        ax.set_ylim(bottom=0)
+        ax.set_title("peak memory against video length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    logger.info("wrote %s", path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="ssa-convnext-large")
+    p.add_argument("--video", default=None, help="an existing video (default: write a synthetic H.264 MP4)")
+    p.add_argument("--frames", type=int, default=16, help="frames of the synthetic video")
+    p.add_argument("--height", type=int, default=720, help="lines of the synthetic video (16:9)")
+    p.add_argument("--short-side", type=int, default=None, help="model short side (default: the preset's)")
+    p.add_argument("--max-size", type=int, default=None, help="model long-side cap")
+    p.add_argument("--expressions", type=int, nargs="+", default=[1, 2], help="numbers of expressions to run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--chunk-size", type=int, default=16)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--stream", action="store_true", help="use pipe.stream (flat memory) and write per frame")
+    p.add_argument("--mode", default="single", choices=["single", "multi"],
+                   help="object selection (single: one object per expression, as a trained model would give)")
+    p.add_argument("--no-clip-alone", action="store_true", help="skip timing the CLIP pass alone")
+    p.add_argument("--sweep-frames", type=int, nargs="+", default=None,
+                   help="peak memory against T: each length in a fresh process (E = first of --expressions)")
+    p.add_argument("--json", type=Path, default=None, help="write the report as JSON ('-' for stdout)")
+    p.add_argument("--markdown", type=Path, default=None, help="write the Markdown table here too")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of time per stage (and memory against T)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report: dict[str, Any] = {}
+        sweep: list[dict[str, Any]] = []
+        if args.sweep_frames:
+            sweep = [_sweep_point(args, t, Path(tmp)) for t in args.sweep_frames]
+            rows = []
+            for r in sweep:
+                quarters = " / ".join(f"{b / 2**20:.0f}" for b in r["rss_quarters"])
+                peak = r["peak_bytes"] / 2**20
+                rows.append(f"| {r['frames']} | {peak:.0f} | {quarters} | {r['wall']:.1f} |")
+            report_md = "\n".join(["| frames | peak memory (MB) | RSS 25/50/100% (MB) | end to end (s) |",
+                                   "|---|---|---|---|", *rows])
+            out = {"sweep": sweep}
+        else:
+            video = args.video or str(write_video(Path(tmp) / "input.mp4", args.frames, args.height))
+            report = measure(args, video)
+            report_md = markdown(report)
+            out = report
+        print(report_md)
+        if args.markdown:
+            args.markdown.write_text(report_md + "\n")
+        if args.json:
+            text = json.dumps(out, indent=2)
+            if str(args.json) == "-":
+                print(text)
+            else:
+                args.json.write_text(text)
+        if args.plot:
+            plot(report, sweep, args.plot)
+
+
+def _sweep_point(args: argparse.Namespace, frames: int, tmp: Path) -> dict[str, Any]:
+    video = write_video(tmp / f"sweep-{frames}.mp4", frames, args.height)
+    cmd = [sys.executable, __file__, "--preset", args.preset, "--video", str(video), "--repeats", "1",
+           "--expressions", str(args.expressions[0]), "--chunk-size", str(args.chunk_size), "--no-clip-alone",
+           "--mode", args.mode,
+           "--json", "-"]
+    for flag, value in (("--short-side", args.short_side), ("--max-size", args.max_size),
+                        ("--device", args.device), ("--precision", args.precision)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    cmd += ["--stream"] if args.stream else []
+    logger.info("T=%d: %s", frames, " ".join(cmd))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    report = json.loads(out[out.index("\n{") + 1:])
+    run = next(iter(report["runs"].values()))
+    return {"frames": run["frames"], "peak_bytes": run["peak_bytes"], "wall": run["wall"],
+            "rss_quarters": run["rss_quarters"]}
+
+
+if __name__ == "__main__":
+    main()
