@@ -15,6 +15,6 @@ __version__ = "0.1.0"
 from ssa.config import PRESETS, SSAConfig  # noqa: E402
 from ssa.modeling.model import SSAModel  # noqa: E402
 from ssa.modeling.outputs import SSAOutput  # noqa: E402
-from ssa.pipeline import RVOSResult, SSAPipeline  # noqa: E402
+from ssa.pipeline import FrameMasks, RVOSResult, SSAPipeline  # noqa: E402
 
-__all__ = ["SSAConfig", "SSAModel", "SSAOutput", "SSAPipeline", "RVOSResult", "PRESETS", "__version__"]
+__all__ = ["SSAConfig", "SSAModel", "SSAOutput", "SSAPipeline", "RVOSResult", "FrameMasks", "PRESETS", "__version__"]
