@@ -1,6 +1,7 @@
 """Command line: ``ssa segment | synth | evaluate | train``.
 
-``ssa segment VIDEO "expression" [more expressions] --model NAME_OR_DIR --out DIR`` segments a video;
+``ssa segment VIDEO "expression" [more expressions] --model NAME_OR_DIR --out DIR`` segments a video,
+``ssa segment --manifest FILE.jsonl`` many (also under torchrun);
 ``ssa synth --out DIR`` writes a synthetic split; see ``ssa COMMAND --help``.
 """
 
@@ -28,21 +29,38 @@ def _selection_options(p: argparse.ArgumentParser) -> None:
 def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "segment",
-        help="segment the object(s) that expressions refer to in a video",
+        help="segment the object(s) that expressions refer to in a video, or in many (--manifest)",
         description=(
             "Segment the object(s) each expression refers to in VIDEO. Writes, per expression i, "
             "OUT/<i>/<frame>.png (palette PNGs, MeViS/DAVIS layout) and OUT/<i>.json (COCO RLE per "
-            "frame), plus OUT/expressions.json listing the expressions and their object scores."
+            "frame), plus OUT/expressions.json listing the expressions and their object scores. "
+            "With --manifest FILE.jsonl (no VIDEO, EXPRESSION or --out): segment every video it lists, "
+            'one JSON object per line: {"video": PATH, "expressions": [...] or "...", "output": DIR} '
+            "plus optional fps/stride/start/end/max_frames (relative paths: from the manifest's folder). "
+            "Entries with a finished output are skipped (an interrupted run resumes); a failing entry "
+            "is logged and the others go on (exit code 1 if any failed). Under torchrun entry i is done "
+            "by rank i % WORLD_SIZE, each rank on cuda:LOCAL_RANK when CUDA is available. Every entry "
+            "appends a JSON record to a progress log shared by the ranks (--progress-log). The other options "
+            "apply to every entry; an entry's own frame options override --fps/--stride/--start/--end/"
+            "--max-frames."
         ),
     )
-    p.add_argument("video", help="video file, folder of frames")
-    p.add_argument("expressions", nargs="+", help="one or more referring expressions (quote each)")
+    p.add_argument("video", nargs="?", help="video file, folder of frames (not with --manifest)")
+    p.add_argument("expressions", nargs="*",
+                   help="one or more referring expressions (quote each; not with --manifest)")
+    p.add_argument("--manifest", type=Path, default=None, metavar="FILE",
+                   help="JSON Lines file listing videos, expressions and output folders to segment")
+    p.add_argument("--progress-log", "--log", dest="log", type=Path, default=None, metavar="PATH",
+                   help="progress log of --manifest (default: <manifest dir>/<stem>.progress.jsonl); "
+                        "under torchrun spell it --progress-log (torchrun reads --log as its own --log-dir)")
     p.add_argument("--model", default="ssa-tiny-synthetic",
                    help="bundled name, Hub repo id or local checkpoint directory (default: the demo model)")
-    p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (must not exist or be empty; required without --manifest)")
     p.add_argument("--overlay", type=Path, default=None,
                    help="also write an overlay MP4 (with several expressions: NAME_<i>.mp4)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:1, cpu (default: cuda if available; cuda:LOCAL_RANK with --manifest)")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_const", dest="precision", const="fp16",
                            help="fp16 autocast (CUDA; the default there)")
@@ -57,31 +75,52 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="process at most this many frames")
     _selection_options(p)
     p.add_argument("--chunk-size", type=int, default=16, help="frames per chunk (memory vs speed)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (with --manifest: redo finished entries too)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_segment)
 
 
+def _check_segment_args(args: argparse.Namespace) -> None:
+    """The combinations argparse cannot express: a manifest or a video, and what goes with each."""
+    if args.manifest is not None:
+        if args.video is not None:
+            raise ValueError("give either --manifest or a VIDEO with expressions, not both")
+        for flag, value in (("--out", args.out), ("--overlay", args.overlay)):
+            if value is not None:
+                raise ValueError(f"{flag} does not apply to --manifest (each entry names its output)")
+        return
+    if args.video is None:
+        raise ValueError("segment needs a VIDEO and expressions, or --manifest FILE")
+    if not args.expressions:
+        raise ValueError("segment needs at least one expression after VIDEO")
+    if args.out is None:
+        raise ValueError("segment needs --out DIR (or --manifest FILE)")
+    if args.log is not None:
+        raise ValueError("--progress-log applies only to --manifest")
+
+
 def _segment(args: argparse.Namespace) -> int:
-    from ssa.io import atomic_output_dir
+    _check_segment_args(args)
+    call_options = {"mode": args.mode, "threshold": args.threshold, "stride": args.stride, "fps": args.fps,
+                    "start": args.start, "end": args.end, "max_frames": args.max_frames}
+    if args.manifest is not None:
+        from ssa.manifest import segment_manifest
+
+        summary = segment_manifest(
+            args.manifest, args.model, log=args.log, overwrite=args.overwrite,
+            progress=not args.no_progress, device=args.device, precision=args.precision,
+            chunk_size=args.chunk_size, **call_options,
+        )
+        return 0 if summary.ok else 1
+
+    from ssa.io import write_segmentation
     from ssa.pipeline import SSAPipeline
 
     pipe = SSAPipeline.from_pretrained(args.model, device=args.device, precision=args.precision,
                                        chunk_size=args.chunk_size)
-    results = pipe(
-        args.video, list(args.expressions), mode=args.mode, threshold=args.threshold, stride=args.stride,
-        fps=args.fps, start=args.start, end=args.end, max_frames=args.max_frames,
-        progress=not args.no_progress,
-    )
-    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
-        summary = []
-        for i, result in enumerate(results):
-            result.save_pngs(tmp / str(i))
-            result.save_rle(tmp / f"{i}.json")
-            summary.append({"id": i, "expression": result.expression,
-                            "object_scores": [round(float(s), 4) for s in result.object_scores],
-                            "frames": len(result)})
-        (tmp / "expressions.json").write_text(json.dumps(summary, indent=2))
+    results = pipe(args.video, list(args.expressions), progress=not args.no_progress, **call_options)
+    write_segmentation(results, args.out, overwrite=args.overwrite)
     logger.info("wrote %d expression(s) to %s", len(results), args.out)
     if args.overlay is not None:
         for i, result in enumerate(results):
@@ -243,7 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `segment VIDEO --opt X "expr"`: argparse gives the optional EXPRESSION list its (empty) share
+        # before the options, so expressions after them come back here; anything else is an error.
+        if args.command == "segment" and args.video is not None and not any(a.startswith("-") for a in extra):
+            args.expressions = [*args.expressions, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -6,18 +6,21 @@
   (DAVIS / MeViS / Ref-YouTube-VOS annotation format).
 * :func:`write_overlay_video` — masks tinted over the frames, H.264 MP4 via PyAV, written atomically.
 * :func:`prepare_output_dir` / :func:`atomic_output_dir` — overwrite protection for result folders.
+* :func:`write_segmentation` — one video's results (PNGs, RLE JSON, ``expressions.json``), written
+  atomically; :func:`is_segmentation_output` tells a finished one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,9 @@ __all__ = [
     "write_overlay_video",
     "h264_encoder",
     "atomic_write_text",
+    "write_segmentation",
+    "is_segmentation_output",
+    "SEGMENTATION_INDEX",
 ]
 
 logger = logging.getLogger(__name__)
@@ -288,6 +294,38 @@ def atomic_output_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------------------
+# one video's segmentation
+
+SEGMENTATION_INDEX = "expressions.json"  # written last: its presence marks a finished output
+
+
+def write_segmentation(results: Sequence[Any], out: PathLike, *, overwrite: bool = False) -> Path:
+    """Write one video's :class:`~ssa.RVOSResult` list (one per expression) to the directory ``out``.
+
+    Per expression ``i``: ``out/<i>/<frame>.png`` (palette PNGs) and ``out/<i>.json`` (COCO RLE per
+    frame); then ``out/expressions.json`` listing each expression, its object scores and frame count.
+    The directory appears only when complete (:func:`atomic_output_dir`); an existing non-empty one is
+    refused unless ``overwrite``.
+    """
+    out = Path(out)
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        summary = []
+        for i, result in enumerate(results):
+            result.save_pngs(tmp / str(i))
+            result.save_rle(tmp / f"{i}.json")
+            summary.append({"id": i, "expression": result.expression,
+                            "object_scores": [round(float(s), 4) for s in result.object_scores],
+                            "frames": len(result)})
+        (tmp / SEGMENTATION_INDEX).write_text(json.dumps(summary, indent=2))
+    return out
+
+
+def is_segmentation_output(path: PathLike) -> bool:
+    """Whether ``path`` is a finished :func:`write_segmentation` directory (it holds ``expressions.json``)."""
+    return (Path(path) / SEGMENTATION_INDEX).is_file()
 
 
 # ---------------------------------------------------------------------------------------------------

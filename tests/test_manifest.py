@@ -1,0 +1,278 @@
+"""`ssa segment --manifest`: many videos, sharded over ranks, resumable, with a shared progress log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build
+from media import encode
+
+from ssa.cli import main
+from ssa.manifest import read_manifest, segment_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = ["--device", "cpu", "--no-progress", "--threshold", "0"]
+
+# name, expressions, per-entry frame options, square colour, x step per frame, frames
+VIDEOS = [
+    ("a", ["the red square", "the background"], {}, (200, 50, 50), 4, 8),
+    ("b", "the square moving left", {"stride": 2}, (50, 200, 50), -3, 8),
+    ("c", ["a blue square"], {"max_frames": 5}, (50, 50, 220), 2, 6),
+]
+
+
+def square_frames(colour: tuple[int, int, int], step: int, t: int) -> list[np.ndarray]:
+    frames = []
+    for i in range(t):
+        img = np.full((48, 64, 3), 30, np.uint8)
+        x = 20 + step * i
+        img[12:30, x:x + 18] = colour
+        frames.append(img)
+    return frames
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path, with its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def stats(root: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime_ns) of ``root`` and everything under it: a rewrite changes them."""
+    paths = [root, *sorted(root.rglob("*"))]
+    return {p.relative_to(root).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    build("ssa-tiny").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    return {name: encode(root / f"{name}.mp4", square_frames(colour, step, t))
+            for name, _, _, colour, step, t in VIDEOS}
+
+
+@pytest.fixture(scope="module")
+def references(checkpoint, videos, tmp_path_factory):
+    """Each video segmented alone with `ssa segment VIDEO EXPR... --out`: the expected outputs."""
+    root = tmp_path_factory.mktemp("single")
+    out = {}
+    for name, expressions, options, *_ in VIDEOS:
+        exprs = [expressions] if isinstance(expressions, str) else expressions
+        flags = [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+        rc = main(["segment", str(videos[name]), *exprs, "--model", str(checkpoint),
+                   "--out", str(root / name), *COMMON, *flags])
+        assert rc == 0
+        out[name] = tree(root / name)
+        assert "expressions.json" in out[name] and "0.json" in out[name]
+    return out
+
+
+def write_manifest(workdir: Path, videos: dict[str, Path], lines: list[dict] | None = None) -> Path:
+    """A manifest in ``workdir/jobs`` with paths relative to it: videos in ../media, outputs in results/."""
+    jobs, media = workdir / "jobs", workdir / "media"
+    jobs.mkdir(parents=True, exist_ok=True)
+    media.mkdir(exist_ok=True)
+    for path in videos.values():
+        if not (media / path.name).exists():
+            shutil.copy(path, media / path.name)
+    if lines is None:
+        lines = [{"video": f"../media/{name}.mp4", "expressions": expressions, "output": f"results/{name}",
+                  **options} for name, expressions, options, *_ in VIDEOS]
+    manifest = jobs / "videos.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+def run(manifest: Path, checkpoint: Path, *extra: str) -> int:
+    return main(["segment", "--manifest", str(manifest), "--model", str(checkpoint), *COMMON, *extra])
+
+
+def test_manifest_matches_single_video_runs(checkpoint, videos, references, tmp_path):
+    manifest = write_manifest(tmp_path, videos)
+    assert run(manifest, checkpoint) == 0
+    results = manifest.parent / "results"
+    for name, *_ in VIDEOS:
+        assert tree(results / name) == references[name], name
+    records = read_log(manifest.parent / "videos.progress.jsonl")  # the default log
+    assert [(r["index"], r["rank"], r["status"], r["error"]) for r in records] == [
+        (0, 0, "done", None), (1, 0, "done", None), (2, 0, "done", None)]
+    assert [r["frames"] for r in records] == [8, 4, 5]  # all, stride 2, max_frames 5
+    assert [r["output"] for r in records] == [str(results / name) for name, *_ in VIDEOS]
+    assert [r["video"] for r in records] == [str(tmp_path / "media" / f"{name}.mp4") for name, *_ in VIDEOS]
+    assert all(r["seconds"] > 0 and "T" in r["time"] for r in records)
+
+
+def test_rerun_skips_finished_and_redoes_deleted(checkpoint, videos, references, tmp_path):
+    manifest = write_manifest(tmp_path, videos)
+    results = manifest.parent / "results"
+    assert run(manifest, checkpoint, "--log", str(tmp_path / "first.jsonl")) == 0
+    before = {name: stats(results / name) for name, *_ in VIDEOS}
+
+    assert run(manifest, checkpoint, "--log", str(tmp_path / "second.jsonl")) == 0
+    records = read_log(tmp_path / "second.jsonl")
+    assert [(r["index"], r["status"]) for r in records] == [(0, "skipped"), (1, "skipped"), (2, "skipped")]
+    assert [r["frames"] for r in records] == [8, 4, 5]  # from the finished outputs' expressions.json
+    assert {name: stats(results / name) for name, *_ in VIDEOS} == before
+
+    shutil.rmtree(results / "b")
+    assert run(manifest, checkpoint, "--log", str(tmp_path / "third.jsonl")) == 0
+    records = read_log(tmp_path / "third.jsonl")
+    assert [(r["index"], r["status"]) for r in records] == [(0, "skipped"), (1, "done"), (2, "skipped")]
+    assert tree(results / "b") == references["b"]
+    assert stats(results / "a") == before["a"] and stats(results / "c") == before["c"]
+
+    assert run(manifest, checkpoint, "--log", str(tmp_path / "fourth.jsonl"), "--overwrite") == 0
+    assert {r["status"] for r in read_log(tmp_path / "fourth.jsonl")} == {"done"}
+    assert stats(results / "a") != before["a"]
+    assert tree(results / "a") == references["a"]
+
+
+def test_bad_videos_fail_alone(checkpoint, videos, references, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    lines = [
+        {"video": "../media/a.mp4", "expressions": VIDEOS[0][1], "output": "results/a"},
+        {"video": "../media/corrupt.mp4", "expressions": "a square", "output": "results/corrupt"},
+        {"video": "../media/missing.mp4", "expressions": "a square", "output": "results/missing"},
+        {"video": "../media/c.mp4", "expressions": VIDEOS[2][1], "output": "results/c", "max_frames": 5},
+    ]
+    manifest = write_manifest(tmp_path, videos, lines)
+    assert run(manifest, checkpoint) == 1
+    records = read_log(manifest.parent / "videos.progress.jsonl")
+    assert [r["status"] for r in records] == ["done", "failed", "failed", "done"]
+    assert "corrupt.mp4" in records[1]["error"] and records[1]["error"].startswith("VideoDecodeError")
+    assert "missing.mp4" in records[2]["error"] and records[2]["error"].startswith("FileNotFoundError")
+    assert records[0]["error"] is None and records[1]["frames"] == 0
+    results = manifest.parent / "results"
+    assert not (results / "corrupt").exists() and not (results / "missing").exists()
+    assert tree(results / "a") == references["a"] and tree(results / "c") == references["c"]
+    assert "corrupt.mp4" in caplog.text
+    assert "rank 0/1: 2 done, 0 skipped, 2 failed (of 4 entries)" in caplog.text
+    assert not [p for p in results.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_foreign_output_folder_is_not_overwritten(checkpoint, videos, references, tmp_path):
+    manifest = write_manifest(tmp_path, videos, [
+        {"video": "../media/a.mp4", "expressions": VIDEOS[0][1], "output": "results/a"}])
+    mine = manifest.parent / "results" / "a"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep")
+    assert run(manifest, checkpoint) == 1
+    [record] = read_log(manifest.parent / "videos.progress.jsonl")
+    assert record["status"] == "failed"
+    assert "not a finished output" in record["error"] and "overwrite" in record["error"]
+    assert (mine / "notes.txt").read_text() == "keep"
+    assert run(manifest, checkpoint, "--overwrite") == 0
+    assert tree(mine) == references["a"]
+
+
+def test_sharding_follows_rank_environment(videos, tmp_path, monkeypatch):
+    manifest = write_manifest(tmp_path, videos)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    summary = segment_manifest(manifest, build("ssa-tiny"), device="cpu", progress=False, threshold=0.0)
+    assert (summary.rank, summary.world_size, summary.done, summary.failed) == (1, 2, 1, 0)
+    assert [r["index"] for r in summary.records] == [1]
+    results = manifest.parent / "results"
+    assert sorted(p.name for p in results.iterdir()) == ["b"]
+    with pytest.raises(ValueError, match="rank"):
+        segment_manifest(manifest, build("ssa-tiny"), rank=2, world_size=2, device="cpu")
+
+
+GOOD = {"video": "v.mp4", "expressions": ["x"], "output": "o1"}
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ('{"video": "v.mp4", "expressions": ["x"], "output": "o2"', "invalid JSON"),
+    ('["v.mp4", "x", "o2"]', "expected a JSON object"),
+    ('{"video": "v.mp4", "expressions": ["x"]}', "missing key(s) 'output'"),
+    ('{"video": "v.mp4", "expressions": 5, "output": "o2"}', "'expressions' must be a string or a list"),
+    ('{"video": "v.mp4", "expressions": [], "output": "o2"}', "'expressions' is an empty list"),
+    ('{"video": "v.mp4", "expressions": ["x", " "], "output": "o2"}', "expression 1 is empty"),
+    ('{"video": 3, "expressions": "x", "output": "o2"}', "'video' must be a non-empty path"),
+    ('{"video": "v.mp4", "expressions": "x", "output": "o2", "colour": 1}', "unknown key(s) 'colour'"),
+    ('{"video": "v.mp4", "expressions": "x", "output": "o2", "stride": 0}', "'stride' must be an integer"),
+    ('{"video": "v.mp4", "expressions": "x", "output": "o2", "fps": "6"}', "'fps' must be a number"),
+    ('{"video": "v.mp4", "expressions": "x", "output": "./o1"}', "is also the output of line 1"),
+    ('{"video": "v.mp4", "expressions": "x", "output": "o1/inner"}', "inside the output of line 1"),
+])
+def test_validation_names_the_line(bad, problem, tmp_path, caplog):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(GOOD) + "\n\n" + bad + "\n")  # the bad entry is on line 3
+    with pytest.raises(ValueError) as info:
+        read_manifest(manifest)
+    assert "line 3: " in str(info.value) and problem in str(info.value)
+    assert "line 1:" not in str(info.value)
+    # the command line validates before loading any model or writing anything
+    rc = main(["segment", "--manifest", str(manifest), "--model", str(tmp_path / "no_model"), *COMMON])
+    assert rc == 2 and "line 3: " in caplog.text and problem in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
+
+
+def test_valid_manifest_resolves_paths_against_its_folder(tmp_path):
+    manifest = tmp_path / "jobs" / "m.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps(GOOD) + "\n   \n" + json.dumps(
+        {"video": "/data/w.mp4", "expressions": "a b", "output": "../out", "fps": 2.5, "end": 4}) + "\n")
+    first, second = read_manifest(manifest)
+    assert (first.index, first.line, second.index, second.line) == (0, 1, 1, 3)
+    assert first.video == manifest.parent / "v.mp4" and first.output == manifest.parent / "o1"
+    assert second.video == Path("/data/w.mp4") and second.output == tmp_path / "out"
+    assert second.expressions == ["a b"] and second.options == {"fps": 2.5, "end": 4}
+
+
+def test_command_line_needs_a_manifest_or_a_video(checkpoint, videos, tmp_path, caplog):
+    manifest = write_manifest(tmp_path, videos)
+    assert main(["segment", "--manifest", str(manifest), str(videos["a"]), "x", *COMMON]) == 2
+    assert "not both" in caplog.text
+    assert main(["segment", "--model", str(checkpoint), *COMMON]) == 2
+    assert "--manifest" in caplog.text
+    assert main(["segment", "--manifest", str(manifest), "--out", str(tmp_path / "o"), *COMMON]) == 2
+    assert main(["segment", str(videos["a"]), "x", *COMMON]) == 2
+    assert "--out" in caplog.text
+    assert not (manifest.parent / "results").exists() and not (tmp_path / "o").exists()
+
+
+def test_single_video_expressions_may_follow_options(checkpoint, videos, references, tmp_path):
+    out = tmp_path / "out"
+    rc = main(["segment", str(videos["a"]), "--model", str(checkpoint), *VIDEOS[0][1], "--out", str(out),
+               *COMMON])
+    assert rc == 0 and tree(out) == references["a"]
+
+
+def test_torchrun_two_processes(checkpoint, videos, references, tmp_path):
+    manifest = write_manifest(tmp_path, videos)
+    log = tmp_path / "logs" / "progress.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "ssa.cli", "segment", "--manifest", str(manifest), "--model", str(checkpoint),
+           "--progress-log", str(log), *COMMON]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = manifest.parent / "results"
+    for name, *_ in VIDEOS:
+        assert tree(results / name) == references[name], name
+    records = read_log(log)
+    assert sorted(r["index"] for r in records) == [0, 1, 2]
+    assert {r["rank"] for r in records} == {0, 1}
+    assert all(r["rank"] == r["index"] % 2 and r["status"] == "done" for r in records)
+    assert "rank 1/2: 1 done, 0 skipped, 0 failed" in proc.stderr
