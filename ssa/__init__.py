@@ -17,4 +17,6 @@ from ssa.modeling.model import SSAModel  # noqa: E402
 from ssa.modeling.outputs import SSAOutput  # noqa: E402
 from ssa.pipeline import FrameMasks, RVOSResult, SSAPipeline  # noqa: E402
 
-__all__ = ["SSAConfig", "SSAModel", "SSAOutput", "SSAPipeline", "RVOSResult", "FrameMasks", "PRESETS", "__version__"]
+__all__ = [
+    "SSAConfig", "SSAModel", "SSAOutput", "SSAPipeline", "RVOSResult", "FrameMasks", "PRESETS", "__version__",
+]
