@@ -69,3 +69,40 @@ def test_gradients_reach_every_parameter():
     for name, grad in second.items():
         assert grad is not None and torch.isfinite(grad).all(), name
         assert grad.abs().sum() > 0, name
+
+
+def _reference(adapter, visual, words, mask, sentence):
+    """Eq. 3-4 written out stream by stream, each projected back to C_i after its own sum."""
+    b, _, h, w = visual.shape
+    d = adapter.dim
+    v = adapter.visual_in(visual).flatten(2).transpose(1, 2)  # (B, HW, D)
+    wt = adapter.word_in(words)
+    logits = (v @ wt.transpose(1, 2) / d ** 0.5).masked_fill(~mask[:, None], float("-inf"))
+    f_mw = (logits.softmax(-1) @ wt).transpose(1, 2).reshape(b, d, h, w)
+    s = adapter.sentence_in(sentence)
+    f_ms = (torch.sigmoid((v * s[:, None]).sum(-1) / d ** 0.5)[..., None] * s[:, None]).transpose(1, 2)
+    f_mw = adapter.word_out(f_mw)
+    f_ms = adapter.sentence_out(f_ms.reshape(b, d, h, w))
+    vmap = v.transpose(1, 2).reshape(b, d, h, w)
+    f_mr = adapter.conv_out(torch.nn.functional.gelu(adapter.conv(vmap))) + visual
+    pooled = torch.cat([x.mean((2, 3)) for x in (f_mw, f_mr, f_ms)], 1)
+    a = adapter.gate(pooled).softmax(-1)
+    mixed = sum(a[:, i, None, None, None] * f for i, f in enumerate((f_mw, f_mr, f_ms)))
+    return mixed, a
+
+
+def test_folded_projections_and_shared_frames_match_the_equations():
+    adapter = SemanticAlignmentAdapter(16, 12, 8)
+    _randomise(adapter)
+    visual, words, mask, sentence = _inputs(b=2)
+    with torch.no_grad():
+        out, weights = adapter(visual, words, mask, sentence)
+        ref, ref_weights = _reference(adapter, visual, words, mask, sentence)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(weights, ref_weights, atol=1e-6, rtol=1e-5)
+        # Three text rows reading frames [1, 0, 1]: the same as gathering the frames first.
+        rows = torch.tensor([1, 0, 1])
+        texts = words[[0, 1, 1]], mask[[0, 1, 1]], sentence[[0, 1, 1]]
+        shared, _ = adapter(visual, *texts, rows=rows)
+        gathered, _ = adapter(visual[rows], *texts)
+        torch.testing.assert_close(shared, gathered, atol=1e-6, rtol=1e-6)

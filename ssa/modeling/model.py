@@ -197,25 +197,29 @@ class SSAModel(nn.Module):
         )
 
     def _pair_rows(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor
-                   ) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
-        """Gather each pair's frames and repeat its text per frame: stage maps (P·T, C_i, h_i, w_i),
-        words (P·T, L, D_t), word_mask (P·T, L), sentence (P·T, D_t)."""
+                   ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+        """Rows of the per-frame stages: row r = pair r // T, frame r % T, reading frame
+        (clip_index[pair], frame) of the visual pass. Returns that frame index (P·T,) — None when row r
+        reads frame r — and each pair's text repeated per frame: words (P·T, L, D_t), word_mask
+        (P·T, L), sentence (P·T, D_t)."""
         p, t = clip_index.shape[0], visual.num_frames
         device = visual.stages[0].device
-        # Row r = pair r // T, frame r % T; it reads frame (clip_index[pair], frame) of the visual pass.
         rows = (clip_index.to(device)[:, None] * t + torch.arange(t, device=device)[None]).flatten()
+        if p == visual.num_clips and torch.equal(clip_index.cpu(), torch.arange(p)):
+            rows = None  # pair p is clip p: the rows are the frames, in order
         pair_of_row = torch.arange(p, device=device).repeat_interleave(t)
         words = text.words.to(device)[pair_of_row]
         word_mask = text.word_mask.to(device)[pair_of_row]
         sentence = text.sentence.to(device)[pair_of_row]
-        return [f[rows] for f in visual.stages], words, word_mask, sentence
+        return rows, words, word_mask, sentence
 
-    def _adapt(self, stages: list[Tensor], words: Tensor, word_mask: Tensor, sentence: Tensor
-               ) -> tuple[list[Tensor], Tensor | None]:
-        """Semantic alignment (Eq. 3-4) of every stage; identity when the adapter is switched off."""
+    def _adapt(self, stages: list[Tensor], rows: Tensor | None, words: Tensor, word_mask: Tensor,
+               sentence: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        """Semantic alignment (Eq. 3-4) of every stage, per row; the adapters' text-independent work
+        runs once per frame of ``stages``. Identity (the rows' frames) when the adapter is off."""
         if self.adapters is None:
-            return stages, None
-        refined = [a(f, words, word_mask, sentence) for a, f in zip(self.adapters, stages, strict=True)]
+            return [f if rows is None else f[rows] for f in stages], None
+        refined = [a(f, words, word_mask, sentence, rows) for a, f in zip(self.adapters, stages, strict=True)]
         return [f for f, _ in refined], torch.stack([w for _, w in refined], dim=1)  # (P·T, 4, 3)
 
     def encode_mask_features(self, visual: VisualFeatures, text: TextFeatures,
@@ -223,8 +227,8 @@ class SSAModel(nn.Module):
         """F_mask only (adapters → pixel decoder), (P, T, mask_dim, H/4, W/4): what a caller that
         dropped the mask features needs to recompute them."""
         clip_index = self._check_pairs(visual, text, clip_index)
-        stages, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
-        stages, _ = self._adapt(stages, words, word_mask, sentence)
+        rows, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
+        stages, _ = self._adapt(visual.stages, rows, words, word_mask, sentence)
         mask_features, _ = self.pixel_decoder(stages)
         mh, mw = visual.mask_size
         return mask_features[..., :mh, :mw].reshape(clip_index.shape[0], visual.num_frames,
@@ -233,8 +237,8 @@ class SSAModel(nn.Module):
     def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor
                             ) -> FrameOutput:
         p, t = clip_index.shape[0], visual.num_frames
-        stages, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
-        stages, adapter_weights = self._adapt(stages, words, word_mask, sentence)  # Eq. 3-4
+        rows, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
+        stages, adapter_weights = self._adapt(visual.stages, rows, words, word_mask, sentence)  # Eq. 3-4
         mask_features, multi_scale = self.pixel_decoder(stages)  # (P·T, Cm, H/4, W/4), strides 32/16/8
         queries, sentences = self.query_generator(stages[-1], words, word_mask, sentence)  # Eq. 5
         dec = self.frame_decoder(queries, multi_scale, mask_features)

@@ -115,12 +115,13 @@ def _sample_sparse(value: Tensor, shapes: Sequence[tuple[int, int]], sampling_lo
     block = torch.arange(b * m, device=value.device).view(b, m, 1, 1) * s  # head (b, m) reads its own S
     col = (torch.stack(columns, dim=-1) + block[..., None]).reshape(-1)
     crow = torch.arange(0, b * m * q * per_row + 1, per_row, device=value.device)
-    with warnings.catch_warnings():
+    # float32 throughout (sparse kernels have no half types), also under autocast
+    with warnings.catch_warnings(), torch.autocast(value.device.type, enabled=False):
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        matrix = torch.sparse_csr_tensor(crow, col, torch.stack(values, dim=-1).reshape(-1).to(value.dtype),
+        matrix = torch.sparse_csr_tensor(crow, col, torch.stack(values, dim=-1).reshape(-1).float(),
                                          size=(b * m * q, b * m * s), check_invariants=False)
-        out = matrix @ value.permute(0, 2, 1, 3).reshape(b * m * s, d)  # (B·M·Q, D)
-    return out.view(b, m, q, d).permute(0, 2, 1, 3).reshape(b, q, m * d)
+        out = matrix @ value.float().permute(0, 2, 1, 3).reshape(b * m * s, d)  # (B·M·Q, D)
+    return out.view(b, m, q, d).permute(0, 2, 1, 3).reshape(b, q, m * d).to(value.dtype)
 
 
 class MSDeformAttn(nn.Module):
