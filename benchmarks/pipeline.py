@@ -149,7 +149,7 @@ def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
         "chunk_size": pipe.chunk_size, "stream": args.stream, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "runs": {},
     }
-    pipe(video, EXPRESSIONS[:1], max_frames=pipe.chunk_size, progress=False)  # warm-up, not timed
+    pipe(video, EXPRESSIONS[:1], max_frames=2, progress=False)  # warm-up (lazy init, allocator), not timed
     for e in args.expressions:
         rows = []
         for _ in range(args.repeats):
@@ -224,7 +224,7 @@ def plot(report: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> Non
     except ImportError:
         logger.warning("matplotlib is not installed (pip install 'ssa[bench]'): no plot written")
         return
-    panels = 2 if sweep else 1
+    panels = bool(report) + bool(sweep)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
     if report:
         run = report["runs"][sorted(report["runs"], key=int)[0]]
@@ -239,7 +239,7 @@ def plot(report: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> Non
         ax.plot([r["frames"] for r in sweep], [r["peak_bytes"] / 2**20 for r in sweep], "o-")
         ax.set_xlabel("frames (T)")
         ax.set_ylabel("peak memory (MB)")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.15 * max(r["peak_bytes"] for r in sweep) / 2**20)
         ax.set_title("peak memory against video length")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -215,11 +215,15 @@ class SSAPipeline:
     ``mask_feature_budget``: bytes of mask features kept between the passes; beyond it they are
     recomputed with a second decode of the video.
     ``prefetch``: chunks decoded and preprocessed ahead, on a background thread.
+    ``frame_batch``: frames per pass through the text-dependent per-frame stages (adapters, pixel
+    decoder, frame decoder) within a chunk; default 1 on CPU (their cost per frame grows with the
+    batch there: cache-bound), the whole chunk on CUDA.
     """
 
     def __init__(self, model: SSAModel, *, device: str | torch.device | None = None,
                  precision: Precision | None = None, chunk_size: int = 16,
-                 mask_feature_budget: int = 1 << 30, prefetch: int = 2) -> None:
+                 mask_feature_budget: int = 1 << 30, prefetch: int = 2, frame_batch: int | None = None
+                 ) -> None:
         if not isinstance(model, SSAModel):
             raise TypeError(f"SSAPipeline needs an SSAModel, got {type(model).__name__}")
         if device is None:
@@ -237,10 +241,15 @@ class SSAPipeline:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        if frame_batch is None:
+            frame_batch = chunk_size if self.device.type == "cuda" else 1
+        if frame_batch < 1:
+            raise ValueError(f"frame_batch must be >= 1, got {frame_batch}")
         self.precision: Precision = precision
         self.chunk_size = chunk_size
         self.mask_feature_budget = mask_feature_budget
         self.prefetch = prefetch
+        self.frame_batch = min(frame_batch, chunk_size)
         self.timer: StageTimer | None = None  # set while a ssa.profiling.StageTimer is attached
         self.model = model.to(self.device).eval()
         self.config = model.config
@@ -318,7 +327,7 @@ class SSAPipeline:
             for chunk in self._chunks(video, options, progress, "segmenting"):
                 self._record_frames(state, chunk.frames)
                 visual = model.encode_video(chunk.pixels.to(self.device))
-                out = model.decode_frames(visual, text, clip_index)
+                out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch)
                 state.queries.append(out.queries.float().cpu())
                 state.sentences.append(out.sentences.float().cpu())
                 self._keep_mask_features(state, out.mask_features, mask_feature_budget)
@@ -357,7 +366,12 @@ class SSAPipeline:
         for chunk in self._chunks(video, options, progress, "masks"):
             with self._autocast():
                 visual = self.model.encode_video(chunk.pixels.to(self.device))
-                features = self.model.encode_mask_features(visual, text, clip_index)
+                fb = self.frame_batch
+                features = torch.cat([  # (E, k, Cm, h4, w4), frame_batch frames at a time
+                    self.model.encode_mask_features(visual.frames(s, min(s + fb, visual.num_frames)), text,
+                                                    clip_index)
+                    for s in range(0, visual.num_frames, fb)
+                ], dim=1)
             with self._stage("masks"):
                 masks = _upsample_masks(embeds, features, start, size, model_size)
             yield start, masks
