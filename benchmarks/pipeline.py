@@ -225,7 +225,7 @@ def plot(report: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> Non
         logger.warning("matplotlib is not installed (pip install 'ssa[bench]'): no plot written")
         return
     panels = bool(report) + bool(sweep)
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
     if report:
         run = report["runs"][sorted(report["runs"], key=int)[0]]
         names = list(STAGES) + ["frames_wait"]
@@ -233,14 +233,15 @@ def plot(report: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> Non
         ax = axes[0][0]
         ax.barh(names[::-1], values[::-1], color="tab:blue")
         ax.set_xlabel("seconds (median)")
-        ax.set_title(f"{report['preset']}: {run['frames']} frames, end to end {run['wall']:.2f} s")
+        ax.set_title(f"{report['preset']} ({report['device']}): {run['frames']} frames, end to end "
+                     f"{run['wall']:.2f} s", fontsize=10)
     if sweep:
         ax = axes[0][-1]
         ax.plot([r["frames"] for r in sweep], [r["peak_bytes"] / 2**20 for r in sweep], "o-")
         ax.set_xlabel("frames (T)")
         ax.set_ylabel("peak memory (MB)")
         ax.set_ylim(0, 1.15 * max(r["peak_bytes"] for r in sweep) / 2**20)
-        ax.set_title("peak memory against video length")
+        ax.set_title("peak memory against video length", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     logger.info("wrote %s", path)
