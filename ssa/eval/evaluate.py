@@ -29,14 +29,13 @@ rank 0 writes the files, and every rank returns the same full summary.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ssa.data.datasets import MeViSDataset
+from ssa.distributed import ProcessGroup, torchrun_group
 from ssa.eval.metrics import jf, summarize
 from ssa.eval.submission import read_prediction, write_prediction
 from ssa.io import atomic_write_text
@@ -245,58 +245,6 @@ def _read_record(
 
 
 # -- distributed ----------------------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    group: Any = None  # a gloo group for object collectives (None: the default group)
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        if self.world == 1:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj, group=self.group)
-        return out
-
-
-def _env_world_size() -> int:
-    if "RANK" not in os.environ:
-        return 1
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
-@contextlib.contextmanager
-def _distributed() -> Iterator[_Dist]:
-    """Rank and world size; initialises (and afterwards destroys) a gloo group under torchrun."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        yield _Dist()
-        return
-    created = False
-    if not dist.is_initialized() and _env_world_size() > 1:
-        dist.init_process_group(backend="gloo")
-        created = True
-    group = None
-    try:
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            if dist.get_backend() != "gloo":
-                group = dist.new_group(backend="gloo")  # CPU objects, whatever the default backend is
-            yield _Dist(dist.get_rank(), dist.get_world_size(), group)
-        else:
-            yield _Dist()
-    finally:
-        if created:
-            dist.destroy_process_group()
-        elif group is not None:
-            dist.destroy_process_group(group)
-
-
 _ERROR_TYPES: dict[str, type[Exception]] = {
     t.__name__: t
     for t in (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError, OSError)
@@ -335,12 +283,12 @@ def _open_split(split_dir: Path, frame_ext: str) -> MeViSDataset:
     return dataset
 
 
-def _default_device(device: str | torch.device | None, dist: _Dist) -> str | torch.device | None:
+def _default_device(device: str | torch.device | None, dist: ProcessGroup) -> str | torch.device | None:
     """One GPU per rank (``LOCAL_RANK``) under distributed runs when no device was given."""
     import torch
 
-    if device is None and dist.world > 1 and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', dist.rank)) % torch.cuda.device_count()}"
+    if device is None and dist.world_size > 1 and torch.cuda.is_available():
+        return f"cuda:{dist.local_rank % torch.cuda.device_count()}"
     return device
 
 
@@ -441,7 +389,7 @@ def evaluate(
     if out is not None and out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output path {out} exists and is not a directory")
 
-    with _distributed() as dist:
+    with torchrun_group(device, objects=True) as dist:
         pred_dir, pipe, source = _resolve(predictions, _default_device(device, dist), precision)
         fingerprint: dict[str, Any] = {"split": str(split_dir.resolve()), "source": source}
         if pipe is not None:
@@ -452,12 +400,12 @@ def evaluate(
             write_dir=None if out is None or pipe is None else out / PREDICTIONS_DIRNAME,
         )
         videos = list(ctx.items)
-        mine = videos[dist.rank :: dist.world]
+        mine = videos[dist.rank :: dist.world_size]
         if dist.rank == 0:
             logger.info(
                 "evaluating %s on %s: %d expressions in %d videos%s",
                 source, split_dir, len(dataset), len(videos),
-                f" over {dist.world} ranks" if dist.world > 1 else "",
+                f" over {dist.world_size} ranks" if dist.world_size > 1 else "",
             )
 
         results: dict[str, list[ExpressionScore]] = {}
@@ -488,11 +436,11 @@ def evaluate(
                     for video in todo:
                         on_done(video, _evaluate_video(ctx, video))
         except Exception as e:  # shared with the other ranks before raising, so none waits forever
-            if dist.world == 1:
+            if dist.world_size == 1:
                 raise
             error = e
 
-        gathered = dist.all_gather(
+        gathered = dist.all_gather_object(
             (results, None if error is None else (type(error).__name__, str(error)))
         )
         _raise_gathered([g[1] for g in gathered], error, dist.rank)
@@ -517,10 +465,10 @@ def evaluate(
             try:
                 _write_outputs(out, dict(summary), rows)
             except Exception as e:
-                if dist.world == 1:
+                if dist.world_size == 1:
                     raise
                 write_error = e
-        statuses = dist.all_gather(None if write_error is None else (type(write_error).__name__,
+        statuses = dist.all_gather_object(None if write_error is None else (type(write_error).__name__,
                                                                       str(write_error)))
         _raise_gathered(statuses, write_error, dist.rank)
 

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ssa.config import PRESETS, SSAConfig
+from ssa.distributed import ProcessGroup, torchrun_group
 from ssa.modeling.model import SSAModel
 from ssa.train.data import ReferringClips, batch_keys, collate_clips
 from ssa.train.losses import LossConfig, SSACriterion
@@ -115,31 +116,7 @@ class TrainConfig:
 
 
 # -- distributed ------------------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    created: bool = False  # we initialised the process group (and destroy it at the end)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(device: str | None) -> _Dist:
-    if dist.is_available() and dist.is_initialized():
-        return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
-                 created=True)
-
-
-def _pick_device(device: str | torch.device | None, d: _Dist) -> torch.device:
+def _pick_device(device: str | torch.device | None, d: ProcessGroup) -> torch.device:
     if device is None:
         device = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -329,16 +306,12 @@ def finetune(
         cfg.loss = LossConfig.from_dict(cfg.loss)
     cfg.validate()
 
-    d = _setup_distributed(None if device is None else str(device))
-    try:
+    with torchrun_group(device) as d:
         return _run(model_or_name, train_data, Path(output_dir), cfg, val_data, resume, device, progress, d)
-    finally:
-        if d.created:
-            dist.destroy_process_group()
 
 
 def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig, val_data: Any,
-         resume: bool, device: Any, progress: bool, d: _Dist) -> SSAModel:
+         resume: bool, device: Any, progress: bool, d: ProcessGroup) -> SSAModel:
     micro = cfg.batch_size // (d.world_size * cfg.grad_accum)
     if micro * d.world_size * cfg.grad_accum != cfg.batch_size:
         raise ValueError(
@@ -475,7 +448,7 @@ def _clip_generators(seed: int, step: int, micro: int, keys: list[tuple[int, int
     return out
 
 
-def _mean_over_ranks(record: dict[str, float], d: _Dist, dev: torch.device) -> dict[str, float]:
+def _mean_over_ranks(record: dict[str, float], d: ProcessGroup, dev: torch.device) -> dict[str, float]:
     if d.world_size == 1:
         return record
     names = sorted(record)
@@ -484,8 +457,8 @@ def _mean_over_ranks(record: dict[str, float], d: _Dist, dev: torch.device) -> d
     return {k: float(v) / d.world_size for k, v in zip(names, t.tolist(), strict=True)}
 
 
-def _evaluate(model: SSAModel, val_data: Any, out_dir: Path, dev: torch.device, d: _Dist, log_path: Path,
-              step: int) -> None:
+def _evaluate(model: SSAModel, val_data: Any, out_dir: Path, dev: torch.device, d: ProcessGroup,
+              log_path: Path, step: int) -> None:
     """J&F on the validation split; under DDP its videos are sharded over the ranks (ssa.eval.evaluate)
     and rank 0 writes the results."""
     from ssa.eval import evaluate
