@@ -86,8 +86,8 @@ def test_two_expressions_one_visual_pass_same_masks(pipe, video_file):
 def test_chunking_and_recompute_give_the_same_masks(trajectory_masks):
     model = build("ssa-tiny", trajectory_masks=trajectory_masks)
     frames = moving_square_frames(12)
-    whole = SSAPipeline(model, device="cpu", chunk_size=64)(frames, "a square", threshold=0.0,
-                                                            progress=False)
+    whole = SSAPipeline(model, device="cpu", chunk_size=64, frame_batch=64)(frames, "a square", threshold=0.0,
+                                                                            progress=False)
     small = SSAPipeline(model, device="cpu", chunk_size=5)(frames, "a square", threshold=0.0,
                                                            progress=False)
     recompute = SSAPipeline(model, device="cpu", chunk_size=5, mask_feature_budget=0)(
@@ -191,6 +191,10 @@ def test_bad_options(pipe):
         pipe(frames, "a square", stride=0)
     with pytest.raises(ValueError, match="fp16"):
         SSAPipeline(build("ssa-tiny"), device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="frame_batch"):
+        SSAPipeline(build("ssa-tiny"), device="cpu", frame_batch=0)
+    with pytest.raises(ValueError, match="prefetch"):
+        SSAPipeline(build("ssa-tiny"), device="cpu", prefetch=0)
 
 
 def test_resized_size():
