@@ -39,6 +39,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-frames", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trajectory-masks", action="store_true",
+                   help="both variants with SSAConfig.trajectory_masks (as the demo model; not in the paper)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -52,7 +54,9 @@ def main() -> None:
     for name, overrides in VARIANTS.items():
         tag = "ssa" if not overrides else "no_trajectory"
         torch.manual_seed(args.seed)
-        model = SSAModel(SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128, **overrides))
+        config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128,
+                                       trajectory_masks=args.trajectory_masks, **overrides)
+        model = SSAModel(config)
         start = time.perf_counter()
         model = finetune(model, train, output_dir=args.work / tag, iterations=args.iterations,
                          batch_size=args.batch_size, num_frames=args.num_frames, unfreeze_clip=True,
