@@ -44,6 +44,39 @@ def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def assert_same_segmentation(root: Path, reference: dict[str, bytes]) -> None:
+    """The outputs under ``root`` hold the reference's files with the same masks up to float noise:
+    processes with other thread counts may sum in another order and flip a pixel at the threshold."""
+    import io as bytes_io
+
+    from PIL import Image
+
+    from ssa.io import decode_rle
+
+    def png(data: bytes) -> np.ndarray:
+        with Image.open(bytes_io.BytesIO(data)) as image:
+            return np.asarray(image)
+
+    got = tree(root)
+    assert sorted(got) == sorted(reference)
+    for name, data in got.items():
+        if name.endswith(".png"):
+            a, b = png(data), png(reference[name])
+            assert a.shape == b.shape and (a == b).mean() > 0.999, name
+        elif name == "expressions.json":
+            a, b = json.loads(data), json.loads(reference[name])
+            assert [(e["id"], e["expression"], e["frames"]) for e in a] == \
+                [(e["id"], e["expression"], e["frames"]) for e in b]
+            for ea, eb in zip(a, b, strict=True):
+                assert np.allclose(ea["object_scores"], eb["object_scores"], atol=1e-3), name
+        else:  # <i>.json: RLE masks
+            a, b = json.loads(data), json.loads(reference[name])
+            assert a["frames"] == b["frames"] and a["expression"] == b["expression"]
+            assert np.allclose(a["object_scores"], b["object_scores"], atol=1e-3), name
+            for ma, mb in zip(a["masks"], b["masks"], strict=True):
+                assert (decode_rle(ma) == decode_rle(mb)).mean() > 0.999, name
+
+
 def stats(root: Path) -> dict[str, tuple[int, int]]:
     """(inode, mtime_ns) of ``root`` and everything under it: a rewrite changes them."""
     paths = [root, *sorted(root.rglob("*"))]
@@ -270,7 +303,7 @@ def test_torchrun_two_processes(checkpoint, videos, references, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = manifest.parent / "results"
     for name, *_ in VIDEOS:
-        assert tree(results / name) == references[name], name
+        assert_same_segmentation(results / name, references[name])
     records = read_log(log)
     assert sorted(r["index"] for r in records) == [0, 1, 2]
     assert {r["rank"] for r in records} == {0, 1}
