@@ -131,11 +131,7 @@ class RVOSResult:
     def labels(self, t: int) -> np.ndarray:
         """(H, W) uint8 label map of frame ``t``: 0 background, k the k-th selected object (by score;
         the higher-scoring object wins where two overlap)."""
-        h, w = self.size
-        out = np.zeros((h, w), dtype=np.uint8)
-        for k in np.argsort(self.object_scores)[::-1][:255][::-1]:  # lowest score first, overwritten
-            out[self._unpack(self._packed_objects[k, t])] = k + 1
-        return out
+        return _label_map(self._unpack(self._packed_objects[:, t]), self.object_scores)
 
     # -- writers -----------------------------------------------------------------------------------
     def to_rle(self) -> list[dict[str, Any]]:
@@ -366,12 +362,8 @@ class SSAPipeline:
         for chunk in self._chunks(video, options, progress, "masks"):
             with self._autocast():
                 visual = self.model.encode_video(chunk.pixels.to(self.device))
-                fb = self.frame_batch
-                features = torch.cat([  # (E, k, Cm, h4, w4), frame_batch frames at a time
-                    self.model.encode_mask_features(visual.frames(s, min(s + fb, visual.num_frames)), text,
-                                                    clip_index)
-                    for s in range(0, visual.num_frames, fb)
-                ], dim=1)
+                features = self.model.encode_mask_features(visual, text, clip_index,
+                                                           frame_chunk=self.frame_batch)  # (E, k, Cm, h4, w4)
             with self._stage("masks"):
                 masks = _upsample_masks(embeds, features, start, size, model_size)
             yield start, masks
@@ -518,11 +510,16 @@ class FrameMasks:
     def labels(self, e: int) -> np.ndarray:
         """(H, W) uint8 label map of expression ``e``: 0 background, k the k-th selected object (the
         higher-scoring object wins where two overlap), as :meth:`RVOSResult.labels`."""
-        masks = self.object_masks[e]
-        out = np.zeros(masks.shape[1:], dtype=np.uint8)
-        for k in np.argsort(self.object_scores[e])[::-1][:255][::-1]:  # lowest score first
-            out[masks[k]] = k + 1
-        return out
+        return _label_map(self.object_masks[e], self.object_scores[e])
+
+
+def _label_map(object_masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(K, H, W) bool masks → (H, W) uint8 labels: 0 background, k + 1 object k; where objects overlap
+    the higher-scoring one wins (the 255 best are drawn, lowest score first)."""
+    out = np.zeros(object_masks.shape[1:], dtype=np.uint8)
+    for k in np.argsort(scores)[::-1][:255][::-1]:
+        out[object_masks[k]] = k + 1
+    return out
 
 
 def _in_background(produce: Any, depth: int, timer: Any) -> Iterator[Any]:

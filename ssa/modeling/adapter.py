@@ -96,9 +96,9 @@ class SemanticAlignmentAdapter(nn.Module):
         # output projection of (weight · s) is weight · (W_o s) + b.
         s = self.sentence_in(sentence)  # (B, D)
         s_weight = torch.sigmoid(torch.einsum("bpd,bd->bp", v_tokens, s) * scale)  # (B, HW)
-        s_values = self.sentence_out(s[:, :, None, None])  # (B, C_i, 1, 1) = W_o s + b
-        bias = self.sentence_out.bias[None, :, None, None]
-        f_ms = s_weight.view(b, 1, h, w) * (s_values - bias) + bias  # (B, C_i, H, W)
+        s_value = F.linear(s, self.sentence_out.weight[:, :, 0, 0])  # (B, C_i) = W_o s
+        f_ms = s_weight.view(b, 1, h, w) * s_value[:, :, None, None]
+        f_ms = f_ms + self.sentence_out.bias[None, :, None, None]  # (B, C_i, H, W)
 
         # Gate (Eq. 4): W_α = softmax(MLP([g(f_mw), g(f_mr), g(f_ms)])).
         pooled = torch.cat([f_mw.mean(dim=(2, 3)), f_mr.mean(dim=(2, 3)), f_ms.mean(dim=(2, 3))], dim=1)

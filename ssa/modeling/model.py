@@ -172,14 +172,8 @@ class SSAModel(nn.Module):
         the result.
         """
         clip_index = self._check_pairs(visual, text, clip_index)
-        t = visual.num_frames
-        chunk = t if frame_chunk is None else frame_chunk
-        if chunk <= 0:
-            raise ValueError(f"frame_chunk must be positive, got {frame_chunk}")
-        parts = [
-            self._decode_frame_chunk(visual.frames(s, min(s + chunk, t)), text, clip_index)
-            for s in range(0, t, chunk)
-        ]
+        parts = [self._decode_frame_chunk(part, text, clip_index)
+                 for part in _frame_chunks(visual, frame_chunk)]
         if len(parts) == 1:
             return parts[0]
 
@@ -223,16 +217,19 @@ class SSAModel(nn.Module):
         return [f for f, _ in refined], torch.stack([w for _, w in refined], dim=1)  # (P·T, 4, 3)
 
     def encode_mask_features(self, visual: VisualFeatures, text: TextFeatures,
-                             clip_index: Tensor | None = None) -> Tensor:
+                             clip_index: Tensor | None = None, *, frame_chunk: int | None = None) -> Tensor:
         """F_mask only (adapters → pixel decoder), (P, T, mask_dim, H/4, W/4): what a caller that
-        dropped the mask features needs to recompute them."""
+        dropped the mask features needs to recompute them. ``frame_chunk`` as in :meth:`decode_frames`."""
         clip_index = self._check_pairs(visual, text, clip_index)
-        rows, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
-        stages, _ = self._adapt(visual.stages, rows, words, word_mask, sentence)
-        mask_features, _ = self.pixel_decoder(stages)
         mh, mw = visual.mask_size
-        return mask_features[..., :mh, :mw].reshape(clip_index.shape[0], visual.num_frames,
-                                                    *mask_features.shape[1:2], mh, mw)
+        parts = []
+        for part in _frame_chunks(visual, frame_chunk):
+            rows, words, word_mask, sentence = self._pair_rows(part, text, clip_index)
+            stages, _ = self._adapt(part.stages, rows, words, word_mask, sentence)
+            mask_features, _ = self.pixel_decoder(stages)
+            parts.append(mask_features[..., :mh, :mw].reshape(clip_index.shape[0], part.num_frames,
+                                                              *mask_features.shape[1:2], mh, mw))
+        return torch.cat(parts, dim=1)
 
     def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor
                             ) -> FrameOutput:
@@ -349,6 +346,15 @@ class SSAModel(nn.Module):
                 f"clip_index must be in [0, {visual.num_clips}), got {clip_index.tolist()}"
             )
         return clip_index
+
+
+def _frame_chunks(visual: VisualFeatures, frame_chunk: int | None) -> list[VisualFeatures]:
+    """``visual`` split into runs of ``frame_chunk`` frames (all of them when None)."""
+    t = visual.num_frames
+    chunk = t if frame_chunk is None else frame_chunk
+    if chunk <= 0:
+        raise ValueError(f"frame_chunk must be positive, got {frame_chunk}")
+    return [visual.frames(s, min(s + chunk, t)) for s in range(0, t, chunk)]
 
 
 def _check_frames(frames: Tensor) -> Tensor:
