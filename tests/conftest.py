@@ -22,6 +22,14 @@ def tiny_model() -> SSAModel:
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``build("ssa-tiny")`` saved with ``save_pretrained``: a local directory for ``--model``."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    build("ssa-tiny").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def large_model() -> SSAModel:
     """The paper's network with random CLIP weights (no download)."""
     return build("ssa-convnext-large")

@@ -7,18 +7,10 @@ import json
 import av
 import numpy as np
 import pytest
-from conftest import build
 from media import encode
 
 from ssa.cli import main
 from ssa.io import decode_rle, read_palette_png
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    build("ssa-tiny").save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +36,9 @@ def test_help_documents_every_option(capsys):
     assert "segment" in capsys.readouterr().out
 
 
-def test_segment_writes_pngs_rle_and_overlay(checkpoint, video, tmp_path):
+def test_segment_writes_pngs_rle_and_overlay(tiny_checkpoint, video, tmp_path):
     out = tmp_path / "out"
-    rc = main(["segment", str(video), "the red square", "the background", "--model", str(checkpoint),
+    rc = main(["segment", str(video), "the red square", "the background", "--model", str(tiny_checkpoint),
                "--out", str(out), "--overlay", str(tmp_path / "ov.mp4"), "--device", "cpu",
                "--threshold", "0", "--no-progress"])
     assert rc == 0
@@ -63,18 +55,18 @@ def test_segment_writes_pngs_rle_and_overlay(checkpoint, video, tmp_path):
             assert sum(1 for _ in c.decode(video=0)) == 8
 
 
-def test_segment_refuses_to_overwrite(checkpoint, video, tmp_path, caplog):
+def test_segment_refuses_to_overwrite(tiny_checkpoint, video, tmp_path, caplog):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    rc = main(["segment", str(video), "a square", "--model", str(checkpoint), "--out", str(out),
+    rc = main(["segment", str(video), "a square", "--model", str(tiny_checkpoint), "--out", str(out),
                "--device", "cpu", "--no-progress"])
     assert rc == 2 and "overwrite" in caplog.text
     assert (out / "mine.txt").read_text() == "keep"
 
 
-def test_segment_missing_model_and_video(checkpoint, video, tmp_path, caplog):
-    rc = main(["segment", str(tmp_path / "none.mp4"), "a square", "--model", str(checkpoint),
+def test_segment_missing_model_and_video(tiny_checkpoint, video, tmp_path, caplog):
+    rc = main(["segment", str(tmp_path / "none.mp4"), "a square", "--model", str(tiny_checkpoint),
                "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"])
     assert rc == 2 and "none.mp4" in caplog.text
     rc = main(["segment", str(video), "a square", "--model", str(tmp_path / "no_model"),

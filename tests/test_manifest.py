@@ -88,13 +88,6 @@ def read_log(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    build("ssa-tiny").save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
     return {name: encode(root / f"{name}.mp4", square_frames(colour, step, t))
@@ -102,14 +95,14 @@ def videos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def references(checkpoint, videos, tmp_path_factory):
+def references(tiny_checkpoint, videos, tmp_path_factory):
     """Each video segmented alone with `ssa segment VIDEO EXPR... --out`: the expected outputs."""
     root = tmp_path_factory.mktemp("single")
     out = {}
     for name, expressions, options, *_ in VIDEOS:
         exprs = [expressions] if isinstance(expressions, str) else expressions
         flags = [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
-        rc = main(["segment", str(videos[name]), *exprs, "--model", str(checkpoint),
+        rc = main(["segment", str(videos[name]), *exprs, "--model", str(tiny_checkpoint),
                    "--out", str(root / name), *COMMON, *flags])
         assert rc == 0
         out[name] = tree(root / name)
@@ -133,13 +126,13 @@ def write_manifest(workdir: Path, videos: dict[str, Path], lines: list[dict] | N
     return manifest
 
 
-def run(manifest: Path, checkpoint: Path, *extra: str) -> int:
-    return main(["segment", "--manifest", str(manifest), "--model", str(checkpoint), *COMMON, *extra])
+def run(manifest: Path, tiny_checkpoint: Path, *extra: str) -> int:
+    return main(["segment", "--manifest", str(manifest), "--model", str(tiny_checkpoint), *COMMON, *extra])
 
 
-def test_manifest_matches_single_video_runs(checkpoint, videos, references, tmp_path):
+def test_manifest_matches_single_video_runs(tiny_checkpoint, videos, references, tmp_path):
     manifest = write_manifest(tmp_path, videos)
-    assert run(manifest, checkpoint) == 0
+    assert run(manifest, tiny_checkpoint) == 0
     results = manifest.parent / "results"
     for name, *_ in VIDEOS:
         assert tree(results / name) == references[name], name
@@ -152,32 +145,32 @@ def test_manifest_matches_single_video_runs(checkpoint, videos, references, tmp_
     assert all(r["seconds"] > 0 and "T" in r["time"] for r in records)
 
 
-def test_rerun_skips_finished_and_redoes_deleted(checkpoint, videos, references, tmp_path):
+def test_rerun_skips_finished_and_redoes_deleted(tiny_checkpoint, videos, references, tmp_path):
     manifest = write_manifest(tmp_path, videos)
     results = manifest.parent / "results"
-    assert run(manifest, checkpoint, "--log", str(tmp_path / "first.jsonl")) == 0
+    assert run(manifest, tiny_checkpoint, "--log", str(tmp_path / "first.jsonl")) == 0
     before = {name: stats(results / name) for name, *_ in VIDEOS}
 
-    assert run(manifest, checkpoint, "--log", str(tmp_path / "second.jsonl")) == 0
+    assert run(manifest, tiny_checkpoint, "--log", str(tmp_path / "second.jsonl")) == 0
     records = read_log(tmp_path / "second.jsonl")
     assert [(r["index"], r["status"]) for r in records] == [(0, "skipped"), (1, "skipped"), (2, "skipped")]
     assert [r["frames"] for r in records] == [8, 4, 5]  # from the finished outputs' expressions.json
     assert {name: stats(results / name) for name, *_ in VIDEOS} == before
 
     shutil.rmtree(results / "b")
-    assert run(manifest, checkpoint, "--log", str(tmp_path / "third.jsonl")) == 0
+    assert run(manifest, tiny_checkpoint, "--log", str(tmp_path / "third.jsonl")) == 0
     records = read_log(tmp_path / "third.jsonl")
     assert [(r["index"], r["status"]) for r in records] == [(0, "skipped"), (1, "done"), (2, "skipped")]
     assert tree(results / "b") == references["b"]
     assert stats(results / "a") == before["a"] and stats(results / "c") == before["c"]
 
-    assert run(manifest, checkpoint, "--log", str(tmp_path / "fourth.jsonl"), "--overwrite") == 0
+    assert run(manifest, tiny_checkpoint, "--log", str(tmp_path / "fourth.jsonl"), "--overwrite") == 0
     assert {r["status"] for r in read_log(tmp_path / "fourth.jsonl")} == {"done"}
     assert stats(results / "a") != before["a"]
     assert tree(results / "a") == references["a"]
 
 
-def test_bad_videos_fail_alone(checkpoint, videos, references, tmp_path, caplog):
+def test_bad_videos_fail_alone(tiny_checkpoint, videos, references, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     (tmp_path / "media").mkdir()
     (tmp_path / "media" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
@@ -188,7 +181,7 @@ def test_bad_videos_fail_alone(checkpoint, videos, references, tmp_path, caplog)
         {"video": "../media/c.mp4", "expressions": VIDEOS[2][1], "output": "results/c", "max_frames": 5},
     ]
     manifest = write_manifest(tmp_path, videos, lines)
-    assert run(manifest, checkpoint) == 1
+    assert run(manifest, tiny_checkpoint) == 1
     records = read_log(manifest.parent / "videos.progress.jsonl")
     assert [r["status"] for r in records] == ["done", "failed", "failed", "done"]
     assert "corrupt.mp4" in records[1]["error"] and records[1]["error"].startswith("VideoDecodeError")
@@ -202,18 +195,18 @@ def test_bad_videos_fail_alone(checkpoint, videos, references, tmp_path, caplog)
     assert not [p for p in results.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
-def test_foreign_output_folder_is_not_overwritten(checkpoint, videos, references, tmp_path):
+def test_foreign_output_folder_is_not_overwritten(tiny_checkpoint, videos, references, tmp_path):
     manifest = write_manifest(tmp_path, videos, [
         {"video": "../media/a.mp4", "expressions": VIDEOS[0][1], "output": "results/a"}])
     mine = manifest.parent / "results" / "a"
     mine.mkdir(parents=True)
     (mine / "notes.txt").write_text("keep")
-    assert run(manifest, checkpoint) == 1
+    assert run(manifest, tiny_checkpoint) == 1
     [record] = read_log(manifest.parent / "videos.progress.jsonl")
     assert record["status"] == "failed"
     assert "not a finished output" in record["error"] and "overwrite" in record["error"]
     assert (mine / "notes.txt").read_text() == "keep"
-    assert run(manifest, checkpoint, "--overwrite") == 0
+    assert run(manifest, tiny_checkpoint, "--overwrite") == 0
     assert tree(mine) == references["a"]
 
 
@@ -272,11 +265,11 @@ def test_valid_manifest_resolves_paths_against_its_folder(tmp_path):
     assert second.expressions == ["a b"] and second.options == {"fps": 2.5, "end": 4}
 
 
-def test_command_line_needs_a_manifest_or_a_video(checkpoint, videos, tmp_path, caplog):
+def test_command_line_needs_a_manifest_or_a_video(tiny_checkpoint, videos, tmp_path, caplog):
     manifest = write_manifest(tmp_path, videos)
     assert main(["segment", "--manifest", str(manifest), str(videos["a"]), "x", *COMMON]) == 2
     assert "not both" in caplog.text
-    assert main(["segment", "--model", str(checkpoint), *COMMON]) == 2
+    assert main(["segment", "--model", str(tiny_checkpoint), *COMMON]) == 2
     assert "--manifest" in caplog.text
     assert main(["segment", "--manifest", str(manifest), "--out", str(tmp_path / "o"), *COMMON]) == 2
     assert main(["segment", str(videos["a"]), "x", *COMMON]) == 2
@@ -284,20 +277,20 @@ def test_command_line_needs_a_manifest_or_a_video(checkpoint, videos, tmp_path, 
     assert not (manifest.parent / "results").exists() and not (tmp_path / "o").exists()
 
 
-def test_single_video_expressions_may_follow_options(checkpoint, videos, references, tmp_path):
+def test_single_video_expressions_may_follow_options(tiny_checkpoint, videos, references, tmp_path):
     out = tmp_path / "out"
-    rc = main(["segment", str(videos["a"]), "--model", str(checkpoint), *VIDEOS[0][1], "--out", str(out),
+    rc = main(["segment", str(videos["a"]), "--model", str(tiny_checkpoint), *VIDEOS[0][1], "--out", str(out),
                *COMMON])
     assert rc == 0 and tree(out) == references["a"]
 
 
-def test_torchrun_two_processes(checkpoint, videos, references, tmp_path):
+def test_torchrun_two_processes(tiny_checkpoint, videos, references, tmp_path):
     manifest = write_manifest(tmp_path, videos)
     log = tmp_path / "logs" / "progress.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "ssa.cli", "segment", "--manifest", str(manifest), "--model", str(checkpoint),
+           "-m", "ssa.cli", "segment", "--manifest", str(manifest), "--model", str(tiny_checkpoint),
            "--progress-log", str(log), *COMMON]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
