@@ -55,6 +55,9 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--trajectory-masks", action="store_true",
                    help="SSAConfig.trajectory_masks=True (an experiment; the shipped model has it off)")
+    p.add_argument("--all-instances", action="store_true",
+                   help="LossConfig.frame_all_instances=True: L_f supervises every object of a clip, the "
+                        "ones not referred to as 'not referred' (an experiment)")
     p.add_argument("--eval-only", action="store_true", help="evaluate and ship the finished run")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -72,8 +75,9 @@ def main() -> None:
         # frame by frame (see SSAConfig.trajectory_masks).
         config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128,
                                        trajectory_masks=args.trajectory_masks)
+        recipe = {**RECIPE, "loss": {**RECIPE["loss"], "frame_all_instances": args.all_instances}}
         model = finetune(SSAModel(config), train, output_dir=run, iterations=args.iterations,
-                         batch_size=args.batch_size, val_data=val, resume=args.resume, **RECIPE)
+                         batch_size=args.batch_size, val_data=val, resume=args.resume, **recipe)
     else:
         model = SSAModel.from_pretrained(run / "model")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -89,7 +93,9 @@ def main() -> None:
     logger.info("held-out J&F: %s", json.dumps(table))
 
     model.half().save_pretrained(args.out, weights="full", overwrite=True)
-    variant = ", with `trajectory_masks=True`" if args.trajectory_masks else ""
+    variant = "".join(text for on, text in ((args.trajectory_masks, ", with `trajectory_masks=True`"),
+                                            (args.all_instances, ", L_f on every object of a clip "
+                                             "(`frame_all_instances=True`)")) if on)
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
                      for name, v in table.items())
     card = (args.out / "README.md").read_text()

@@ -21,8 +21,9 @@ it does. Masks are the visible pixels of each object (objects are drawn in depth
 Layout written by :func:`write_split`::
 
     root/JPEGImages/<video>/<00000>.jpg
-    root/meta_expressions.json   {"videos": {vid: {"frames": [...], "expressions": {exp_id:
-                                  {"exp", "obj_id", "anno_id", "kind", "motion_only"}}}}}
+    root/meta_expressions.json   {"videos": {vid: {"frames": [...], "objects": {obj_id: anno_id},
+                                  "expressions": {exp_id: {"exp", "obj_id", "anno_id", "kind",
+                                  "motion_only"}}}}}
     root/mask_dict.json          {anno_id: [COCO RLE or null per frame]}
     root/videos/<video>.mp4      (with ``mp4=True``) H.264 copies of the frames
     root/synthetic.json          the generator's arguments and version
@@ -438,6 +439,7 @@ def write_split(root: str | os.PathLike, num_videos: int = 200, seed: int = 0, *
             meta[video.name] = {
                 "frames": frame_names,
                 "story": video.story,
+                "objects": {str(o): a for o, a in anno_of.items()},
                 "expressions": {
                     str(i): {"exp": e.text, "obj_id": list(e.obj_ids),
                              "anno_id": [anno_of[o] for o in e.obj_ids], "kind": e.kind,

@@ -339,7 +339,8 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
                                    for f in (0.75, 0.875, 1.0, 1.125, 1.25)})
     clips = ReferringClips(dataset, num_frames=cfg.num_frames, window=cfg.window, scales=scales,
                            max_size=mc.max_size, crop=cfg.crop, hflip=cfg.hflip,
-                           mean=model.backbone.pixel_mean, std=model.backbone.pixel_std, seed=cfg.seed)
+                           mean=model.backbone.pixel_mean, std=model.backbone.pixel_std, seed=cfg.seed,
+                           other_objects=cfg.loss.frame_all_instances)
     criterion = SSACriterion(cfg.loss)
     params = _param_groups(model, cfg.weight_decay)
     if not any(g["params"] for g in params):
@@ -389,7 +390,7 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
             with (contextlib.nullcontext() if sync else ddp.no_sync()), _autocast(precision, dev):
                 output = ddp(batch.frames, [[e] for e in batch.expressions], with_frames=True)
                 generators = _clip_generators(cfg.seed, step, k, batch.keys)
-                losses = criterion(output, batch.targets, generator=generators)
+                losses = criterion(output, batch.targets, batch.others, generator=generators)
             loss = losses["loss"] / cfg.grad_accum
             if not torch.isfinite(loss):
                 terms = {name: float(v) for name, v in losses.items()}

@@ -3,7 +3,11 @@
 - **L_f** (frame level): per pair p and frame t, the N frame queries are Hungarian-matched
   (:class:`~ssa.train.matcher.HungarianMatcher`) to the referred objects visible in frame t (mask
   nonempty at t). Matched queries are supervised as "referred" (class 0) with BCE + dice on their
-  masks; every other query as "no object" (class 1, weight ``no_object_weight``).
+  masks; every other query as "no object" (class 1, weight ``no_object_weight``). With
+  ``frame_all_instances`` (not in the paper) the clip's other annotated objects are matched too, as
+  "not referred" (class 1) with their masks: each frame query then segments one instance, also when
+  one frame cannot tell the referred object from a look-alike (only motion can), and the trajectories
+  follow instances.
 - **L_v** (video level): the same for the N video queries against whole tubes (objects with at
   least one nonempty frame). A tube's mask terms cover all T frames, ``num_points`` points per frame
   (so a frame of a tube is sampled as densely as a frame of L_f); the dice is over the tube as one
@@ -79,6 +83,9 @@ class LossConfig:
     """Loss point sampling: share of points taken from the most uncertain candidates (0 = uniform)."""
     deep_supervision: bool = True
     """Also supervise every earlier decoder layer (frame and video decoders), summed."""
+    frame_all_instances: bool = False
+    """L_f also matches the clip's other annotated objects, as "not referred" with mask targets (not in
+    the paper; the criterion then needs ``others``, and ``finetune`` loads them)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,8 +108,9 @@ class LossConfig:
         if not _is_real(self.importance_sample_ratio) or not 0.0 <= self.importance_sample_ratio <= 1.0:
             raise ValueError(f"LossConfig.importance_sample_ratio must be in [0, 1], "
                              f"got {self.importance_sample_ratio!r}")
-        if not isinstance(self.deep_supervision, bool):
-            raise ValueError(f"LossConfig.deep_supervision must be a bool, got {self.deep_supervision!r}")
+        for name in ("deep_supervision", "frame_all_instances"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LossConfig.{name} must be a bool, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,12 +155,14 @@ class _Matches:
 class SSACriterion(nn.Module):
     """L_train = L_v + L_f + λ_sim · L_sim (Eq. 8) of an :class:`~ssa.modeling.outputs.SSAOutput`.
 
-    ``forward(output, targets)``: ``output`` from the model in training mode (or ``with_frames=True``),
-    ``targets[p]`` the (K_p, T, H, W) bool/uint8/float masks of the objects referred to by pair p at any
-    spatial size (K_p = 0: nothing referred). Returns a dict of scalar tensors: ``"loss"`` (the total,
-    with gradient) and, detached for logging, ``loss_frame`` / ``loss_video`` (L_f, L_v: weighted,
-    summed over layers), their weighted components ``loss_{frame,video}_{class,mask,dice}``, and
-    ``loss_sim`` (L_sim, before λ_sim). The criterion has no parameters.
+    ``forward(output, targets, others=None)``: ``output`` from the model in training mode (or
+    ``with_frames=True``), ``targets[p]`` the (K_p, T, H, W) bool/uint8/float masks of the objects
+    referred to by pair p at any spatial size (K_p = 0: nothing referred), ``others[p]`` the (K'_p, T,
+    H, W) masks of the clip's other annotated objects (with ``frame_all_instances`` only, and then
+    needed). Returns a dict of scalar tensors: ``"loss"`` (the total, with gradient) and, detached for
+    logging, ``loss_frame`` / ``loss_video`` (L_f, L_v: weighted, summed over layers), their weighted
+    components ``loss_{frame,video}_{class,mask,dice}``, and ``loss_sim`` (L_sim, before λ_sim). The
+    criterion has no parameters.
     """
 
     def __init__(self, config: LossConfig | None = None) -> None:
@@ -168,7 +178,7 @@ class SSACriterion(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
 
     # -- entry point -----------------------------------------------------------------------------------
-    def forward(self, output: SSAOutput, targets: list[Tensor], *,
+    def forward(self, output: SSAOutput, targets: list[Tensor], others: list[Tensor] | None = None, *,
                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> dict[str, Tensor]:
         """The losses of Eq. 8 for P pairs; see the class docstring.
 
@@ -184,10 +194,15 @@ class SSACriterion(nn.Module):
             generators = list(generator)
             if len(generators) != num_pairs:
                 raise ValueError(f"got {len(generators)} generators for {num_pairs} pairs")
+        if self.config.frame_all_instances and others is None:
+            raise ValueError("LossConfig.frame_all_instances needs the masks of the clips' other objects: "
+                             "pass others=[(K', T, H, W) per pair]")
+        if others is not None and not self.config.frame_all_instances:
+            raise ValueError("others= is only used with LossConfig.frame_all_instances=True")
         with torch.autocast(device_type=device.type, enabled=False):
-            return self._forward(output, targets, generators)
+            return self._forward(output, targets, others, generators)
 
-    def _forward(self, output: SSAOutput, targets: list[Tensor],
+    def _forward(self, output: SSAOutput, targets: list[Tensor], others: list[Tensor] | None,
                  generator: list[torch.Generator | None]) -> dict[str, Tensor]:
         c = self.config
         frames = output.frames
@@ -198,8 +213,19 @@ class SSACriterion(nn.Module):
             )
         p, t, n = frames.class_logits.shape[:3]
         masks = self._check_targets(targets, p, t, output.class_logits.device)
-        visible = [(m.flatten(2) > 0).any(-1) for m in masks]  # per pair (K, T): object in frame t
-        tubes = [v.any(-1) for v in visible]  # per pair (K,): object anywhere in the clip
+        tubes = [(m.flatten(1) > 0).any(-1) for m in masks]  # per pair (K,): object anywhere in the clip
+        # L_f's targets: the referred objects (class 0), then the others (class 1) if given
+        frame_masks, num_referred = masks, [m.shape[0] for m in masks]
+        if others is not None:
+            other = self._check_targets(others, p, t, output.class_logits.device, name="others")
+            frame_masks = []
+            for i, (m, o) in enumerate(zip(masks, other, strict=True)):
+                if o.shape[-2:] != m.shape[-2:] and o.shape[0] and m.shape[0]:
+                    raise ValueError(f"others[{i}] is {tuple(o.shape[-2:])} but targets[{i}] is "
+                                     f"{tuple(m.shape[-2:])}: they must share one size")
+                nonempty = [x for x in (m, o) if x.shape[0]]
+                frame_masks.append(torch.cat(nonempty) if nonempty else m)
+        visible = [(m.flatten(2) > 0).any(-1) for m in frame_masks]  # per pair (K, T): object in frame t
         device = output.class_logits.device
         num_frame = _num_targets(sum(int(v.sum()) for v in visible), device)
         num_video = _num_targets(sum(int(k.sum()) for k in tubes), device)
@@ -214,8 +240,8 @@ class SSACriterion(nn.Module):
 
         frame_terms = torch.zeros(3, device=device)
         for cls_logits, mask_logits in frame_layers:
-            terms, frame_matches = self._frame_layer(cls_logits, mask_logits, masks, visible, num_frame,
-                                                     generator)
+            terms, frame_matches = self._frame_layer(cls_logits, mask_logits, frame_masks, num_referred,
+                                                     visible, num_frame, generator)
             frame_terms = frame_terms + terms
         video_terms = torch.zeros(3, device=device)
         for cls_logits, mask_logits in video_layers:
@@ -235,44 +261,45 @@ class SSACriterion(nn.Module):
 
     # -- checks ----------------------------------------------------------------------------------------
     @staticmethod
-    def _check_targets(targets: list[Tensor], num_pairs: int, num_frames: int, device: torch.device
-                       ) -> list[Tensor]:
+    def _check_targets(targets: list[Tensor], num_pairs: int, num_frames: int, device: torch.device,
+                       name: str = "targets") -> list[Tensor]:
         """Validate the targets and return them as float32 (K, T, H, W) on ``device``."""
         if not isinstance(targets, (list, tuple)):
-            raise TypeError(f"targets must be a list of (K, T, H, W) tensors, got {type(targets).__name__}")
+            raise TypeError(f"{name} must be a list of (K, T, H, W) tensors, got {type(targets).__name__}")
         if len(targets) != num_pairs:
             raise ValueError(
-                f"got {len(targets)} target tensors for {num_pairs} (clip, expression) pairs; "
-                "targets[p] must hold the masks of the objects referred to by pair p"
+                f"got {len(targets)} {name} tensors for {num_pairs} (clip, expression) pairs; "
+                f"{name}[p] must hold the masks of pair p's objects"
             )
         out = []
         for i, tgt in enumerate(targets):
             if not isinstance(tgt, Tensor):
-                raise TypeError(f"targets[{i}] must be a torch.Tensor, got {type(tgt).__name__}")
+                raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(tgt).__name__}")
             if tgt.dim() != 4:
                 raise ValueError(
-                    f"targets[{i}] must be 4-D (K, T, H, W) masks, got shape {tuple(tgt.shape)}"
+                    f"{name}[{i}] must be 4-D (K, T, H, W) masks, got shape {tuple(tgt.shape)}"
                 )
             if tgt.shape[1] != num_frames:
                 raise ValueError(
-                    f"targets[{i}] has {tgt.shape[1]} frames (shape {tuple(tgt.shape)}) but the "
+                    f"{name}[{i}] has {tgt.shape[1]} frames (shape {tuple(tgt.shape)}) but the "
                     f"predictions have T={num_frames}"
                 )
             if tgt.shape[2] == 0 or tgt.shape[3] == 0:
-                raise ValueError(f"targets[{i}] has an empty spatial size (shape {tuple(tgt.shape)})")
+                raise ValueError(f"{name}[{i}] has an empty spatial size (shape {tuple(tgt.shape)})")
             if tgt.is_complex():
-                raise ValueError(f"targets[{i}] must be bool, integer or float masks, got {tgt.dtype}")
+                raise ValueError(f"{name}[{i}] must be bool, integer or float masks, got {tgt.dtype}")
             tgt = tgt.to(device)
             out.append(tgt.float() if tgt.is_floating_point() else (tgt != 0).float())
         return out
 
     # -- L_f -------------------------------------------------------------------------------------------
     def _frame_layer(self, class_logits: Tensor, mask_logits: Tensor, masks: list[Tensor],
-                     visible: list[Tensor], num_targets: Tensor, generator: list[torch.Generator | None]
-                     ) -> tuple[Tensor, _Matches]:
+                     num_referred: list[int], visible: list[Tensor], num_targets: Tensor,
+                     generator: list[torch.Generator | None]) -> tuple[Tensor, _Matches]:
         """Weighted (class, mask, dice) of one frame-decoder layer and its matches.
 
-        class_logits (P, T, N, 2), mask_logits (P, T, N, h, w).
+        class_logits (P, T, N, 2), mask_logits (P, T, N, h, w); masks[p] (K, T, H, W) of which the first
+        ``num_referred[p]`` are referred (class 0) and the rest not (class 1).
         """
         class_logits, mask_logits = class_logits.float(), mask_logits.float()
         pairs, frames, queries, objects = [], [], [], []
@@ -281,7 +308,8 @@ class SSACriterion(nn.Module):
                 continue
             pred_pts, tgt_pts = self.matcher.sample(mask_logits[p].transpose(0, 1), tgt,
                                                     generator=generator[p])  # (T, N, M), (T, K, M)
-            cost = self.matcher.cost_matrix(class_logits[p], pred_pts, tgt_pts).cpu()  # (T, N, K)
+            classes = (torch.arange(tgt.shape[0]) >= num_referred[p]).long()  # (K,)
+            cost = self.matcher.cost_matrix(class_logits[p], pred_pts, tgt_pts, classes).cpu()  # (T, N, K)
             vis_cpu = vis.cpu()
             for t in range(cost.shape[0]):
                 cols = vis_cpu[:, t].nonzero().flatten()  # objects visible in frame t
@@ -294,9 +322,10 @@ class SSACriterion(nn.Module):
                 objects.append(cols[sel])
         matches = _Matches(*_cat(pairs, queries, objects), frame=_cat(frames)[0])
 
-        # class: matched → referred (0), the rest → no object (1)
+        # class: matched to a referred object → referred (0), the rest → no object / not referred (1)
         labels = torch.ones(class_logits.shape[:3], dtype=torch.long)  # (P, T, N)
-        labels[matches.pair, matches.frame, matches.query] = 0
+        referred = matches.target < torch.tensor(num_referred, dtype=torch.long)[matches.pair]
+        labels[matches.pair[referred], matches.frame[referred], matches.query[referred]] = 0
         loss_class = self._class_loss(class_logits, labels.to(class_logits.device))
 
         pred = mask_logits[matches.pair, matches.frame, matches.query][:, None]  # (M, 1, h, w)

@@ -180,16 +180,24 @@ class HungarianMatcher:
         return pred, tgt
 
     @torch.no_grad()
-    def cost_matrix(self, class_logits: Tensor, pred_points: Tensor, target_points: Tensor) -> Tensor:
+    def cost_matrix(self, class_logits: Tensor, pred_points: Tensor, target_points: Tensor,
+                    target_classes: Tensor | None = None) -> Tensor:
         """C of (..., N) predictions against (..., K) targets on shared points → (..., N, K).
 
-        class_logits (..., N, 2); pred_points logits (..., N, M); target_points (..., K, M).
+        class_logits (..., N, 2); pred_points logits (..., N, M); target_points (..., K, M);
+        target_classes (K,) the class of each target (default: all 0, "referred"). The class term is
+        −class_weight · p(target's class).
         """
-        prob = class_logits.detach().float().softmax(-1)[..., 0]  # (..., N) p(referred)
+        prob = class_logits.detach().float().softmax(-1)  # (..., N, 2)
+        k = target_points.shape[-2]
+        if target_classes is None:
+            class_cost = prob[..., :, :1].expand(*prob.shape[:-1], k)  # (..., N, K) p(referred)
+        else:
+            class_cost = prob[..., target_classes.to(prob.device)]  # (..., N, K)
         pred, tgt = pred_points.float(), target_points.float()
         return (self.mask_weight * pairwise_bce_cost(pred, tgt)  # (..., N, K)
                 + self.dice_weight * pairwise_dice_cost(pred, tgt)
-                - self.class_weight * prob[..., :, None])
+                - self.class_weight * class_cost)
 
     @torch.no_grad()
     def __call__(self, class_logits: Tensor, mask_logits: Tensor, targets: Tensor, *,
