@@ -211,9 +211,10 @@ class SSAPipeline:
     ``mask_feature_budget``: bytes of mask features kept between the passes; beyond it they are
     recomputed with a second decode of the video.
     ``prefetch``: chunks decoded and preprocessed ahead, on a background thread.
-    ``frame_batch``: frames per pass through the text-dependent per-frame stages (adapters, pixel
-    decoder, frame decoder) within a chunk; default 1 on CPU (their cost per frame grows with the
-    batch there: cache-bound), the whole chunk on CUDA.
+    ``frame_batch``: frames per pass through the adapters within a chunk (all expressions together,
+    so the adapters' text-independent work runs once per frame), and (frame, expression) rows per pass
+    through the pixel decoder and the frame decoder; default 1 on CPU (there the cost per row grows
+    with the batch), the whole chunk on CUDA.
     """
 
     def __init__(self, model: SSAModel, *, device: str | torch.device | None = None,
@@ -323,7 +324,8 @@ class SSAPipeline:
             for chunk in self._chunks(video, options, progress, "segmenting"):
                 self._record_frames(state, chunk.frames)
                 visual = model.encode_video(chunk.pixels.to(self.device))
-                out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch)
+                out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
+                                          row_chunk=self.frame_batch)
                 state.queries.append(out.queries.float().cpu())
                 state.sentences.append(out.sentences.float().cpu())
                 self._keep_mask_features(state, out.mask_features, mask_feature_budget)
@@ -362,8 +364,9 @@ class SSAPipeline:
         for chunk in self._chunks(video, options, progress, "masks"):
             with self._autocast():
                 visual = self.model.encode_video(chunk.pixels.to(self.device))
-                features = self.model.encode_mask_features(visual, text, clip_index,
-                                                           frame_chunk=self.frame_batch)  # (E, k, Cm, h4, w4)
+                features = self.model.encode_mask_features(
+                    visual, text, clip_index, frame_chunk=self.frame_batch, row_chunk=self.frame_batch
+                )  # (E, k, Cm, h4, w4)
             with self._stage("masks"):
                 masks = _upsample_masks(embeds, features, start, size, model_size)
             yield start, masks

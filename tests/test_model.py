@@ -90,10 +90,21 @@ def test_frame_chunking_gives_the_same_result(tiny_model):
     with torch.no_grad():
         visual = tiny_model.encode_video(frames)
         text = tiny_model.encode_text(["a cat", "a dog"])
-        whole = tiny_model.decode_video(tiny_model.decode_frames(visual, text), text)
-        chunked = tiny_model.decode_video(tiny_model.decode_frames(visual, text, frame_chunk=2), text)
-    assert torch.allclose(whole.mask_logits, chunked.mask_logits, atol=1e-5)
-    assert torch.equal(whole.trajectory_order, chunked.trajectory_order)
+        whole_frames = tiny_model.decode_frames(visual, text)
+        whole = tiny_model.decode_video(whole_frames, text)
+        for frame_chunk, row_chunk in [(2, None), (None, 3), (2, 1)]:
+            frame_out = tiny_model.decode_frames(visual, text, frame_chunk=frame_chunk, row_chunk=row_chunk)
+            for a, b in zip(whole_frames.aux_mask_logits + whole_frames.aux_class_logits,
+                            frame_out.aux_mask_logits + frame_out.aux_class_logits, strict=True):
+                assert torch.allclose(a, b, atol=1e-5)
+            chunked = tiny_model.decode_video(frame_out, text)
+            assert torch.allclose(whole.mask_logits, chunked.mask_logits, atol=1e-5)
+            assert torch.equal(whole.trajectory_order, chunked.trajectory_order)
+            features = tiny_model.encode_mask_features(visual, text, frame_chunk=frame_chunk,
+                                                       row_chunk=row_chunk)
+            assert torch.allclose(features, frame_out.mask_features, atol=1e-5)
+        with pytest.raises(ValueError, match="row_chunk must be positive"):
+            tiny_model.decode_frames(visual, text, row_chunk=0)
 
 
 def _params(model, prefix):

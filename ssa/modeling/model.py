@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ssa.config import SSAConfig
 from ssa.modeling.adapter import SemanticAlignmentAdapter
 from ssa.modeling.backbone import FrozenCLIP, TextFeatures
-from ssa.modeling.frame_decoder import FrameQueryDecoder
+from ssa.modeling.frame_decoder import FrameDecoderOutput, FrameQueryDecoder
 from ssa.modeling.outputs import FrameOutput, SequenceOutput, SSAOutput, VisualFeatures
 from ssa.modeling.pixel_decoder import PixelDecoder
 from ssa.modeling.query_generation import InstanceQueryGenerator
@@ -164,15 +164,17 @@ class SSAModel(nn.Module):
 
     # -- 3. per-frame, text-dependent stages --------------------------------------------------------------
     def decode_frames(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor | None = None,
-                      *, frame_chunk: int | None = None) -> FrameOutput:
+                      *, frame_chunk: int | None = None, row_chunk: int | None = None) -> FrameOutput:
         """Adapters → pixel decoder → query generation → frame decoder for P pairs.
 
         Pair p is expression p of ``text`` about clip ``clip_index[p]`` (default: clip 0 for all).
-        ``frame_chunk`` bounds how many frames per pair go through at once (memory), without changing
-        the result.
+        ``frame_chunk`` bounds how many frames per pair go through at once (memory), and ``row_chunk``
+        how many (pair, frame) rows of such a run go through the pixel decoder, the query generation and
+        the frame decoder at once (the adapters' text-independent work still runs once per frame of the
+        run). Neither changes the result.
         """
         clip_index = self._check_pairs(visual, text, clip_index)
-        parts = [self._decode_frame_chunk(part, text, clip_index)
+        parts = [self._decode_frame_chunk(part, text, clip_index, row_chunk)
                  for part in _frame_chunks(visual, frame_chunk)]
         if len(parts) == 1:
             return parts[0]
@@ -217,28 +219,33 @@ class SSAModel(nn.Module):
         return [f for f, _ in refined], torch.stack([w for _, w in refined], dim=1)  # (P·T, 4, 3)
 
     def encode_mask_features(self, visual: VisualFeatures, text: TextFeatures,
-                             clip_index: Tensor | None = None, *, frame_chunk: int | None = None) -> Tensor:
+                             clip_index: Tensor | None = None, *, frame_chunk: int | None = None,
+                             row_chunk: int | None = None) -> Tensor:
         """F_mask only (adapters → pixel decoder), (P, T, mask_dim, H/4, W/4): what a caller that
-        dropped the mask features needs to recompute them. ``frame_chunk`` as in :meth:`decode_frames`."""
+        dropped the mask features needs to recompute them. ``frame_chunk`` and ``row_chunk`` as in
+        :meth:`decode_frames`."""
         clip_index = self._check_pairs(visual, text, clip_index)
         mh, mw = visual.mask_size
         parts = []
         for part in _frame_chunks(visual, frame_chunk):
             rows, words, word_mask, sentence = self._pair_rows(part, text, clip_index)
             stages, _ = self._adapt(part.stages, rows, words, word_mask, sentence)
-            mask_features, _ = self.pixel_decoder(stages)
+            mask_features = torch.cat([self.pixel_decoder([f[r] for f in stages])[0]
+                                       for r in _row_slices(stages[0].shape[0], row_chunk)])
             parts.append(mask_features[..., :mh, :mw].reshape(clip_index.shape[0], part.num_frames,
                                                               *mask_features.shape[1:2], mh, mw))
         return torch.cat(parts, dim=1)
 
-    def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor
-                            ) -> FrameOutput:
+    def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor,
+                            row_chunk: int | None = None) -> FrameOutput:
         p, t = clip_index.shape[0], visual.num_frames
         rows, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
         stages, adapter_weights = self._adapt(visual.stages, rows, words, word_mask, sentence)  # Eq. 3-4
-        mask_features, multi_scale = self.pixel_decoder(stages)  # (P·T, Cm, H/4, W/4), strides 32/16/8
-        queries, sentences = self.query_generator(stages[-1], words, word_mask, sentence)  # Eq. 5
-        dec = self.frame_decoder(queries, multi_scale, mask_features)
+        parts = [self._decode_rows([f[r] for f in stages], words[r], word_mask[r], sentence[r])
+                 for r in _row_slices(words.shape[0], row_chunk)]
+        mask_features = torch.cat([m for m, _, _ in parts])  # (P·T, Cm, H/4, W/4)
+        sentences = torch.cat([s for _, s, _ in parts])  # (P·T, C)
+        dec = _cat_rows([d for _, _, d in parts])
 
         mh, mw = visual.mask_size
 
@@ -258,6 +265,14 @@ class SSAModel(nn.Module):
             aux_mask_logits=[per_pair(crop(x)) for x in dec.aux_mask_logits],
             adapter_weights=None if adapter_weights is None else per_pair(adapter_weights),
         )
+
+    def _decode_rows(self, stages: list[Tensor], words: Tensor, word_mask: Tensor, sentence: Tensor
+                     ) -> tuple[Tensor, Tensor, FrameDecoderOutput]:
+        """Pixel decoder → query generation (Eq. 5) → frame decoder on R rows of adapted features:
+        F_mask (R, Cm, H/4, W/4), F̂_s (R, C) and the decoder's output."""
+        mask_features, multi_scale = self.pixel_decoder(stages)  # (R, Cm, H/4, W/4), strides 32/16/8
+        queries, sentences = self.query_generator(stages[-1], words, word_mask, sentence)  # Eq. 5
+        return mask_features, sentences, self.frame_decoder(queries, multi_scale, mask_features)
 
     # -- 4. per-clip sequential alignment and video decoding ------------------------------------------
     def decode_sequence(self, queries: Tensor, sentences: Tensor, text: TextFeatures) -> SequenceOutput:
@@ -355,6 +370,30 @@ def _frame_chunks(visual: VisualFeatures, frame_chunk: int | None) -> list[Visua
     if chunk <= 0:
         raise ValueError(f"frame_chunk must be positive, got {frame_chunk}")
     return [visual.frames(s, min(s + chunk, t)) for s in range(0, t, chunk)]
+
+
+def _cat_rows(outputs: list[FrameDecoderOutput]) -> FrameDecoderOutput:
+    """Frame-decoder outputs of consecutive row slices as one."""
+    if len(outputs) == 1:
+        return outputs[0]
+
+    def cat(xs: Sequence[Tensor]) -> Tensor:
+        return torch.cat(list(xs))
+
+    return FrameDecoderOutput(
+        queries=cat(o.queries for o in outputs), class_logits=cat(o.class_logits for o in outputs),
+        mask_logits=cat(o.mask_logits for o in outputs),
+        aux_class_logits=[cat(x) for x in zip(*(o.aux_class_logits for o in outputs), strict=True)],
+        aux_mask_logits=[cat(x) for x in zip(*(o.aux_mask_logits for o in outputs), strict=True)],
+    )
+
+
+def _row_slices(num_rows: int, row_chunk: int | None) -> list[slice]:
+    """``range(num_rows)`` as slices of at most ``row_chunk`` rows (one slice when None)."""
+    chunk = num_rows if row_chunk is None else row_chunk
+    if chunk <= 0:
+        raise ValueError(f"row_chunk must be positive, got {row_chunk}")
+    return [slice(s, min(s + chunk, num_rows)) for s in range(0, num_rows, chunk)]
 
 
 def _check_frames(frames: Tensor) -> Tensor:
