@@ -20,6 +20,11 @@ in the pipeline's chunks, so ``end-to-end / CLIP`` compares like with like. Medi
 Peak memory: RSS sampled every 10 ms (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
 ``--sweep-frames`` runs each length in a fresh process (RSS is per process) and plots peak memory
 against T. CLIP weights are random (no download): the cost is that of the real architecture.
+
+``--flops`` also counts each stage's floating-point operations in one more (untimed) run per E
+(:class:`ssa.profiling.StageFlops`): the FLOP ratio of the whole run to the CLIP pass is what
+``end-to-end / CLIP`` would be if every stage ran at the CLIP's arithmetic throughput, and
+GFLOP/s per stage shows which stages run below it.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import torch
 
 from ssa import SSAConfig, SSAModel, SSAPipeline
 from ssa.pipeline import preprocess_frames
-from ssa.profiling import STAGES, PeakMemory, StageTimer
+from ssa.profiling import STAGES, PeakMemory, StageFlops, StageTimer
 from ssa.video import read_frames
 
 logger = logging.getLogger("bench")
@@ -164,6 +169,10 @@ def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
             "peak_bytes": max(r["peak_bytes"] for r in rows),
             "rss_quarters": rows[-1]["rss_quarters"],
         }
+        if args.flops:
+            with StageFlops(pipe) as flops:
+                pipe(video, EXPRESSIONS[:e], mode=args.mode, progress=False)
+            report["runs"][e]["flops"] = flops.stages()
     if not args.no_clip_alone:
         report["clip_alone"] = statistics.median(clip_alone(pipe, video, None) for _ in range(args.repeats))
     return report
@@ -199,6 +208,8 @@ def markdown(report: dict[str, Any]) -> str:
     row("frames/s", lambda r: f"{r['frames'] / r['wall']:.1f}")
     row("peak memory (MB)", lambda r: f"{r['peak_bytes'] / 2**20:.0f}")
     lines.append("")
+    if "flops" in first:
+        lines += _flops_table(runs, es)
     if "clip_alone" in report:
         clip = report["clip_alone"]
         lines.append(f"- frozen CLIP visual pass alone, same frames: {clip:.3f} s; "
@@ -213,6 +224,28 @@ def markdown(report: dict[str, Any]) -> str:
         q = [f"{b / 2**20:.0f}" for b in first["rss_quarters"]]
         lines.append(f"- RSS at 25% / 50% / 100% of the run: {' / '.join(q)} MB")
     return "\n".join(lines)
+
+
+def _flops_table(runs: dict[Any, dict[str, Any]], es: list[Any]) -> list[str]:
+    """GFLOP and GFLOP/s per stage, and the FLOP ratios that bound the time ratios."""
+    counted = [s for s in STAGES if runs[es[0]]["flops"][s] > 0]
+    lines = ["| stage | " + " | ".join(f"E={e} GFLOP | GFLOP/s" for e in es) + " |",
+             "|---|" + "---|---|" * len(es)]
+    for stage in counted:
+        cells = []
+        for e in es:
+            gflop, seconds = runs[e]["flops"][stage] / 1e9, runs[e]["stages"][stage]
+            cells.append(f"{gflop:.1f} | {gflop / seconds:.1f}" if seconds > 0 else f"{gflop:.1f} | –")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    total = {e: sum(runs[e]["flops"].values()) for e in es}
+    clip = runs[es[0]]["flops"]["clip_visual"]
+    lines += ["", f"- FLOPs of the whole run (E={es[0]}) / FLOPs of the CLIP pass = "
+              f"**{total[es[0]] / clip:.3f}**: the end-to-end / CLIP ratio if every stage ran at the "
+              "CLIP's throughput"]
+    for e in es[1:]:
+        extra = (total[e] - total[es[0]]) / (int(e) - int(es[0])) / total[es[0]]
+        lines.append(f"- FLOPs of each expression beyond {es[0]} (E={e}): **+{100 * extra:.1f}%**")
+    return lines + [""]
 
 
 def plot(report: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> None:
@@ -265,6 +298,8 @@ def main() -> None:
     p.add_argument("--mode", default="single", choices=["single", "multi"],
                    help="object selection (single: one object per expression, as a trained model would give)")
     p.add_argument("--no-clip-alone", action="store_true", help="skip timing the CLIP pass alone")
+    p.add_argument("--flops", action="store_true",
+                   help="also count FLOPs per stage (one more, untimed run per E)")
     p.add_argument("--sweep-frames", type=int, nargs="+", default=None,
                    help="peak memory against T: each length in a fresh process (E = first of --expressions)")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON ('-' for stdout)")

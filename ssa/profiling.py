@@ -5,6 +5,9 @@
         pipe("video.mp4", "the cat")
     timer.stages()                    # {"decode": s, "preprocess": s, "clip_visual": s, ...}
 
+:class:`StageFlops` counts floating-point operations per stage the same way (``stages()`` then gives
+FLOPs), to compare a stage's cost with the CLIP pass independently of how fast a machine runs it.
+
 The pipeline reports the stages it runs itself (decoding and preprocessing on its background thread,
 the sequence stages, mask upsampling and selection); forward hooks time the model's modules. On CUDA
 every boundary synchronises the device, so the figures are stage costs, slightly above what an
@@ -24,8 +27,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["StageTimer", "PeakMemory", "STAGES", "current_rss"]
+__all__ = ["StageTimer", "StageFlops", "PeakMemory", "STAGES", "current_rss"]
 
 STAGES = (
     "decode",
@@ -62,8 +66,11 @@ class StageTimer:
 
     def add(self, name: str, seconds: float) -> None:
         """Add ``seconds`` to stage ``name`` (thread-safe: the decoding thread reports here too)."""
+        self._record(name, seconds)
+
+    def _record(self, name: str, amount: float) -> None:
         with self._lock:
-            self.totals[name] += seconds
+            self.totals[name] += amount
 
     @contextlib.contextmanager
     def section(self, name: str, *, sync: bool = True) -> Iterator[None]:
@@ -72,7 +79,7 @@ class StageTimer:
         try:
             yield
         finally:
-            self.add(name, (self._now() if sync else time.perf_counter()) - start)
+            self._record(name, (self._now() if sync else time.perf_counter()) - start)
 
     def _hook(self, name: str, first: nn.Module, last: nn.Module | None = None) -> None:
         """Time from the start of ``first``'s forward to the end of ``last``'s (default: ``first``)."""
@@ -84,7 +91,7 @@ class StageTimer:
         def post(*_: Any) -> None:
             start = self._starts.pop(key, None)
             if start is not None:
-                self.add(name, self._now() - start)
+                self._record(name, self._now() - start)
 
         self._handles.append(first.register_forward_pre_hook(pre))
         self._handles.append((last or first).register_forward_hook(post))
@@ -121,6 +128,78 @@ class StageTimer:
         sequence = t.pop("sequence", 0.0)
         t["trajectories+temporal+ensemble"] = max(0.0, sequence - t.get("video_decoder", 0.0))
         return {name: t.get(name, 0.0) for name in STAGES}
+
+
+class StageFlops(StageTimer):
+    """Floating-point operations per stage of the pipeline ``pipe`` while entered (``stages()`` gives
+    FLOPs, 2 per multiply-add).
+
+    Counted as ``torch.utils.flop_counter`` counts them, matrix products and convolutions, plus the
+    deformable sampling: the CPU path's sparse product by its nonzeros (2 · nnz · channels, where the
+    dense count of the same matrix would be ~1000x too high) and ``grid_sample``'s 4 bilinear taps per
+    output value. Elementwise work (norms, activations, softmax) is not counted. Stages the pipeline
+    reports in seconds from its decoding thread (decode, preprocess) are left out.
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        super().__init__(pipe)
+        self._cuda = False  # counting needs no device synchronisation
+        self._counter = _FlopCount()
+
+    def _now(self) -> float:
+        return float(self._counter.total)
+
+    def section(self, name: str, *, sync: bool = True) -> contextlib.AbstractContextManager[None]:
+        if not sync:  # a wall-time section off the compute stream (writing): no FLOPs of ours
+            return contextlib.nullcontext()
+        return super().section(name)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Wall-time reports of the pipeline's own stages are not FLOPs: ignored."""
+
+    def __enter__(self) -> StageFlops:
+        super().__enter__()
+        self._counter.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._counter.__exit__(*exc)
+        super().__exit__(*exc)
+
+
+def _mm_flops(a: torch.Tensor, b: torch.Tensor, *_: Any, out_val: Any = None, **__: Any) -> int:
+    """aten.mm: 2·M·K·N, or 2·nnz·N for a sparse left operand."""
+    if a.layout != torch.strided:
+        return 2 * int(a._nnz()) * int(b.shape[1])
+    return 2 * int(a.shape[0]) * int(a.shape[1]) * int(b.shape[1])
+
+
+def _grid_sample_flops(*_: Any, out_val: torch.Tensor | None = None, **__: Any) -> int:
+    """aten.grid_sampler_2d (bilinear): 4 multiply-adds per output value."""
+    return 0 if out_val is None else 8 * out_val.numel()
+
+
+class _FlopCount(TorchDispatchMode):
+    """Sums the FLOPs of the ops dispatched while entered (this thread only), with
+    ``torch.utils.flop_counter``'s formulas and the two above. (``FlopCounterMode`` itself tracks
+    modules through autograd hooks, which fail on parameters passed as inputs under ``no_grad``.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry  # formulas taking (*args, out_val=)
+
+        aten = torch.ops.aten
+        self.formulas = dict(flop_registry)
+        self.formulas.update({aten.mm: _mm_flops, aten.grid_sampler_2d: _grid_sample_flops})
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.formulas.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
 
 
 def current_rss() -> int:

@@ -32,7 +32,7 @@ def _run(tmp_path: Path, *args: str) -> dict:
 
 
 def test_stage_report(tmp_path):
-    report = _run(tmp_path, "--frames", "6", "--expressions", "1", "2")
+    report = _run(tmp_path, "--frames", "6", "--expressions", "1", "2", "--flops")
     assert set(report["runs"]) == {"1", "2"}
     for run in report["runs"].values():
         assert run["frames"] == 6
@@ -41,11 +41,50 @@ def test_stage_report(tmp_path):
         assert run["wall"] >= sum(run["stages"][s] for s in STAGES if s not in ("decode", "preprocess"))
         assert run["peak_bytes"] > 0
     assert report["clip_alone"] > 0
+    one, two = report["runs"]["1"]["flops"], report["runs"]["2"]["flops"]
+    assert one["clip_visual"] == two["clip_visual"] > 0  # one visual pass for every expression
+    assert two["pixel_decoder"] == 2 * one["pixel_decoder"] > 0
     md = (tmp_path / "report.md").read_text()
-    assert "end to end" in md and "clip_visual" in md
+    assert "end to end" in md and "clip_visual" in md and "FLOPs of the whole run" in md
 
 
 def test_memory_sweep_in_fresh_processes(tmp_path):
     report = _run(tmp_path, "--sweep-frames", "3", "7", "--stream", "--expressions", "1")
     assert [r["frames"] for r in report["sweep"]] == [3, 7]
     assert all(r["peak_bytes"] > 0 and len(r["rss_quarters"]) == 3 for r in report["sweep"])
+
+
+def test_stage_flops_agree_with_torch_flop_counter(tiny_checkpoint):
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ssa import SSAPipeline
+    from ssa.pipeline import preprocess_frames
+    from ssa.profiling import StageFlops
+
+    pipe = SSAPipeline.from_pretrained(tiny_checkpoint, device="cpu")
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 96, 3), dtype=np.uint8)
+    with StageFlops(pipe) as counter:
+        pipe(frames, "a red square", progress=False)
+    flops = counter.stages()
+    model = pipe.model
+    pixels = preprocess_frames(list(frames), pipe.config, model.backbone.pixel_mean, model.backbone.pixel_std)
+    with torch.no_grad(), FlopCounterMode(display=False) as reference:
+        model.encode_video(pixels)
+    assert flops["clip_visual"] == reference.get_total_flops() > 0
+    for stage in ("text", "adapters", "pixel_decoder", "query_generation+frame_decoder", "video_decoder"):
+        assert flops[stage] > 0, stage
+    assert flops["decode"] == flops["preprocess"] == 0  # wall-time reports of the pipeline are not FLOPs
+
+
+def test_sparse_products_count_their_nonzeros():
+    import torch
+
+    from ssa.profiling import _mm_flops
+
+    dense = torch.zeros(50, 40)
+    dense[torch.arange(50), torch.arange(50) % 40] = 1.0
+    values = torch.randn(40, 8)
+    assert _mm_flops(dense, values) == 2 * 50 * 40 * 8
+    assert _mm_flops(dense.to_sparse_csr(), values) == 2 * 50 * 8
