@@ -78,34 +78,33 @@ class SemanticAlignmentAdapter(nn.Module):
         f_mr = self.conv_out(F.gelu(self.conv(v_frames))) + visual
         if rows is not None:
             v_frames, f_mr = v_frames[rows], f_mr[rows]
-        b, _, h, w = f_mr.shape
+        b, c, h, w = f_mr.shape
         v_tokens = v_frames.flatten(2).transpose(1, 2)  # (B, HW, D)
         scale = 1.0 / math.sqrt(self.dim)
-
         # f_mw: word cross-attention (Eq. 3, first line); padding tokens are masked out. The 1x1 output
         # projection is linear, so it is applied to the L word values before the attention sum:
         # W_o(Σ_l a_pl w_l) + b = Σ_l a_pl (W_o w_l) + b — L·C_i instead of D·C_i per pixel.
         w_tokens = self.word_in(words)  # (B, L, D)
-        logits = torch.einsum("bpd,bld->bpl", v_tokens, w_tokens) * scale
-        logits = logits.masked_fill(~word_mask[:, None, :], float("-inf"))
+        logits = torch.einsum("bpd,bld->blp", v_tokens, w_tokens) * scale
+        attn = logits.masked_fill(~word_mask[:, :, None], float("-inf")).softmax(dim=1)  # (B, L, HW)
         w_values = F.linear(w_tokens, self.word_out.weight[:, :, 0, 0])  # (B, L, C_i)
-        f_mw = torch.einsum("bpl,blc->bcp", logits.softmax(dim=-1), w_values).reshape(b, -1, h, w)
-        f_mw = f_mw + self.word_out.bias[None, :, None, None]  # (B, C_i, H, W)
-
         # f_ms: sentence stream (Eq. 3, second line), softmax over {sentence, null key} = sigmoid; the
-        # output projection of (weight · s) is weight · (W_o s) + b.
+        # output projection of (weight · s) is weight · (W_o s) + b: rank 1 in (C_i, HW).
         s = self.sentence_in(sentence)  # (B, D)
         s_weight = torch.sigmoid(torch.einsum("bpd,bd->bp", v_tokens, s) * scale)  # (B, HW)
         s_value = F.linear(s, self.sentence_out.weight[:, :, 0, 0])  # (B, C_i) = W_o s
-        f_ms = s_weight.view(b, 1, h, w) * s_value[:, :, None, None]
-        f_ms = f_ms + self.sentence_out.bias[None, :, None, None]  # (B, C_i, H, W)
-
-        # Gate (Eq. 4): W_α = softmax(MLP([g(f_mw), g(f_mr), g(f_ms)])).
-        pooled = torch.cat([f_mw.mean(dim=(2, 3)), f_mr.mean(dim=(2, 3)), f_ms.mean(dim=(2, 3))], dim=1)
+        b_mw, b_ms = self.word_out.bias, self.sentence_out.bias
+        # Gate (Eq. 4): W_α = softmax(MLP([g(f_mw), g(f_mr), g(f_ms)])). The pooling g is linear, so the
+        # pooled f_mw and f_ms come from the pooled attention weights without forming either map.
+        g_mw = torch.einsum("bl,blc->bc", attn.mean(dim=2), w_values) + b_mw
+        g_ms = s_weight.mean(dim=1, keepdim=True) * s_value + b_ms
+        pooled = torch.cat([g_mw, f_mr.mean(dim=(2, 3)), g_ms], dim=1)
         weights = self.gate(pooled).softmax(dim=-1)  # (B, 3)
-        out = (
-            weights[:, 0, None, None, None] * f_mw
-            + weights[:, 1, None, None, None] * f_mr
-            + weights[:, 2, None, None, None] * f_ms
-        )
+        # F_v ← W_α1 f_mw + W_α2 f_mr + W_α3 f_ms (Eq. 4) as one batched product: the sentence is one
+        # more "word" with attention s_weight, the biases and W_α2 f_mr are the product's input.
+        a1, a2, a3 = weights[:, 0, None, None], weights[:, 1, None, None], weights[:, 2, None, None]
+        values = torch.cat([a1 * w_values, a3 * s_value[:, None]], dim=1).transpose(1, 2)  # (B, C_i, L+1)
+        keys = torch.cat([attn, s_weight[:, None]], dim=1)  # (B, L+1, HW)
+        bias = a1 * b_mw[None, :, None] + a3 * b_ms[None, :, None]  # (B, C_i, 1)
+        out = torch.baddbmm(a2 * f_mr.reshape(b, c, h * w) + bias, values, keys).view(b, c, h, w)
         return out, weights
