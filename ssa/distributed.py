@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ProcessGroup", "torchrun_group"]
+__all__ = ["ProcessGroup", "torchrun_group", "env_int"]
 
 
 @dataclass
@@ -46,11 +46,16 @@ class ProcessGroup:
         return out
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
+def env_int(name: str, default: int) -> int:
+    """An integer from the environment (torchrun's RANK, WORLD_SIZE, ...); ``default`` when unset or
+    empty, ``ValueError`` naming the variable when it is not an integer."""
+    value = os.environ.get(name)
+    if value is None or value == "":
         return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 @contextlib.contextmanager
@@ -62,12 +67,12 @@ def torchrun_group(device: str | torch.device | None = None, *, objects: bool = 
     gloo group for :meth:`ProcessGroup.all_gather_object` when the default backend is not gloo."""
     import torch.distributed as dist
 
-    local_rank = _env_int("LOCAL_RANK", 0)
+    local_rank = env_int("LOCAL_RANK", 0)
     if not dist.is_available():
         yield ProcessGroup()
         return
     created = False
-    if not dist.is_initialized() and _env_int("WORLD_SIZE", 1) > 1:
+    if not dist.is_initialized() and env_int("WORLD_SIZE", 1) > 1:
         on_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
         dist.init_process_group(backend="nccl" if on_cuda else "gloo")
         created = True

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from ssa.distributed import env_int
 from ssa.io import SEGMENTATION_INDEX, is_segmentation_output, write_segmentation
 
 if TYPE_CHECKING:
@@ -235,16 +236,6 @@ def default_log_path(manifest: PathLike) -> Path:
 
 
 # -- running ------------------------------------------------------------------------------------------
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
-
-
 def _load_pipeline(model: Any, device: Any, precision: str | None, chunk_size: int,
                    local_rank: int) -> SSAPipeline:
     import torch
@@ -344,12 +335,12 @@ def segment_manifest(
     unknown = sorted(set(call_options) - set(CALL_OPTIONS))
     if unknown:
         raise TypeError(f"segment_manifest got unknown option(s) {unknown}; allowed: {list(CALL_OPTIONS)}")
-    rank = _env_int("RANK", 0) if rank is None else rank
-    world_size = _env_int("WORLD_SIZE", 1) if world_size is None else world_size
+    rank = env_int("RANK", 0) if rank is None else rank
+    world_size = env_int("WORLD_SIZE", 1) if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
-    local_rank = _env_int("LOCAL_RANK", 0)
-    local_world_size = _env_int("LOCAL_WORLD_SIZE", 1)
+    local_rank = env_int("LOCAL_RANK", 0)
+    local_world_size = env_int("LOCAL_WORLD_SIZE", 1)
 
     entries = read_manifest(manifest)
     mine = [e for e in entries if e.index % world_size == rank]

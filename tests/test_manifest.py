@@ -221,6 +221,13 @@ def test_sharding_follows_rank_environment(videos, tmp_path, monkeypatch):
     assert sorted(p.name for p in results.iterdir()) == ["b"]
     with pytest.raises(ValueError, match="rank"):
         segment_manifest(manifest, build("ssa-tiny"), rank=2, world_size=2, device="cpu")
+    monkeypatch.setenv("WORLD_SIZE", "two")  # a malformed torchrun variable is an error, not 1
+    with pytest.raises(ValueError, match="WORLD_SIZE='two' is not an integer"):
+        segment_manifest(manifest, build("ssa-tiny"), device="cpu")
+    from ssa.distributed import torchrun_group
+
+    with pytest.raises(ValueError, match="WORLD_SIZE='two'"), torchrun_group():
+        pass
 
 
 GOOD = {"video": "v.mp4", "expressions": ["x"], "output": "o1"}
