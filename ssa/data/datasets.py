@@ -398,8 +398,8 @@ class MeViSDataset(_ReferringVideoDataset):
         self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
     ) -> tuple[np.ndarray, list[int]]:
         parsed = self._expressions[(video, exp_id)]
-        referred = set(parsed["obj_ids"]) | set(parsed["anno_ids"])
-        others = {o: a for o, a in self._objects[video].items() if o not in referred and a not in referred}
+        objs, annos = set(parsed["obj_ids"]), set(parsed["anno_ids"])
+        others = {o: a for o, a in self._objects[video].items() if o not in objs and a not in annos}
         ids = sorted(others)
         return self._decode(video, [others[o] for o in ids], frame_names, size), ids
 
@@ -461,34 +461,35 @@ class RefYouTubeVOSDataset(_ReferringVideoDataset):
         """Where the palette mask of frame ``frame`` of ``video`` is expected."""
         return self.annotations_dir / video / f"{frame}.png"
 
-    def _read_masks(
-        self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
-    ) -> tuple[np.ndarray, list[int]]:
-        obj = self._expressions[(video, exp_id)]["obj_id"]
+    def _read_labels(self, video: str, frame_names: list[str], size: tuple[int, int]) -> np.ndarray:
+        """(T, H, W) palette indices of ``frame_names``, checked against the frame size."""
         h, w = size
-        masks = np.zeros((1, len(frame_names), h, w), dtype=bool)
+        labels = np.zeros((len(frame_names), h, w), dtype=np.uint8)
         for t, name in enumerate(frame_names):
             path = self.annotation_path(video, name)
             if not path.is_file():
                 raise FileNotFoundError(f"video {video!r}: annotation of frame {name!r} not found at {path}")
-            labels = read_palette_png(path)
-            if labels.shape != (h, w):
+            frame = read_palette_png(path)
+            if frame.shape != (h, w):
                 raise ValueError(
                     f"video {video!r}, frame {name!r}: annotation {path} is "
-                    f"{labels.shape[0]}x{labels.shape[1]} but the frame is {h}x{w}"
+                    f"{frame.shape[0]}x{frame.shape[1]} but the frame is {h}x{w}"
                 )
-            masks[0, t] = labels == obj
-        return masks, [obj]
+            labels[t] = frame
+        return labels
+
+    def _read_masks(
+        self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
+    ) -> tuple[np.ndarray, list[int]]:
+        obj = self._expressions[(video, exp_id)]["obj_id"]
+        return (self._read_labels(video, frame_names, size) == obj)[None], [obj]
 
     def _read_other_masks(
         self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
     ) -> tuple[np.ndarray, list[int]]:
         """Every other palette index present in the clip's annotations is another object."""
         obj = self._expressions[(video, exp_id)]["obj_id"]
-        labels = np.stack([read_palette_png(self.annotation_path(video, name)) for name in frame_names])
-        if labels.shape[1:] != tuple(size):
-            raise ValueError(f"video {video!r}: annotations are {labels.shape[1]}x{labels.shape[2]} but the "
-                             f"frames are {size[0]}x{size[1]}")
+        labels = self._read_labels(video, frame_names, size)
         ids = [int(v) for v in np.unique(labels) if v not in (0, obj)]
         masks = np.stack([labels == v for v in ids]) if ids else np.zeros((0, *labels.shape), dtype=bool)
         return masks, ids

@@ -189,11 +189,9 @@ class HungarianMatcher:
         −class_weight · p(target's class).
         """
         prob = class_logits.detach().float().softmax(-1)  # (..., N, 2)
-        k = target_points.shape[-2]
         if target_classes is None:
-            class_cost = prob[..., :, :1].expand(*prob.shape[:-1], k)  # (..., N, K) p(referred)
-        else:
-            class_cost = prob[..., target_classes.to(prob.device)]  # (..., N, K)
+            target_classes = torch.zeros(target_points.shape[-2], dtype=torch.long)
+        class_cost = prob[..., target_classes.to(prob.device)]  # (..., N, K) p(each target's class)
         pred, tgt = pred_points.float(), target_points.float()
         return (self.mask_weight * pairwise_bce_cost(pred, tgt)  # (..., N, K)
                 + self.dice_weight * pairwise_dice_cost(pred, tgt)
