@@ -75,12 +75,6 @@ class SSAConfig:
     masks = Q_emb · F_mask^t. True: video query i gets a per-frame embedding from its own trajectory,
     MLP(Q_v,i + W·Q̃_TE,i^t) · F_mask^t, so a mask can follow one of two look-alike objects (a single
     embedding cannot: identical objects have identical mask features)."""
-    query_positions: bool = False
-    """Not in the paper. True: each frame query Q̂^t gets a learned projection of where its own mask is
-    (centroid, size, peak; detached) added before the trajectories, so that the Hungarian matching and
-    the temporal enhancement (Eq. 6) see how an instance moves. Without it a query carries what its
-    object looks like but little of where it is: two pixel-identical objects give near-identical
-    queries, and their motions cannot be told apart."""
     temporal_layers: int = 8
     """Temporal enhancement layers (Eq. 6). The paper gives no depth; 8 makes the trainable count
     match its Table 6 (39.4M without the adapter)."""

@@ -232,26 +232,3 @@ def test_trajectory_masks_follow_each_trajectory_per_frame():
         proj.bias.zero_()
         flat = per_frame.decode_sequence(frame_out.queries, frame_out.sentences, text)
     assert torch.allclose(flat.mask_embed, seq_paper.mask_embed, atol=1e-6)
-
-
-def test_query_positions_add_each_frame_query_its_own_mask_geometry(tmp_path):
-    from ssa.modeling.sequential_alignment import mask_geometry
-
-    paper = build("ssa-tiny", seed=0)
-    placed = build("ssa-tiny", seed=0, query_positions=True)
-    placed.load_state_dict(paper.state_dict(), strict=False)  # only query_position differs
-    assert placed.num_parameters(True) - paper.num_parameters(True) == 5 * paper.config.hidden_dim
-    frames = random_frames(3, 50, 70)  # padded to 64 x 96: the geometry must use the cropped masks
-    with torch.no_grad():
-        visual = paper.encode_video(frames)
-        text = paper.encode_text(["the square moving left", "the circle"])
-        ref = paper.decode_frames(visual, text)
-        out = placed.decode_frames(visual, text)
-    assert out.mask_logits.shape[-2:] == (13, 18)
-    assert torch.allclose(out.mask_logits, ref.mask_logits)
-    expected = ref.queries + placed.query_position.proj(mask_geometry(ref.mask_logits))
-    assert torch.allclose(out.queries, expected, atol=1e-5)
-    placed.save_pretrained(tmp_path / "m")
-    loaded = SSAModel.from_pretrained(tmp_path / "m")
-    assert loaded.config.query_positions and loaded.query_position is not None
-    assert torch.equal(loaded.query_position.proj.weight, placed.query_position.proj.weight)

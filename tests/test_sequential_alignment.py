@@ -1,13 +1,10 @@
-import pytest
 import torch
 
 from ssa.modeling.sequential_alignment import (
-    QueryPositionEncoding,
     TemporalEnhancement,
     TrajectoryEnsemble,
     apply_order,
     hungarian_trajectories,
-    mask_geometry,
 )
 
 
@@ -77,35 +74,3 @@ def test_temporal_enhancement_mixes_time_within_a_trajectory_only():
     changed = (y2 - y).abs().amax(dim=-1)[0]  # (T, N)
     assert (changed[:, 1] > 1e-4).all()  # every frame of trajectory 1 sees it (long-term attention)
     assert torch.allclose(changed[:, [0, 2]], torch.zeros(6, 2), atol=1e-6)  # other trajectories do not
-
-
-def test_mask_geometry_of_hand_made_masks():
-    logits = torch.full((2, 5, 9), -30.0)  # 2 masks on a 5 x 9 grid (y, x in [-1, 1])
-    logits[0, 0:2, 0:3] = 30.0  # 2 x 3 block in the top-left corner
-    logits[1, 4, 8] = 30.0  # one pixel, bottom-right
-    geo = mask_geometry(logits)
-    ys, xs = torch.linspace(-1, 1, 5), torch.linspace(-1, 1, 9)
-    assert torch.allclose(geo[0], torch.tensor([ys[:2].mean(), xs[:3].mean(), (6 / 45) ** 0.5, 1.0]),
-                          atol=1e-5)
-    assert torch.allclose(geo[1], torch.tensor([1.0, 1.0, (1 / 45) ** 0.5, 1.0]), atol=1e-5)
-    # moving the block right by 2 pixels moves only the x centre, by 2 grid steps
-    shifted = torch.roll(logits[0], 2, dims=-1)
-    delta = mask_geometry(shifted) - geo[0]
-    assert torch.allclose(delta, torch.tensor([0.0, 2 * (xs[1] - xs[0]), 0.0, 0.0]), atol=1e-5)
-    assert not mask_geometry(logits.requires_grad_()).requires_grad  # a measurement, no gradient
-
-
-def test_query_position_encoding_tells_identical_queries_apart_by_where_their_masks_are():
-    torch.manual_seed(0)
-    enc = QueryPositionEncoding(16)
-    queries = torch.randn(1, 16).expand(2, 16)  # two identical queries (two look-alike objects)
-    logits = torch.full((2, 8, 8), -30.0)
-    logits[0, 2:4, 1:3] = 30.0  # left
-    logits[1, 2:4, 5:7] = 30.0  # right, same shape and size
-    out = enc(queries, logits)
-    assert out.shape == (2, 16)
-    assert not torch.allclose(out[0], out[1])
-    expected = queries + enc.proj(mask_geometry(logits))
-    assert torch.allclose(out, expected)
-    with pytest.raises(ValueError, match="same queries"):
-        enc(queries, logits[:1])

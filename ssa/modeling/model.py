@@ -31,7 +31,6 @@ from ssa.modeling.outputs import FrameOutput, SequenceOutput, SSAOutput, VisualF
 from ssa.modeling.pixel_decoder import PixelDecoder
 from ssa.modeling.query_generation import InstanceQueryGenerator
 from ssa.modeling.sequential_alignment import (
-    QueryPositionEncoding,
     TemporalEnhancement,
     TrajectoryEnsemble,
     apply_order,
@@ -81,7 +80,6 @@ class SSAModel(nn.Module):
             if c.trajectory else None
         )
         self.ensemble = TrajectoryEnsemble(c.hidden_dim) if c.trajectory and c.ensemble else None
-        self.query_position = QueryPositionEncoding(c.hidden_dim) if c.query_positions else None
         self.video_decoder = VideoQueryDecoder(
             c.hidden_dim, text_dim, c.num_queries, c.num_heads, c.video_decoder_layers,
             c.video_decoder_ffn_dim, c.mask_dim, c.dropout, trajectory_masks=c.trajectory_masks,
@@ -257,11 +255,8 @@ class SSAModel(nn.Module):
         def crop(x: Tensor) -> Tensor:  # drop the padding's share of the H/4 x W/4 grid
             return x[..., :mh, :mw]
 
-        queries = dec.queries  # (P·T, N, C)
-        if self.query_position is not None:  # where each query's mask is (not in the paper)
-            queries = self.query_position(queries, crop(dec.mask_logits))
         return FrameOutput(
-            queries=per_pair(queries),
+            queries=per_pair(dec.queries),
             sentences=per_pair(sentences),
             mask_features=per_pair(crop(mask_features)),
             class_logits=per_pair(dec.class_logits),

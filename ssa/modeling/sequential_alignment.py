@@ -21,8 +21,6 @@ __all__ = [
     "apply_order",
     "TemporalEnhancement",
     "TrajectoryEnsemble",
-    "QueryPositionEncoding",
-    "mask_geometry",
 ]
 
 
@@ -108,37 +106,3 @@ class TrajectoryEnsemble(nn.Module):
         weights = self.fc(trajectories).squeeze(-1).softmax(dim=1)  # (B, T, N), sums to 1 over T
         video_queries = torch.einsum("btn,btnc->bnc", weights, trajectories)
         return video_queries, weights
-
-
-def mask_geometry(mask_logits: Tensor) -> Tensor:
-    """Where each mask is: mask logits (..., H, W) → (..., 4) [centre y, centre x (both in [-1, 1]),
-    sqrt(area fraction), peak probability], from the sigmoid probabilities, without gradient."""
-    if mask_logits.dim() < 2:
-        raise ValueError(f"mask logits must be (..., H, W), got shape {tuple(mask_logits.shape)}")
-    prob = mask_logits.detach().float().sigmoid()
-    h, w = prob.shape[-2:]
-    mass = prob.sum(dim=(-2, -1))  # (...)
-    ys = torch.linspace(-1.0, 1.0, h, device=prob.device) if h > 1 else prob.new_zeros(1)
-    xs = torch.linspace(-1.0, 1.0, w, device=prob.device) if w > 1 else prob.new_zeros(1)
-    safe = mass.clamp_min(1e-6)
-    cy = (prob.sum(dim=-1) * ys).sum(dim=-1) / safe
-    cx = (prob.sum(dim=-2) * xs).sum(dim=-1) / safe
-    area = (mass / (h * w)).sqrt()
-    peak = prob.flatten(-2).amax(dim=-1)
-    return torch.stack([cy, cx, area, peak], dim=-1).to(mask_logits.dtype)
-
-
-class QueryPositionEncoding(nn.Module):
-    """Not in the paper (``SSAConfig.query_positions``): Q̂^t + W·geometry(mask^t), so that each
-    frame query carries where its own mask is and a trajectory carries its instance's motion."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(4, dim)
-
-    def forward(self, queries: Tensor, mask_logits: Tensor) -> Tensor:
-        """queries (..., N, C), mask logits (..., N, H, W) of the same queries → (..., N, C)."""
-        if queries.shape[:-1] != mask_logits.shape[:-2]:
-            raise ValueError(f"queries {tuple(queries.shape)} and mask logits {tuple(mask_logits.shape)} "
-                             "do not describe the same queries")
-        return queries + self.proj(mask_geometry(mask_logits).to(queries.dtype))
