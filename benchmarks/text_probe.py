@@ -31,12 +31,11 @@ def _sentence(color: str, shape: str, motion: str) -> str:
 def minimal_pairs() -> dict[str, list[tuple[str, str]]]:
     """Expression pairs that differ in exactly one factor, per factor."""
     pairs: dict[str, list[tuple[str, str]]] = {"colour": [], "shape": [], "motion": []}
-    colors, motions = list(COLORS), list(MOTIONS)
-    for color, shape, motion in itertools.product(colors, SHAPES, motions):
+    for color, shape, motion in itertools.product(COLORS, SHAPES, MOTIONS):
         base = _sentence(color, shape, motion)
-        pairs["colour"] += [(base, _sentence(c, shape, motion)) for c in colors if c > color]
+        pairs["colour"] += [(base, _sentence(c, shape, motion)) for c in COLORS if c > color]
         pairs["shape"] += [(base, _sentence(color, s, motion)) for s in SHAPES if s > shape]
-        pairs["motion"] += [(base, _sentence(color, shape, m)) for m in motions if m > motion]
+        pairs["motion"] += [(base, _sentence(color, shape, m)) for m in MOTIONS if m > motion]
     return pairs
 
 
