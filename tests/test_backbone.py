@@ -67,6 +67,27 @@ def test_clip_is_frozen_and_stays_in_eval(tiny_model):
         tiny_model.eval()
 
 
+def test_unfreezing_the_visual_tower_only():
+    from ssa import SSAConfig
+    from ssa.modeling.model import SSAModel
+
+    model = SSAModel(SSAConfig.from_preset("ssa-tiny"))
+    backbone = model.backbone.unfreeze(text=False)
+    model.train()
+    clip = backbone.clip
+    assert not backbone.frozen and backbone.text_frozen and not backbone.visual_frozen
+    assert all(p.requires_grad for p in clip.visual.parameters())
+    text = [p for n, p in clip.named_parameters() if not n.startswith("visual.")]
+    assert text and not any(p.requires_grad for p in text)
+    assert clip.visual.training and not clip.transformer.training and not clip.token_embedding.training
+    feats = model.encode_text(["a cat", "the red square"])
+    assert not feats.sentence.requires_grad and not feats.words.requires_grad
+    assert all(f.requires_grad for f in backbone.encode_image(torch.randn(1, 3, 64, 64)))
+    backbone.unfreeze()  # then both towers
+    assert all(p.requires_grad for p in clip.parameters()) and clip.transformer.training
+    assert model.encode_text("a cat").sentence.requires_grad
+
+
 def test_long_expression_is_truncated_with_warning(tiny_model):
     long = " ".join(["very"] * 100) + " long cat"
     with pytest.warns(UserWarning, match="truncated"):

@@ -55,18 +55,30 @@ def test_frozen_clip_is_bit_identical_and_the_rest_moves(data, tmp_path):
     assert latest_checkpoint(tmp_path / "run").name == "step-0000003"
 
 
-def test_unfrozen_clip_trains(data, tmp_path):
+@pytest.mark.parametrize("unfreeze", [True, "visual"])
+def test_unfrozen_clip_trains(data, tmp_path, unfreeze):
     model = finetune("ssa-tiny", data, output_dir=tmp_path / "u", iterations=2, batch_size=2, progress=False,
-                     unfreeze_clip=True, **FAST)
+                     unfreeze_clip=unfreeze, **FAST)
     torch.manual_seed(FAST.get("seed", 0))
     from ssa import SSAConfig
     from ssa.modeling.model import SSAModel
 
     fresh = SSAModel(SSAConfig.from_preset("ssa-tiny"))
     trained = model.state_dict()
-    moved = [k for k, v in fresh.state_dict().items()
-             if k.startswith("backbone.") and v.is_floating_point() and not torch.equal(v, trained[k])]
-    assert moved  # CLIP weights changed
+    moved = {k for k, v in fresh.state_dict().items()
+             if k.startswith("backbone.") and v.is_floating_point() and not torch.equal(v, trained[k])}
+    visual = {k for k in moved if k.startswith("backbone.clip.visual.")}
+    assert visual  # the visual tower's weights changed
+    if unfreeze == "visual":  # ... and the text tower's did not
+        assert moved == visual
+    else:
+        assert moved - visual
+
+
+def test_unfreeze_clip_is_validated(data, tmp_path):
+    with pytest.raises(ValueError, match="unfreeze_clip"):
+        finetune("ssa-tiny", data, output_dir=tmp_path / "v", iterations=1, batch_size=2, progress=False,
+                 unfreeze_clip="text", **FAST)
 
 
 def test_resume_equals_an_uninterrupted_run(data, tmp_path):

@@ -7,7 +7,8 @@ projected end-of-text token, i.e. exactly ``CLIP.encode_text``).
 
 CLIP is frozen: its parameters never require grad, it runs under ``torch.no_grad`` and stays in eval
 mode whatever ``.train()`` is called with (the ConvNeXt trunk has drop-path). Fine-tuning can unfreeze
-it (:meth:`FrozenCLIP.unfreeze`, used for the tiny demo model, whose CLIP has no pretrained weights).
+it, or its visual tower only (:meth:`FrozenCLIP.unfreeze`, used for the tiny demo model, whose CLIP has
+no pretrained weights).
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class FrozenCLIP(nn.Module):
         if len(self.stage_channels) != 4:
             raise ValueError(f"expected a 4-stage ConvNeXt trunk, got {len(self.stage_channels)} stages")
         self.text_dim: int = int(self.clip.text_projection.shape[1])
-        self.frozen = True
+        self.visual_frozen = True
+        self.text_frozen = True
         for p in self.clip.parameters():
             p.requires_grad_(False)
         self.clip.eval()
@@ -112,24 +114,44 @@ class FrozenCLIP(nn.Module):
             self.load_pretrained(config.clip_pretrained)
 
     # -- frozen behaviour --------------------------------------------------------------------------
+    @property
+    def frozen(self) -> bool:
+        """True while neither tower is trainable."""
+        return self.visual_frozen and self.text_frozen
+
+    def _text_modules(self) -> list[nn.Module]:
+        return [self.clip.token_embedding, self.clip.transformer, self.clip.ln_final]
+
+    def _text_parameters(self) -> list[nn.Parameter]:
+        params = [p for m in self._text_modules() for p in m.parameters()]
+        return params + [self.clip.positional_embedding, self.clip.text_projection]
+
     def train(self, mode: bool = True) -> FrozenCLIP:
-        """A frozen CLIP stays in eval mode (no drop-path, fixed norms) whatever ``mode`` says."""
+        """A frozen tower stays in eval mode (no drop-path, fixed norms) whatever ``mode`` says."""
         super().train(mode)
         if self.frozen:
             self.clip.eval()
+        elif self.text_frozen:
+            for m in self._text_modules():
+                m.eval()
         return self
 
-    def unfreeze(self) -> FrozenCLIP:
-        """Make CLIP trainable: its parameters require grad, it follows ``.train()`` and its passes
-        record gradients. Irreversible for this instance (the optimiser may hold its parameters)."""
-        self.frozen = False
-        for p in self.clip.parameters():
+    def unfreeze(self, text: bool = True) -> FrozenCLIP:
+        """Make CLIP trainable (with ``text=False`` its visual tower only): its parameters require grad,
+        it follows ``.train()`` and its passes record gradients. Irreversible for this instance (the
+        optimiser may hold its parameters)."""
+        self.visual_frozen = False
+        for p in self.clip.visual.parameters():
             p.requires_grad_(True)
-        self.clip.train(self.training)
+        if text:
+            self.text_frozen = False
+            for p in self.clip.parameters():
+                p.requires_grad_(True)
+        self.train(self.training)
         return self
 
-    def _grad(self) -> torch.set_grad_enabled:
-        return torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen)
+    def _grad(self, frozen: bool) -> torch.set_grad_enabled:
+        return torch.set_grad_enabled(torch.is_grad_enabled() and not frozen)
 
     def load_pretrained(self, tag: str, cache_dir: str | None = None) -> None:
         """Load open_clip's pretrained weights ``tag`` for this CLIP model (fetched from the Hub)."""
@@ -176,7 +198,7 @@ class FrozenCLIP(nn.Module):
 
     def encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
         """F_w (per-token) and F_s (sentence) features, Eq. (2)."""
-        with self._grad():
+        with self._grad(self.text_frozen):
             return self._encode_text(expressions)
 
     def _encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
@@ -199,7 +221,7 @@ class FrozenCLIP(nn.Module):
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Stage features F_v^1..F_v^4, each (B, C_i, H/s_i, W/s_i), of CLIP-normalised images
         (B, 3, H, W) whose sides are multiples of 32."""
-        with self._grad():
+        with self._grad(self.visual_frozen):
             trunk = self.clip.visual.trunk
             x = trunk.stem(images)
             features = []

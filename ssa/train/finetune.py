@@ -63,7 +63,9 @@ class TrainConfig:
     scales: list[int] | None = None  # training short sides; default: the model's image_size ± 25%
     crop: int | None = None  # random square crop side, or None
     hflip: bool = True
-    unfreeze_clip: bool = False  # train the CLIP too (the tiny demo model has no pretrained CLIP)
+    # train the CLIP too: True (both towers) or "visual" (its visual tower only); for CLIPs without
+    # pretrained weights such as the tiny demo model's
+    unfreeze_clip: bool | str = False
     num_workers: int = 0
     log_every: int = 20
     save_every: int = 1000
@@ -85,6 +87,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a non-negative integer, got {value!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        if self.unfreeze_clip not in (False, True, "visual"):
+            raise ValueError(
+                f"TrainConfig.unfreeze_clip must be False, True or 'visual', got {self.unfreeze_clip!r}"
+            )
         if self.weight_decay < 0 or self.grad_clip < 0 or not 0 < self.lr_gamma <= 1:
             raise ValueError("TrainConfig: weight_decay and grad_clip must be >= 0, lr_gamma in (0, 1]")
         if any(not 0 < f < 1 for f in self.lr_drops):
@@ -331,7 +337,7 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
 
     model = _build_model(model_or_name, cfg.seed)
     if cfg.unfreeze_clip:
-        model.backbone.unfreeze()
+        model.backbone.unfreeze(text=cfg.unfreeze_clip != "visual")
     model.to(dev).train()
     dataset = _load_dataset(train_data)
     mc = model.config
