@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ssa import SSAConfig, SSAPipeline
+from ssa.data import MeViSDataset
 from ssa.data.synthetic import score_breakdown, write_split
 from ssa.eval import evaluate
 from ssa.modeling.model import SSAModel
@@ -80,8 +81,7 @@ def main() -> None:
         config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128,
                                        trajectory_masks=args.trajectory_masks)
         model = SSAModel(config)
-        meta = json.loads((train / "meta_expressions.json").read_text())["videos"]
-        pretrain_text_tower(model, [e["exp"] for v in meta.values() for e in v["expressions"].values()],
+        pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
                             **TEXT_PRETRAINING)
         recipe = {**RECIPE, "loss": {**RECIPE["loss"], "frame_all_instances": args.all_instances}}
         model = finetune(model, train, output_dir=run, iterations=args.iterations,
