@@ -25,8 +25,7 @@ from ssa.data import MeViSDataset
 from ssa.data.synthetic import score_breakdown, write_split
 from ssa.eval import evaluate
 from ssa.modeling.model import SSAModel
-from ssa.train import finetune
-from ssa.train.text_pretraining import pretrain_text_tower
+from ssa.train import finetune, pretrain_text_tower
 
 VARIANTS = {
     "SSA (sequential alignment)": {},

@@ -28,8 +28,7 @@ from ssa.data import MeViSDataset
 from ssa.data.synthetic import score_breakdown, write_split
 from ssa.eval import evaluate
 from ssa.modeling.model import SSAModel
-from ssa.train import finetune
-from ssa.train.text_pretraining import pretrain_text_tower
+from ssa.train import finetune, pretrain_text_tower
 
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger("recipe")
@@ -110,10 +109,12 @@ def main() -> None:
     card += f"""
 ## ssa-tiny-synthetic: the demo model
 
-`ssa-tiny` (CLIP on timm `convnext_atto`, text width 128, trained from scratch with the rest) trained with
-`ssa.train.finetune` on the synthetic motion-referring benchmark (`ssa synth`, {args.train_videos} videos,
-seed 0), {max(steps)} iterations of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn
-from 72-120, flips), inference at short side 96{variant}.
+`ssa-tiny` (CLIP on timm `convnext_atto`, text width 128, no pretrained weights) trained on the synthetic
+motion-referring benchmark (`ssa synth`, {args.train_videos} videos, seed 0): the CLIP text tower pretrained
+on the training expressions (`ssa.train.pretrain_text_tower`, {TEXT_PRETRAINING['steps']} steps) and then
+frozen; the CLIP visual tower trained from scratch with the rest by `ssa.train.finetune`, {max(steps)}
+iterations of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn from 72-120,
+flips); inference at short side 96{variant}.
 Recipe: `weights/train_ssa_tiny_synthetic.py`.
 Weights stored in fp16 (loaded as fp32).
 Training time: {train_minutes:.1f} min on {platform.processor() or platform.machine()}
