@@ -141,12 +141,9 @@ class FrozenCLIP(nn.Module):
         it follows ``.train()`` and its passes record gradients. Irreversible for this instance (the
         optimiser may hold its parameters)."""
         self.visual_frozen = False
-        for p in self.clip.visual.parameters():
+        self.text_frozen = self.text_frozen and not text
+        for p in (self.clip if text else self.clip.visual).parameters():
             p.requires_grad_(True)
-        if text:
-            self.text_frozen = False
-            for p in self.clip.parameters():
-                p.requires_grad_(True)
         self.train(self.training)
         return self
 
@@ -202,7 +199,10 @@ class FrozenCLIP(nn.Module):
             return self._encode_text(expressions)
 
     def _encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
-        tokens, texts = self.tokenize(expressions)
+        return self._encode_tokens(*self.tokenize(expressions))
+
+    def _encode_tokens(self, tokens: Tensor, texts: list[str]) -> TextFeatures:
+        """F_w and F_s of BPE ``tokens`` (E, L) from :meth:`tokenize` (end-of-text has the largest id)."""
         device = self.clip.token_embedding.weight.device
         tokens = tokens.to(device)
         length = tokens.shape[1]

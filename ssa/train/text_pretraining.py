@@ -73,9 +73,12 @@ def pretrain_text_tower(model: SSAModel, expressions: Sequence[str], *, steps: i
         with torch.enable_grad():
             for _ in tqdm(range(steps), desc="text pretraining", disable=not progress):
                 pick = torch.randperm(len(texts), generator=generator)[:batch_size]
-                feats = backbone._encode_text([texts[i] for i in pick.tolist()])
-                ids = index[tokens[pick][:, : feats.words.shape[1]]].to(device)  # (B, L), -1 = padding
-                eot = feats.word_mask.sum(1) - 1  # (B,)
+                batch = tokens[pick]
+                eot = batch.argmax(dim=-1)  # (B,)
+                batch = batch[:, : int(eot.max()) + 1]  # trimmed to the batch's longest, as tokenize() does
+                feats = backbone._encode_tokens(batch, [texts[i] for i in pick.tolist()])
+                ids = index[batch].to(device)  # (B, L), -1 = padding
+                eot = eot.to(device)
                 inner = feats.word_mask.clone()  # tokens between start and end-of-text
                 inner[:, 0] = False
                 inner[torch.arange(len(pick), device=device), eot] = False
