@@ -75,6 +75,10 @@ class SSAConfig:
     masks = Q_emb · F_mask^t. True: video query i gets a per-frame embedding from its own trajectory,
     MLP(Q_v,i + W·Q̃_TE,i^t) · F_mask^t, so a mask can follow one of two look-alike objects (a single
     embedding cannot: identical objects have identical mask features)."""
+    query_positions: bool = False
+    """Not in the paper. True: the centroid of each frame query's mask, sine-encoded and projected, is
+    added to the query before the trajectories (``MaskPositionEncoding``), so the Hungarian linking and
+    the temporal enhancement see where look-alike objects are and how they move."""
     temporal_layers: int = 8
     """Temporal enhancement layers (Eq. 6). The paper gives no depth; 8 makes the trainable count
     match its Table 6 (39.4M without the adapter)."""

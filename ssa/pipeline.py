@@ -326,7 +326,7 @@ class SSAPipeline:
                 visual = model.encode_video(chunk.pixels.to(self.device))
                 out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
                                           row_chunk=self.frame_batch)
-                state.queries.append(out.queries.float().cpu())
+                state.queries.append(model.sequence_queries(out).float().cpu())
                 state.sentences.append(out.sentences.float().cpu())
                 self._keep_mask_features(state, out.mask_features, mask_feature_budget)
         if not state.indices:

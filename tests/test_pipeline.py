@@ -82,9 +82,10 @@ def test_two_expressions_one_visual_pass_same_masks(pipe, video_file):
         assert np.allclose(a.scores, b.scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("trajectory_masks", [False, True])
-def test_chunking_and_recompute_give_the_same_masks(trajectory_masks):
-    model = build("ssa-tiny", trajectory_masks=trajectory_masks)
+@pytest.mark.parametrize("switches", [{}, {"trajectory_masks": True},
+                                      {"trajectory_masks": True, "query_positions": True}])
+def test_chunking_and_recompute_give_the_same_masks(switches):
+    model = build("ssa-tiny", **switches)
     frames = moving_square_frames(12)
     whole = SSAPipeline(model, device="cpu", chunk_size=64, frame_batch=64)(frames, "a square", threshold=0.0,
                                                                             progress=False)

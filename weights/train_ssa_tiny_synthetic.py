@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--trajectory-masks", action="store_true",
                    help="SSAConfig.trajectory_masks=True (an experiment; the shipped model has it off)")
+    p.add_argument("--query-positions", action="store_true",
+                   help="SSAConfig.query_positions=True (an experiment; the shipped model has it off)")
     p.add_argument("--all-instances", action="store_true",
                    help="LossConfig.frame_all_instances=True: L_f supervises every object of a clip, the "
                         "ones not referred to as 'not referred' (an experiment)")
@@ -78,7 +80,8 @@ def main() -> None:
         # --trajectory-masks (not in the paper, not in the shipped model): masks follow each trajectory
         # frame by frame (see SSAConfig.trajectory_masks).
         config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128,
-                                       trajectory_masks=args.trajectory_masks)
+                                       trajectory_masks=args.trajectory_masks,
+                                       query_positions=args.query_positions)
         model = SSAModel(config)
         pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
                             **TEXT_PRETRAINING)
@@ -101,6 +104,7 @@ def main() -> None:
 
     model.half().save_pretrained(args.out, weights="full", overwrite=True)
     variant = "".join(text for on, text in ((args.trajectory_masks, ", with `trajectory_masks=True`"),
+                                            (args.query_positions, ", with `query_positions=True`"),
                                             (args.all_instances, ", L_f on every object of a clip "
                                              "(`frame_all_instances=True`)")) if on)
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"

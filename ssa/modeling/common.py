@@ -13,6 +13,7 @@ __all__ = [
     "MLP",
     "sine_position_2d",
     "sine_position_1d",
+    "sine_encoding",
     "CrossAttentionLayer",
     "SelfAttentionLayer",
     "FFNLayer",
@@ -38,13 +39,18 @@ class MLP(nn.Module):
 def sine_position_1d(length: int, dim: int, device: torch.device | None = None,
                      dtype: torch.dtype = torch.float32, temperature: float = 10000.0) -> Tensor:
     """Sinusoidal encoding of positions 0..length-1, (length, dim)."""
+    position = torch.arange(length, device=device, dtype=torch.float32)
+    return sine_encoding(position, dim, temperature).to(dtype)
+
+
+def sine_encoding(values: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """Sinusoidal encoding of real values (...,) → (..., dim): interleaved sin/cos of values / f_i with
+    frequencies f_i = temperature^(2i/dim)."""
     if dim % 2:
         raise ValueError(f"sine position encoding needs an even dim, got {dim}")
-    position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = temperature ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
-    angles = position / freq  # (length, dim/2)
-    out = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
-    return out.to(dtype)
+    freq = temperature ** (torch.arange(0, dim, 2, device=values.device, dtype=torch.float32) / dim)
+    angles = values.float()[..., None] / freq  # (..., dim/2)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
 def sine_position_2d(height: int, width: int, dim: int, device: torch.device | None = None,

@@ -31,6 +31,7 @@ from ssa.modeling.outputs import FrameOutput, SequenceOutput, SSAOutput, VisualF
 from ssa.modeling.pixel_decoder import PixelDecoder
 from ssa.modeling.query_generation import InstanceQueryGenerator
 from ssa.modeling.sequential_alignment import (
+    MaskPositionEncoding,
     TemporalEnhancement,
     TrajectoryEnsemble,
     apply_order,
@@ -74,6 +75,7 @@ class SSAModel(nn.Module):
             num_layers=c.frame_decoder_layers, ffn_dim=c.frame_decoder_ffn_dim, mask_dim=c.mask_dim,
             num_levels=3, dropout=c.dropout,
         )
+        self.mask_position = MaskPositionEncoding(c.hidden_dim) if c.query_positions else None
         self.temporal_enhancement = (
             TemporalEnhancement(c.hidden_dim, c.num_heads, c.temporal_layers, c.temporal_kernel,
                                 c.temporal_ffn_dim, c.dropout)
@@ -275,6 +277,13 @@ class SSAModel(nn.Module):
         return mask_features, sentences, self.frame_decoder(queries, multi_scale, mask_features)
 
     # -- 4. per-clip sequential alignment and video decoding ------------------------------------------
+    def sequence_queries(self, frames: FrameOutput) -> Tensor:
+        """The frame queries the sequence stages read, (P, T, N, C): Q̂^t, plus where each query's mask
+        lies with ``query_positions``."""
+        if self.mask_position is None:
+            return frames.queries
+        return self.mask_position(frames.queries, frames.mask_logits)
+
     def decode_sequence(self, queries: Tensor, sentences: Tensor, text: TextFeatures) -> SequenceOutput:
         """Trajectories → temporal enhancement (Eq. 6) → ensemble (Eq. 7) → video decoder, for P pairs
         of frame queries (P, T, N, C) and per-frame sentence features (P, T, C)."""
@@ -309,7 +318,7 @@ class SSAModel(nn.Module):
         ``with_frames`` keeps the per-frame predictions and the video decoder's earlier layers (deep
         supervision) in the output; default: when training.
         """
-        seq = self.decode_sequence(frames.queries, frames.sentences, text)
+        seq = self.decode_sequence(self.sequence_queries(frames), frames.sentences, text)
         p = frames.queries.shape[0]
         if clip_index is None:
             clip_index = torch.zeros(p, dtype=torch.long)

@@ -8,20 +8,59 @@ to the previous (already re-ordered) frame, so that index i follows one instance
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from ssa.modeling.common import FFNLayer, SelfAttentionLayer, sine_position_1d
+from ssa.modeling.common import FFNLayer, SelfAttentionLayer, sine_encoding, sine_position_1d
 
 __all__ = [
+    "MaskPositionEncoding",
     "hungarian_trajectories",
     "apply_order",
     "TemporalEnhancement",
     "TrajectoryEnsemble",
 ]
+
+
+class MaskPositionEncoding(nn.Module):
+    """Not in the paper (``SSAConfig.query_positions``): add where each frame query's mask lies to the
+    query, Q̂^t_i + W·[PE(ȳ_i^t), PE(x̄_i^t)], with (ȳ, x̄) the centroid of sigmoid(mask logits) in
+    [0, 1] coordinates (detached) and PE a sine encoding (C/2 channels each).
+
+    Frame queries are decoded from one frame at a time and carry little of *where* an object is, so
+    two objects that look alike get near-identical queries: the Hungarian linking cannot tell them
+    apart and a trajectory carries no motion. With their positions, a trajectory follows one of them
+    and the temporal enhancement (Eq. 6) sees how it moves.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim % 4:
+            raise ValueError(f"mask position encoding needs a width divisible by 4, got {dim}")
+        self.proj = nn.Linear(dim, dim)  # W
+
+    def forward(self, queries: Tensor, mask_logits: Tensor) -> Tensor:
+        """queries (..., N, C), mask logits (..., N, h, w) → queries (..., N, C) with positions."""
+        if queries.shape[:-1] != mask_logits.shape[:-2]:
+            raise ValueError(f"mask logits {tuple(mask_logits.shape)} do not match frame queries "
+                             f"{tuple(queries.shape)}")
+        h, w = mask_logits.shape[-2:]
+        prob = mask_logits.detach().float().sigmoid()
+        mass = prob.sum(dim=(-2, -1)).clamp_min(1e-6)  # (..., N)
+        ys = (torch.arange(h, device=prob.device, dtype=prob.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=prob.device, dtype=prob.dtype) + 0.5) / w
+        cy = (prob.sum(dim=-1) * ys).sum(dim=-1) / mass  # (..., N) in [0, 1]
+        cx = (prob.sum(dim=-2) * xs).sum(dim=-1) / mass
+        c = queries.shape[-1]
+        # angles 16π·coordinate / f_i: the finest frequency has a period of 1/8 of the frame
+        encoding = torch.cat([sine_encoding(cy * 16 * math.pi, c // 2),
+                              sine_encoding(cx * 16 * math.pi, c // 2)], dim=-1)  # (..., N, C)
+        return queries + self.proj(encoding.to(queries.dtype))
 
 
 @torch.no_grad()
