@@ -72,9 +72,10 @@ class SSAConfig:
     """Trajectory-to-instance ensemble (Eq. 7). False: uniform temporal weights (Tab. 7 row 3)."""
     trajectory_masks: bool = False
     """Not in the paper. False (paper, §3.4): one mask embedding Q_emb per video query for every frame,
-    masks = Q_emb · F_mask^t. True: video query i gets a per-frame embedding from its own trajectory,
-    MLP(Q_v,i + W·Q̃_TE,i^t) · F_mask^t, so a mask can follow one of two look-alike objects (a single
-    embedding cannot: identical objects have identical mask features)."""
+    masks = Q_emb · F_mask^t. True: the video decoder only scores, and video query i's mask at frame t is
+    that of trajectory i, the frame decoder's mask of the trajectory's query at frame t, so a mask can
+    follow one of two look-alike objects (a single embedding cannot: identical objects have identical
+    mask features)."""
     query_positions: bool = False
     """Not in the paper. True: the centroid of each frame query's mask, sine-encoded and projected, is
     added to the query before the trajectories (``MaskPositionEncoding``), so the Hungarian linking and

@@ -198,6 +198,7 @@ class _VideoState:
     size: tuple[int, int] | None = None
     queries: list[torch.Tensor] = field(default_factory=list)  # (E, k, N, C) per chunk
     sentences: list[torch.Tensor] = field(default_factory=list)  # (E, k, C) per chunk
+    mask_embeds: list[torch.Tensor] = field(default_factory=list)  # (E, k, N, Cm), trajectory_masks only
     mask_features: list[torch.Tensor] | None = field(default_factory=list)  # (E, k, Cm, h, w) fp16 CPU
     mask_bytes: int = 0
 
@@ -327,6 +328,8 @@ class SSAPipeline:
                 out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
                                           row_chunk=self.frame_batch)
                 state.queries.append(model.sequence_queries(out).float().cpu())
+                if model.config.trajectory_masks:
+                    state.mask_embeds.append(out.mask_embed.float().cpu())
                 state.sentences.append(out.sentences.float().cpu())
                 self._keep_mask_features(state, out.mask_features, mask_feature_budget)
         if not state.indices:
@@ -340,7 +343,8 @@ class SSAPipeline:
         queries = torch.cat(state.queries, dim=1).to(self.device)  # (E, T, N, C)
         sentences = torch.cat(state.sentences, dim=1).to(self.device)  # (E, T, C)
         with self._autocast(), self._stage("sequence"):
-            seq = self.model.decode_sequence(queries, sentences, text)
+            mask_embed = torch.cat(state.mask_embeds, dim=1).to(self.device) if state.mask_embeds else None
+            seq = self.model.decode_sequence(queries, sentences, text, mask_embed)
         class_logits = seq.class_logits.float()
         selected = [select_queries(class_logits[i], mode, threshold) for i in range(len(text))]
         embeds = [seq.mask_embed[i, s] for i, s in enumerate(selected)]  # (K_i, T, Cm)

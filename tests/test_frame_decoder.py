@@ -41,9 +41,11 @@ def test_output_shapes() -> None:
         assert cls.shape == (2, N, 2) and mask.shape == (2, N, *MASK_SIZE)
     # output queries are normed by the head's LayerNorm, and the head reproduces the final prediction
     assert torch.allclose(out.class_logits, dec.class_head(out.queries), atol=1e-6)
+    assert out.mask_embed.shape == (2, N, dec.mask_dim)
+    assert torch.allclose(out.mask_embed, dec.mask_head(out.queries), atol=1e-6)
     # the first aux prediction is the head on the initial queries
     queries, _, mask_features = make_inputs(batch=2)
-    _, cls0, mask0 = dec._predict(queries, mask_features)
+    _, cls0, mask0, _ = dec._predict(queries, mask_features)
     assert torch.allclose(out.aux_class_logits[0], cls0, atol=1e-6)
     assert torch.allclose(out.aux_mask_logits[0], mask0, atol=1e-5)
     for t in [out.queries, out.class_logits, out.mask_logits]:
@@ -90,7 +92,7 @@ def _controlled_inputs() -> tuple[FrameQueryDecoder, torch.Tensor, list[torch.Te
     sign[:, 8:] = -1.0  # column 0 of the 2x3 level vs columns 1-2
     mask_features = (v[:, None, None] * sign)[None]  # (1, D, 16, 24)
     with torch.no_grad():
-        _, _, mask0 = dec._predict(queries, mask_features)
+        _, _, mask0, _ = dec._predict(queries, mask_features)
     attn = attention_mask_from_logits(mask0, LEVEL_SIZES[0], HEADS)[0]  # (N, 6)
     mixed = [n for n in range(N) if attn[n].any() and not attn[n].all()]
     assert mixed, "construction should give queries with partly blocked memory"
@@ -100,7 +102,7 @@ def _controlled_inputs() -> tuple[FrameQueryDecoder, torch.Tensor, list[torch.Te
 def test_attention_mask_restricts_cross_attention() -> None:
     dec, queries, multi_scale, mask_features, n = _controlled_inputs()
     with torch.no_grad():
-        _, _, mask0 = dec._predict(queries, mask_features)
+        _, _, mask0, _ = dec._predict(queries, mask_features)
     blocked = attention_mask_from_logits(mask0, LEVEL_SIZES[0], HEADS)[0, n]  # (6,)
     blocked_idx = int(blocked.nonzero()[0])
     allowed_idx = int((~blocked).nonzero()[0])

@@ -56,7 +56,8 @@ def make_output(frame_cls: torch.Tensor, frame_masks: torch.Tensor, video_cls: t
     frames = FrameOutput(
         queries=frame_queries, sentences=torch.zeros(p, t, frame_queries.shape[-1]),
         mask_features=torch.zeros(p, t, 1, *frame_masks.shape[-2:]), class_logits=frame_cls,
-        mask_logits=frame_masks, aux_class_logits=[frame_cls] * aux, aux_mask_logits=[frame_masks] * aux,
+        mask_logits=frame_masks, mask_embed=torch.zeros(p, t, n, 1), aux_class_logits=[frame_cls] * aux,
+        aux_mask_logits=[frame_masks] * aux,
     )
     return SSAOutput(
         class_logits=video_cls, mask_logits=video_masks, frame_queries=frame_queries,

@@ -30,6 +30,7 @@ class FrameDecoderOutput:
     queries: Tensor  # (B, N, C) final queries, normed with the head's LayerNorm
     class_logits: Tensor  # (B, N, 2) [referred object, no object]
     mask_logits: Tensor  # (B, N, H4, W4)
+    mask_embed: Tensor  # (B, N, mask_dim) final mask embeddings: mask_logits = mask_embed · mask_features
     aux_class_logits: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, 2)
     aux_mask_logits: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, H4, W4)
 
@@ -111,13 +112,14 @@ class FrameQueryDecoder(nn.Module):
                 f"mask_features must be ({batch}, {self.mask_dim}, H4, W4), got {tuple(mask_features.shape)}"
             )
 
-    def _predict(self, x: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Shared head: (normed queries (B,N,C), class logits (B,N,2), mask logits (B,N,H4,W4))."""
+    def _predict(self, x: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Shared head: (normed queries (B,N,C), class logits (B,N,2), mask logits (B,N,H4,W4), mask
+        embeddings (B,N,D))."""
         normed = self.decoder_norm(x)
         class_logits = self.class_head(normed)  # (B, N, 2)
         mask_embed = self.mask_head(normed)  # (B, N, D)
         mask_logits = torch.einsum("bnd,bdhw->bnhw", mask_embed, mask_features)  # (B, N, H4, W4)
-        return normed, class_logits, mask_logits
+        return normed, class_logits, mask_logits, mask_embed
 
     def forward(self, queries: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor
                 ) -> FrameDecoderOutput:
@@ -142,7 +144,7 @@ class FrameQueryDecoder(nn.Module):
         class_preds: list[Tensor] = []
         mask_preds: list[Tensor] = []
         x = queries
-        normed, class_logits, mask_logits = self._predict(x, mask_features)
+        normed, class_logits, mask_logits, mask_embed = self._predict(x, mask_features)
         class_preds.append(class_logits)
         mask_preds.append(mask_logits)
         for i in range(self.num_layers):
@@ -153,7 +155,7 @@ class FrameQueryDecoder(nn.Module):
             )
             x = self.self_attn_layers[i](x, pos=query_pos)
             x = self.ffn_layers[i](x)  # (B, N, C)
-            normed, class_logits, mask_logits = self._predict(x, mask_features)
+            normed, class_logits, mask_logits, mask_embed = self._predict(x, mask_features)
             class_preds.append(class_logits)
             mask_preds.append(mask_logits)
 
@@ -161,6 +163,7 @@ class FrameQueryDecoder(nn.Module):
             queries=normed,
             class_logits=class_preds[-1],
             mask_logits=mask_preds[-1],
+            mask_embed=mask_embed,
             aux_class_logits=class_preds[:-1],
             aux_mask_logits=mask_preds[:-1],
         )

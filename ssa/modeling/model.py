@@ -189,7 +189,7 @@ class SSAModel(nn.Module):
 
         return FrameOutput(
             queries=cat("queries"), sentences=cat("sentences"), mask_features=cat("mask_features"),
-            class_logits=cat("class_logits"), mask_logits=cat("mask_logits"),
+            class_logits=cat("class_logits"), mask_logits=cat("mask_logits"), mask_embed=cat("mask_embed"),
             aux_class_logits=cat_list("aux_class_logits"), aux_mask_logits=cat_list("aux_mask_logits"),
             adapter_weights=cat("adapter_weights") if parts[0].adapter_weights is not None else None,
         )
@@ -263,6 +263,7 @@ class SSAModel(nn.Module):
             mask_features=per_pair(crop(mask_features)),
             class_logits=per_pair(dec.class_logits),
             mask_logits=per_pair(crop(dec.mask_logits)),
+            mask_embed=per_pair(dec.mask_embed),
             aux_class_logits=[per_pair(x) for x in dec.aux_class_logits],
             aux_mask_logits=[per_pair(crop(x)) for x in dec.aux_mask_logits],
             adapter_weights=None if adapter_weights is None else per_pair(adapter_weights),
@@ -284,12 +285,20 @@ class SSAModel(nn.Module):
             return frames.queries
         return self.mask_position(frames.queries, frames.mask_logits)
 
-    def decode_sequence(self, queries: Tensor, sentences: Tensor, text: TextFeatures) -> SequenceOutput:
+    def decode_sequence(self, queries: Tensor, sentences: Tensor, text: TextFeatures,
+                        frame_mask_embed: Tensor | None = None) -> SequenceOutput:
         """Trajectories → temporal enhancement (Eq. 6) → ensemble (Eq. 7) → video decoder, for P pairs
-        of frame queries (P, T, N, C) and per-frame sentence features (P, T, C)."""
+        of frame queries (P, T, N, C) and per-frame sentence features (P, T, C). With
+        ``trajectory_masks`` the frame decoder's mask embeddings (P, T, N, mask_dim) are needed too:
+        video query i's mask at frame t is its trajectory's."""
         p, t, n, _ = queries.shape
         if len(text) != p:
             raise ValueError(f"{len(text)} expressions for {p} frame-stage pairs")
+        if self.config.trajectory_masks and (frame_mask_embed is None
+                                             or frame_mask_embed.shape[:3] != queries.shape[:3]):
+            got = None if frame_mask_embed is None else tuple(frame_mask_embed.shape)
+            raise ValueError(f"trajectory_masks needs the frame mask embeddings (P, T, N, mask_dim) of the "
+                             f"{tuple(queries.shape)} frame queries, got {got}")
         if self.temporal_enhancement is not None:
             order = hungarian_trajectories(queries)  # (P, T, N), on detached queries
             trajectories = self.temporal_enhancement(apply_order(queries, order))  # Eq. 6, Q̃_TE
@@ -304,7 +313,10 @@ class SSAModel(nn.Module):
             weights = queries.new_full((p, t, n), 1.0 / t)
             video_queries = queries.mean(dim=1)
         words, word_mask = text.words.to(queries.device), text.word_mask.to(queries.device)
-        dec = self.video_decoder(video_queries, trajectories, words, word_mask, sentences)
+        trajectory_masks = None
+        if self.config.trajectory_masks:  # (P, N, T, mask_dim): trajectory i's mask embedding per frame
+            trajectory_masks = apply_order(frame_mask_embed, order).transpose(1, 2)
+        dec = self.video_decoder(video_queries, trajectories, words, word_mask, sentences, trajectory_masks)
         return SequenceOutput(
             class_logits=dec.class_logits, mask_embed=dec.mask_embed, video_queries=dec.queries,
             trajectory_order=order, ensemble_weights=weights,
@@ -318,7 +330,7 @@ class SSAModel(nn.Module):
         ``with_frames`` keeps the per-frame predictions and the video decoder's earlier layers (deep
         supervision) in the output; default: when training.
         """
-        seq = self.decode_sequence(self.sequence_queries(frames), frames.sentences, text)
+        seq = self.decode_sequence(self.sequence_queries(frames), frames.sentences, text, frames.mask_embed)
         p = frames.queries.shape[0]
         if clip_index is None:
             clip_index = torch.zeros(p, dtype=torch.long)
@@ -391,7 +403,7 @@ def _cat_rows(outputs: list[FrameDecoderOutput]) -> FrameDecoderOutput:
 
     return FrameDecoderOutput(
         queries=cat(o.queries for o in outputs), class_logits=cat(o.class_logits for o in outputs),
-        mask_logits=cat(o.mask_logits for o in outputs),
+        mask_logits=cat(o.mask_logits for o in outputs), mask_embed=cat(o.mask_embed for o in outputs),
         aux_class_logits=[cat(x) for x in zip(*(o.aux_class_logits for o in outputs), strict=True)],
         aux_mask_logits=[cat(x) for x in zip(*(o.aux_mask_logits for o in outputs), strict=True)],
     )

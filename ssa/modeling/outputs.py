@@ -44,6 +44,7 @@ class FrameOutput:
     mask_features: Tensor  # (P, T, mask_dim, H/4, W/4) F_mask
     class_logits: Tensor  # (P, T, N, 2) frame-level class logits of the last decoder layer
     mask_logits: Tensor  # (P, T, N, H/4, W/4) frame-level mask logits of the last decoder layer
+    mask_embed: Tensor  # (P, T, N, mask_dim) their mask embeddings: mask_logits = mask_embed · F_mask
     aux_class_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, 2)
     aux_mask_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, h, w)
     adapter_weights: Tensor | None = None  # (P, T, 4, 3) stream weights W_α per stage, or None

@@ -9,8 +9,9 @@ with the per-frame sentence features F̂_s^t produced by the query generation (E
 sees both the expression and how each frame reads it. Predictions after every layer serve deep
 supervision.
 
-``trajectory_masks`` (not in the paper, off by default): the mask embedding of video query i at frame t
-is MLP(Q_v,i + W·Q̃_TE,i^t) rather than MLP(Q_v,i) for all frames, so the masks follow trajectory i.
+``trajectory_masks`` (not in the paper, off by default): the decoder only scores; the mask embedding of
+video query i at frame t is the frame decoder's mask embedding of trajectory i's query at frame t (given
+by the caller), rather than MLP(Q_v,i) for all frames, so the masks follow trajectory i.
 """
 
 from __future__ import annotations
@@ -62,31 +63,36 @@ class VideoQueryDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_dim)
         self.class_head = nn.Linear(hidden_dim, 2)
-        self.mask_head = MLP(hidden_dim, hidden_dim, mask_dim, 3)
-        # W of the per-frame mask embedding MLP(Q_v,i + W·Q̃_TE,i^t), only with trajectory_masks.
-        self.trajectory_proj = nn.Linear(hidden_dim, hidden_dim) if trajectory_masks else None
+        # MLP(Q_v,i): one Q_emb for all frames; none with trajectory_masks (the trajectories' own)
+        self.mask_head = None if trajectory_masks else MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.mask_dim = mask_dim
 
-    def _predict(self, q: Tensor, trajectories: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q (B, N, C), trajectories (B, N, T, C) → normed q, class logits (B, N, 2), mask embedding
-        (B, N, T, mask_dim)."""
+    def _predict(self, q: Tensor, t: int, trajectory_masks: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, N, C) → normed q, class logits (B, N, 2), mask embedding (B, N, T, mask_dim)."""
         q = self.norm(q)
-        t = trajectories.shape[2]
-        if self.trajectory_proj is None:
-            emb = self.mask_head(q)[:, :, None].expand(-1, -1, t, -1)  # one Q_emb for all frames
+        if self.mask_head is None:
+            emb = trajectory_masks
         else:
-            emb = self.mask_head(q[:, :, None] + self.trajectory_proj(trajectories))
+            emb = self.mask_head(q)[:, :, None].expand(-1, -1, t, -1)  # one Q_emb for all frames
         return q, self.class_head(q), emb
 
     def forward(self, video_queries: Tensor, frame_queries: Tensor, words: Tensor, word_mask: Tensor,
-                frame_sentences: Tensor) -> VideoDecoderOutput:
+                frame_sentences: Tensor, trajectory_masks: Tensor | None = None) -> VideoDecoderOutput:
         """video_queries (B, N, C) Q_v; frame_queries (B, T, N, C) Q̃_TE; words (B, L, D_t) with
-        word_mask (B, L) True = real token; frame_sentences (B, T, C) F̂_s^t."""
+        word_mask (B, L) True = real token; frame_sentences (B, T, C) F̂_s^t; with ``trajectory_masks``
+        the mask embeddings of the trajectories (B, N, T, mask_dim)."""
         b, t, n, c = frame_queries.shape
         if video_queries.shape != (b, n, c):
             raise ValueError(
                 f"video queries {tuple(video_queries.shape)} do not match frame queries "
                 f"{tuple(frame_queries.shape)}"
             )
+        if (self.mask_head is None) != (trajectory_masks is not None):
+            raise ValueError("trajectory mask embeddings are given exactly when the decoder was built with "
+                             "trajectory_masks=True")
+        if trajectory_masks is not None and trajectory_masks.shape != (b, n, t, self.mask_dim):
+            raise ValueError(f"trajectory mask embeddings must be {(b, n, t, self.mask_dim)}, "
+                             f"got {tuple(trajectory_masks.shape)}")
         frames = frame_queries.reshape(b, t * n, c)  # (B, T·N, C)
         frame_pos = sine_position_1d(t, c, device=frames.device, dtype=frames.dtype)
         frame_pos = frame_pos[None, :, None, :].expand(1, t, n, c).reshape(1, t * n, c)
@@ -94,14 +100,13 @@ class VideoQueryDecoder(nn.Module):
         text_pad = torch.cat([~word_mask, word_mask.new_zeros(b, t)], dim=1)  # True = ignore
         pos = self.query_pos.weight[None]  # (1, N, C)
 
-        per_query = frame_queries.transpose(1, 2)  # (B, N, T, C): trajectory i along time
         q = video_queries
         aux_cls, aux_emb = [], []
         for i, layer in enumerate(self.layers):
             q = layer(q, pos, frames, frame_pos, text, text_pad)
             if i < len(self.layers) - 1:
-                _, cls, emb = self._predict(q, per_query)
+                _, cls, emb = self._predict(q, t, trajectory_masks)
                 aux_cls.append(cls)
                 aux_emb.append(emb)
-        q, cls, emb = self._predict(q, per_query)
+        q, cls, emb = self._predict(q, t, trajectory_masks)
         return VideoDecoderOutput(q, cls, emb, aux_cls, aux_emb)
