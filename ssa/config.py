@@ -75,7 +75,8 @@ class SSAConfig:
     masks = Q_emb · F_mask^t. True: the video decoder only scores, and video query i's mask at frame t is
     that of trajectory i, the frame decoder's mask of the trajectory's query at frame t, so a mask can
     follow one of two look-alike objects (a single embedding cannot: identical objects have identical
-    mask features)."""
+    mask features). These masks carry no gradient from the video level: the frame-level loss trains them
+    (use it with ``LossConfig.frame_all_instances``), the video-level loss the scores."""
     query_positions: bool = False
     """Not in the paper. True: the centroid of each frame query's mask, sine-encoded and projected, is
     added to the query before the trajectories (``MaskPositionEncoding``), so the Hungarian linking and

@@ -229,3 +229,14 @@ def test_trajectory_masks_are_the_trajectories_frame_masks():
                           frame_out.mask_logits[0], atol=1e-4)
     # Same class scores (the switch only touches the masks).
     assert torch.allclose(seq_paper.class_logits, out.class_logits)
+
+
+def test_trajectory_masks_take_no_gradient_from_the_video_level():
+    model = build("ssa-tiny", seed=0, trajectory_masks=True)
+    model.train()
+    out = model(random_frames(3, 64, 64), ["the square moving left"])
+    assert not out.mask_logits.requires_grad  # a loss on the video masks trains nothing
+    assert not any(m.requires_grad for m in out.aux_mask_logits)
+    assert out.frames.mask_logits.requires_grad  # the frame-level loss trains them
+    out.class_logits.sum().backward()  # the video-level scores do train the stages before them
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in model.frame_decoder.parameters())

@@ -314,8 +314,9 @@ class SSAModel(nn.Module):
             video_queries = queries.mean(dim=1)
         words, word_mask = text.words.to(queries.device), text.word_mask.to(queries.device)
         trajectory_masks = None
-        if self.config.trajectory_masks:  # (P, N, T, mask_dim): trajectory i's mask embedding per frame
-            trajectory_masks = apply_order(frame_mask_embed, order).transpose(1, 2)
+        if self.config.trajectory_masks:  # (P, N, T, mask_dim): trajectory i's mask embedding per frame,
+            # detached: the frame-level loss trains the masks, the video-level loss only the scores
+            trajectory_masks = apply_order(frame_mask_embed.detach(), order).transpose(1, 2)
         dec = self.video_decoder(video_queries, trajectories, words, word_mask, sentences, trajectory_masks)
         return SequenceOutput(
             class_logits=dec.class_logits, mask_embed=dec.mask_embed, video_queries=dec.queries,
@@ -334,10 +335,12 @@ class SSAModel(nn.Module):
         p = frames.queries.shape[0]
         if clip_index is None:
             clip_index = torch.zeros(p, dtype=torch.long)
-        masks = torch.einsum("pntc,ptchw->pnthw", seq.mask_embed, frames.mask_features)  # (P,N,T,H/4,W/4)
+        # with trajectory_masks the video masks are the trajectories' frame masks, trained by L_f only
+        features = frames.mask_features.detach() if self.config.trajectory_masks else frames.mask_features
+        masks = torch.einsum("pntc,ptchw->pnthw", seq.mask_embed, features)  # (P, N, T, H/4, W/4)
         keep = self.training if with_frames is None else with_frames
         aux_masks = (
-            [torch.einsum("pntc,ptchw->pnthw", e, frames.mask_features) for e in seq.aux_mask_embed]
+            [torch.einsum("pntc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed]
             if keep else []
         )
         return SSAOutput(
