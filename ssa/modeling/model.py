@@ -339,10 +339,12 @@ class SSAModel(nn.Module):
         features = frames.mask_features.detach() if self.config.trajectory_masks else frames.mask_features
         masks = torch.einsum("pntc,ptchw->pnthw", seq.mask_embed, features)  # (P, N, T, H/4, W/4)
         keep = self.training if with_frames is None else with_frames
-        aux_masks = (
-            [torch.einsum("pntc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed]
-            if keep else []
-        )
+        if not keep:
+            aux_masks = []
+        elif self.config.trajectory_masks:  # every decoder layer has the trajectories' masks: reuse them
+            aux_masks = [masks] * len(seq.aux_mask_embed)
+        else:
+            aux_masks = [torch.einsum("pntc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed]
         return SSAOutput(
             class_logits=seq.class_logits,
             mask_logits=masks,
