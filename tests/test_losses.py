@@ -211,7 +211,8 @@ def test_loss_config_json_and_validation() -> None:
     for field, value in [("num_points", 0), ("no_object_weight", 0.0), ("sim_temperature", -1.0),
                          ("mask_weight", float("nan")), ("importance_sample_ratio", 1.5),
                          ("oversample_ratio", 0.5), ("deep_supervision", 1),
-                         ("frame_all_instances", "yes")]:
+                         ("frame_all_instances", "yes"), ("video_positive_iou", 1.5),
+                         ("video_positive_iou", -0.1)]:
         with pytest.raises(ValueError, match=field):
             LossConfig(**{field: value})
 
@@ -307,6 +308,32 @@ def test_class_loss_is_the_no_object_weighted_cross_entropy() -> None:
     video = F.cross_entropy(video_cls.reshape(-1, 2), video_labels.flatten(), weight=w)
     assert float(losses["loss_frame_class"]) == pytest.approx(2.0 * float(frame), rel=1e-5)
     assert float(losses["loss_video_class"]) == pytest.approx(2.0 * float(video), rel=1e-5)
+
+
+@pytest.mark.parametrize("iou", [0.0, 0.6])
+def test_video_positive_iou_labels_duplicate_tubes_referred(iou: float) -> None:
+    low = [rect_masks(1, 3, 16, 16, seed=4)]
+    out = perfect_output(low, n=5)
+    slot = int(out.class_logits[0, :, 0].argmax())  # the query holding the referred tube
+    dup, half = (slot + 1) % 5, (slot + 2) % 5
+    video_masks = out.mask_logits.clone()
+    video_masks[0, dup] = video_masks[0, slot]  # a second trajectory on the same object
+    video_masks[0, half] = video_masks[0, slot]
+    video_masks[0, half, 0] = -50.0  # the same object in 2 of 3 frames only: IoU < 0.6 ...
+    video_masks[0, half, 1] = -50.0  # ... (1 of 3 frames)
+    g = torch.Generator().manual_seed(0)
+    video_cls = torch.randn(1, 5, 2, generator=g)
+    video_cls[0, slot], video_cls[0, dup] = torch.tensor([2.0, -2.0]), torch.tensor([-1.0, 1.0])  # match slot
+    out = make_output(out.frames.class_logits, out.frames.mask_logits, video_cls, video_masks,
+                      out.frame_queries, out.video_queries, aux=0)
+    crit = SSACriterion(LossConfig(num_points=256, video_positive_iou=iou))
+    losses = crit(out, [upsample(x, 2) for x in low])
+    labels = torch.ones(5, dtype=torch.long)
+    labels[slot] = 0
+    if iou > 0:
+        labels[dup] = 0  # the duplicate is "referred" too; the partial tube is not
+    expected = F.cross_entropy(video_cls[0], labels, weight=torch.tensor([1.0, 0.1]))
+    assert float(losses["loss_video_class"]) == pytest.approx(2.0 * float(expected), rel=1e-5)
 
 
 def test_nothing_referred_pushes_every_query_to_no_object() -> None:

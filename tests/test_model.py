@@ -227,8 +227,34 @@ def test_trajectory_masks_are_the_trajectories_frame_masks():
     # the frame decoder's masks are its mask embeddings on the mask features
     assert torch.allclose(torch.einsum("tnc,tchw->tnhw", frame_out.mask_embed[0], frame_out.mask_features[0]),
                           frame_out.mask_logits[0], atol=1e-4)
-    # Same class scores (the switch only touches the masks).
-    assert torch.allclose(seq_paper.class_logits, out.class_logits)
+    # The scores differ: video query i reads only trajectory i (see the test below).
+    assert not torch.allclose(seq_paper.class_logits, out.class_logits)
+
+
+@pytest.mark.parametrize("trajectory_masks", [False, True])
+def test_with_trajectory_masks_a_video_query_reads_only_its_trajectory(trajectory_masks):
+    model = build("ssa-tiny", seed=0, trajectory_masks=trajectory_masks).eval()
+    decoder = model.video_decoder
+    b, t, n, c = 1, 3, model.config.num_queries, model.config.hidden_dim
+    gen = torch.Generator().manual_seed(0)
+    video, frames = torch.randn(b, n, c, generator=gen), torch.randn(b, t, n, c, generator=gen)
+    words = torch.randn(b, 5, decoder.text_proj.in_features, generator=gen)
+    word_mask = torch.ones(b, 5, dtype=torch.bool)
+    sentences = torch.randn(b, t, c, generator=gen)
+    embeds = torch.randn(b, n, t, model.config.mask_dim, generator=gen) if trajectory_masks else None
+    seen = []
+    hook = decoder.layers[0].frame_attn.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        decoder(video, frames, words, word_mask, sentences, embeds)
+        other = frames.clone()
+        other[:, :, 2] += 1.0  # change trajectory 2 only
+        decoder(video, other, words, word_mask, sentences, embeds)
+    hook.remove()
+    changed = (seen[0] - seen[1]).abs().amax(-1)[0] > 1e-5  # (N,) which queries' frame attention changed
+    if trajectory_masks:
+        assert changed.tolist() == [i == 2 for i in range(n)]
+    else:
+        assert bool(changed.all())
 
 
 def test_trajectory_masks_take_no_gradient_from_the_video_level():

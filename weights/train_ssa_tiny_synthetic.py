@@ -64,6 +64,9 @@ def main() -> None:
     p.add_argument("--all-instances", action="store_true",
                    help="LossConfig.frame_all_instances=True: L_f supervises every object of a clip, the "
                         "ones not referred to as 'not referred' (an experiment)")
+    p.add_argument("--video-positive-iou", type=float, default=0.0,
+                   help="LossConfig.video_positive_iou: with --trajectory-masks, L_v also labels 'referred' "
+                        "the video queries whose tube overlaps a referred one this much (an experiment)")
     p.add_argument("--eval-only", action="store_true", help="evaluate and ship the finished run")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -85,7 +88,8 @@ def main() -> None:
         model = SSAModel(config)
         pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
                             **TEXT_PRETRAINING)
-        recipe = {**RECIPE, "loss": {**RECIPE["loss"], "frame_all_instances": args.all_instances}}
+        recipe = {**RECIPE, "loss": {**RECIPE["loss"], "frame_all_instances": args.all_instances,
+                                     "video_positive_iou": args.video_positive_iou}}
         model = finetune(model, train, output_dir=run, iterations=args.iterations,
                          batch_size=args.batch_size, val_data=val, resume=args.resume, **recipe)
     else:
@@ -106,7 +110,10 @@ def main() -> None:
     variant = "".join(text for on, text in ((args.trajectory_masks, ", with `trajectory_masks=True`"),
                                             (args.query_positions, ", with `query_positions=True`"),
                                             (args.all_instances, ", L_f on every object of a clip "
-                                             "(`frame_all_instances=True`)")) if on)
+                                             "(`frame_all_instances=True`)"),
+                                            (args.video_positive_iou > 0, ", L_v labels overlapping tubes "
+                                             f"referred (`video_positive_iou={args.video_positive_iou}`)"))
+                      if on)
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
                      for name, v in table.items())
     card = (args.out / "README.md").read_text()

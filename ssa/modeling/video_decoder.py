@@ -11,7 +11,9 @@ supervision.
 
 ``trajectory_masks`` (not in the paper, off by default): the decoder only scores; the mask embedding of
 video query i at frame t is the frame decoder's mask embedding of trajectory i's query at frame t (given
-by the caller), rather than MLP(Q_v,i) for all frames, so the masks follow trajectory i.
+by the caller), rather than MLP(Q_v,i) for all frames, so the masks follow trajectory i. Video query i
+then cross-attends to trajectory i's T frame queries only, so that its score is about the trajectory
+whose mask it carries (self-attention among the video queries still compares trajectories).
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class _VideoDecoderLayer(nn.Module):
         self.ffn = FFNLayer(dim, ffn_dim, dropout)
 
     def forward(self, q: Tensor, pos: Tensor, frames: Tensor, frame_pos: Tensor, text: Tensor,
-                text_pad: Tensor) -> Tensor:
-        q = self.frame_attn(q, frames, pos=pos, memory_pos=frame_pos)
+                text_pad: Tensor, frame_attn_mask: Tensor | None = None) -> Tensor:
+        q = self.frame_attn(q, frames, pos=pos, memory_pos=frame_pos, attn_mask=frame_attn_mask)
         q = self.text_attn(q, text, pos=pos, key_padding_mask=text_pad)
         q = self.self_attn(q, pos=pos)
         return self.ffn(q)
@@ -99,11 +101,15 @@ class VideoQueryDecoder(nn.Module):
         text = torch.cat([self.text_proj(words), frame_sentences], dim=1)  # (B, L + T, C)
         text_pad = torch.cat([~word_mask, word_mask.new_zeros(b, t)], dim=1)  # True = ignore
         pos = self.query_pos.weight[None]  # (1, N, C)
+        own = None
+        if trajectory_masks is not None:  # video query i reads trajectory i only: it scores that mask
+            slot = torch.arange(n, device=frames.device)
+            own = slot[:, None] != slot.repeat(t)[None]  # (N, T·N), True = not attended
 
         q = video_queries
         aux_cls, aux_emb = [], []
         for i, layer in enumerate(self.layers):
-            q = layer(q, pos, frames, frame_pos, text, text_pad)
+            q = layer(q, pos, frames, frame_pos, text, text_pad, own)
             if i < len(self.layers) - 1:
                 _, cls, emb = self._predict(q, t, trajectory_masks)
                 aux_cls.append(cls)

@@ -86,6 +86,12 @@ class LossConfig:
     frame_all_instances: bool = False
     """L_f also matches the clip's other annotated objects, as "not referred" with mask targets (not in
     the paper; the criterion then needs ``others``, and ``finetune`` loads them)."""
+    video_positive_iou: float = 0.0
+    """L_v's class term also labels "referred" every unmatched video query whose predicted tube (mask
+    logits > 0, at the predictions' resolution) has IoU >= this with a referred tube; 0 = off (the
+    paper's one-to-one labels). Meant for ``SSAConfig.trajectory_masks``, where the masks are fixed by
+    the trajectories and several trajectories can hold one object: one-to-one labels would train
+    identical trajectories as both referred and not. Not in the paper."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,6 +114,9 @@ class LossConfig:
         if not _is_real(self.importance_sample_ratio) or not 0.0 <= self.importance_sample_ratio <= 1.0:
             raise ValueError(f"LossConfig.importance_sample_ratio must be in [0, 1], "
                              f"got {self.importance_sample_ratio!r}")
+        if not _is_real(self.video_positive_iou) or not 0.0 <= self.video_positive_iou <= 1.0:
+            raise ValueError(f"LossConfig.video_positive_iou must be in [0, 1], "
+                             f"got {self.video_positive_iou!r}")
         for name in ("deep_supervision", "frame_all_instances"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LossConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -358,12 +367,30 @@ class SSACriterion(nn.Module):
 
         labels = torch.ones(class_logits.shape[:2], dtype=torch.long)  # (P, N)
         labels[matches.pair, matches.query] = 0
+        if self.config.video_positive_iou > 0:
+            labels[self._duplicates(mask_logits, masks, tubes)] = 0
         loss_class = self._class_loss(class_logits, labels.to(class_logits.device))
 
         pred = mask_logits[matches.pair, matches.query]  # (M, T, h, w)
         tgt = [masks[p][matches.target[matches.pair == p]] for p in range(len(masks))]  # (M_p, T, H, W)
         loss_mask, loss_dice = self._mask_losses(pred, tgt, num_targets, mask_logits, generator)
         return self._weighted(loss_class, loss_mask, loss_dice), matches
+
+    def _duplicates(self, mask_logits: Tensor, masks: list[Tensor], tubes: list[Tensor]) -> Tensor:
+        """(P, N) bool: video queries whose tube has IoU >= ``video_positive_iou`` with a referred tube."""
+        p, n, t, h, w = mask_logits.shape
+        pred = (mask_logits.detach() > 0).flatten(2).float()  # (P, N, T·h·w)
+        out = torch.zeros(p, n, dtype=torch.bool)
+        for i, (tgt, tube) in enumerate(zip(masks, tubes, strict=True)):
+            if not bool(tube.any()):
+                continue
+            small = F.interpolate(tgt[tube], size=(h, w), mode="area") > 0.5  # (K, T, h, w)
+            small = small.flatten(1).float()  # (K, T·h·w)
+            inter = pred[i] @ small.T  # (N, K)
+            union = pred[i].sum(-1, keepdim=True) + small.sum(-1)[None] - inter
+            iou = inter / union.clamp(min=1.0)
+            out[i] = (iou >= self.config.video_positive_iou).any(-1).cpu()
+        return out
 
     # -- shared terms ----------------------------------------------------------------------------------
     def _weighted(self, loss_class: Tensor, loss_mask: Tensor, loss_dice: Tensor) -> Tensor:
