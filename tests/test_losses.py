@@ -212,7 +212,7 @@ def test_loss_config_json_and_validation() -> None:
                          ("mask_weight", float("nan")), ("importance_sample_ratio", 1.5),
                          ("oversample_ratio", 0.5), ("deep_supervision", 1),
                          ("frame_all_instances", "yes"), ("video_positive_iou", 1.5),
-                         ("video_positive_iou", -0.1)]:
+                         ("video_positive_iou", -0.1), ("frame_empty_unmatched", 1)]:
         with pytest.raises(ValueError, match=field):
             LossConfig(**{field: value})
 
@@ -334,6 +334,28 @@ def test_video_positive_iou_labels_duplicate_tubes_referred(iou: float) -> None:
         labels[dup] = 0  # the duplicate is "referred" too; the partial tube is not
     expected = F.cross_entropy(video_cls[0], labels, weight=torch.tensor([1.0, 0.1]))
     assert float(losses["loss_video_class"]) == pytest.approx(2.0 * float(expected), rel=1e-5)
+
+
+def test_frame_empty_unmatched_trains_unmatched_masks_toward_empty() -> None:
+    low = [rect_masks(2, 3, 16, 16, seed=5)]
+    out = perfect_output(low, n=5)  # matched queries perfect, unmatched masks at -50 (empty)
+    frame_masks = out.frames.mask_logits.clone()
+    targets = [upsample(x, 2) for x in low]
+    unmatched = out.frames.class_logits[0, :, :, 0] < 0  # (T, N): the "no object" slots
+    frame_masks[0][unmatched] = 0.0  # unmatched masks now at logit 0: BCE toward empty = log 2 per pixel
+    frame_masks.requires_grad_()
+    out = make_output(out.frames.class_logits, frame_masks, out.class_logits, out.mask_logits,
+                      out.frame_queries, out.video_queries, aux=0)
+    g = torch.Generator
+    plain = SSACriterion(LossConfig(num_points=256))(out, targets, generator=g().manual_seed(0))
+    crit = SSACriterion(LossConfig(num_points=256, frame_empty_unmatched=True))
+    empty = crit(out, targets, generator=g().manual_seed(0))
+    extra = 5.0 * math.log(2) * int(unmatched.sum()) / int(unmatched.sum())  # mask_weight × mean BCE
+    assert float(empty["loss_frame_mask"] - plain["loss_frame_mask"]) == pytest.approx(extra, rel=1e-4)
+    grad = torch.autograd.grad(empty["loss"], frame_masks)[0][0]
+    before = torch.autograd.grad(plain["loss"], frame_masks)[0][0]
+    assert (grad[unmatched] > 0).all() and not before[unmatched].any()  # descent lowers them, only now
+    assert torch.allclose(grad[~unmatched], before[~unmatched])  # the matched masks: as without
 
 
 def test_nothing_referred_pushes_every_query_to_no_object() -> None:

@@ -64,6 +64,9 @@ def main() -> None:
     p.add_argument("--all-instances", action="store_true",
                    help="LossConfig.frame_all_instances=True: L_f supervises every object of a clip, the "
                         "ones not referred to as 'not referred' (an experiment)")
+    p.add_argument("--empty-unmatched", action="store_true",
+                   help="LossConfig.frame_empty_unmatched=True: L_f trains unmatched frame queries' masks to "
+                        "be empty (an experiment)")
     p.add_argument("--video-positive-iou", type=float, default=0.0,
                    help="LossConfig.video_positive_iou: with --trajectory-masks, L_v also labels 'referred' "
                         "the video queries whose tube overlaps a referred one this much (an experiment)")
@@ -89,7 +92,8 @@ def main() -> None:
         pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
                             **TEXT_PRETRAINING)
         recipe = {**RECIPE, "loss": {**RECIPE["loss"], "frame_all_instances": args.all_instances,
-                                     "video_positive_iou": args.video_positive_iou}}
+                                     "video_positive_iou": args.video_positive_iou,
+                                     "frame_empty_unmatched": args.empty_unmatched}}
         model = finetune(model, train, output_dir=run, iterations=args.iterations,
                          batch_size=args.batch_size, val_data=val, resume=args.resume, **recipe)
     else:
@@ -111,6 +115,8 @@ def main() -> None:
                                             (args.query_positions, ", with `query_positions=True`"),
                                             (args.all_instances, ", L_f on every object of a clip "
                                              "(`frame_all_instances=True`)"),
+                                            (args.empty_unmatched, ", unmatched frame masks trained "
+                                             "empty (`frame_empty_unmatched=True`)"),
                                             (args.video_positive_iou > 0, ", L_v labels overlapping tubes "
                                              f"referred (`video_positive_iou={args.video_positive_iou}`)"))
                       if on)

@@ -86,6 +86,11 @@ class LossConfig:
     frame_all_instances: bool = False
     """L_f also matches the clip's other annotated objects, as "not referred" with mask targets (not in
     the paper; the criterion then needs ``others``, and ``finetune`` loads them)."""
+    frame_empty_unmatched: bool = False
+    """L_f also trains the masks of the unmatched frame queries to be empty (BCE toward 0, the mean
+    over their pixels, weighted by ``mask_weight``), so that a frame has one nonempty mask per object
+    and duplicates are empty: a trajectory of duplicates then has nothing to segment. Not in the paper
+    (Mask2Former-style decoders leave unmatched masks unsupervised)."""
     video_positive_iou: float = 0.0
     """L_v's class term also labels "referred" every unmatched video query whose predicted tube (mask
     logits > 0, at the predictions' resolution) has IoU >= this with a referred tube; 0 = off (the
@@ -117,7 +122,7 @@ class LossConfig:
         if not _is_real(self.video_positive_iou) or not 0.0 <= self.video_positive_iou <= 1.0:
             raise ValueError(f"LossConfig.video_positive_iou must be in [0, 1], "
                              f"got {self.video_positive_iou!r}")
-        for name in ("deep_supervision", "frame_all_instances"):
+        for name in ("deep_supervision", "frame_all_instances", "frame_empty_unmatched"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LossConfig.{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -343,6 +348,12 @@ class SSACriterion(nn.Module):
             mine = matches.pair == p
             tgt.append(masks[p][matches.target[mine], matches.frame[mine]][:, None])  # (M_p, 1, H, W)
         loss_mask, loss_dice = self._mask_losses(pred, tgt, num_targets, mask_logits, generator)
+        if self.config.frame_empty_unmatched:
+            unmatched = torch.ones(class_logits.shape[:3], dtype=torch.bool)  # (P, T, N)
+            unmatched[matches.pair, matches.frame, matches.query] = False
+            empty = F.softplus(mask_logits[unmatched.to(mask_logits.device)])  # BCE toward 0, (U, h, w)
+            count = _num_targets(float(empty.shape[0]), mask_logits.device)
+            loss_mask = loss_mask + empty.mean(dim=(-2, -1)).sum() / count
         return self._weighted(loss_class, loss_mask, loss_dice), matches
 
     # -- L_v -------------------------------------------------------------------------------------------
