@@ -81,6 +81,11 @@ class SSAConfig:
     """Not in the paper. True: the centroid of each frame query's mask, sine-encoded and projected, is
     added to the query before the trajectories (``MaskPositionEncoding``), so the Hungarian linking and
     the temporal enhancement see where look-alike objects are and how they move."""
+    motion_features: bool = False
+    """Not in the paper. True: a small convolutional encoder of each frame and its temporal difference
+    x_t - x_{t-1} adds local motion to the mask features and to the stride-8 features the frame decoder
+    reads (``PixelMotionEncoder``), so that look-alike objects moving differently get different pixel
+    features and a mask Q_emb · F_mask^t can cover one of them only."""
     temporal_layers: int = 8
     """Temporal enhancement layers (Eq. 6). The paper gives no depth; 8 makes the trainable count
     match its Table 6 (39.4M without the adapter)."""

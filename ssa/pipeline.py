@@ -321,10 +321,12 @@ class SSAPipeline:
         model = self.model
         clip_index = torch.zeros(len(text), dtype=torch.long)
         state = _VideoState(mask_features=[] if mask_feature_budget > 0 else None)
+        previous = None  # the frame before the chunk (motion features)
         with self._autocast():
             for chunk in self._chunks(video, options, progress, "segmenting"):
                 self._record_frames(state, chunk.frames)
-                visual = model.encode_video(chunk.pixels.to(self.device))
+                visual = model.encode_video(chunk.pixels.to(self.device), previous)
+                previous = chunk.pixels[-1].to(self.device)
                 out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
                                           row_chunk=self.frame_batch)
                 state.queries.append(model.sequence_queries(out).float().cpu())
@@ -365,9 +367,11 @@ class SSAPipeline:
                 start += features.shape[1]
             return
         clip_index = torch.zeros(len(text), dtype=torch.long)
+        previous = None
         for chunk in self._chunks(video, options, progress, "masks"):
             with self._autocast():
-                visual = self.model.encode_video(chunk.pixels.to(self.device))
+                visual = self.model.encode_video(chunk.pixels.to(self.device), previous)
+                previous = chunk.pixels[-1].to(self.device)
                 features = self.model.encode_mask_features(
                     visual, text, clip_index, frame_chunk=self.frame_batch, row_chunk=self.frame_batch
                 )  # (E, k, Cm, h4, w4)

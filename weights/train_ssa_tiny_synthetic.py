@@ -61,6 +61,9 @@ def main() -> None:
                    help="SSAConfig.trajectory_masks=True (an experiment; the shipped model has it off)")
     p.add_argument("--query-positions", action="store_true",
                    help="SSAConfig.query_positions=True (an experiment; the shipped model has it off)")
+    p.add_argument("--motion-features", action="store_true",
+                   help="SSAConfig.motion_features=True: pixel features see each frame's temporal difference "
+                        "(an experiment)")
     p.add_argument("--all-instances", action="store_true",
                    help="LossConfig.frame_all_instances=True: L_f supervises every object of a clip, the "
                         "ones not referred to as 'not referred' (an experiment)")
@@ -87,7 +90,8 @@ def main() -> None:
         # frame by frame (see SSAConfig.trajectory_masks).
         config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128,
                                        trajectory_masks=args.trajectory_masks,
-                                       query_positions=args.query_positions)
+                                       query_positions=args.query_positions,
+                                       motion_features=args.motion_features)
         model = SSAModel(config)
         pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
                             **TEXT_PRETRAINING)
@@ -111,7 +115,8 @@ def main() -> None:
     logger.info("held-out J&F: %s", json.dumps(table))
 
     model.half().save_pretrained(args.out, weights="full", overwrite=True)
-    variant = "".join(text for on, text in ((args.trajectory_masks, ", with `trajectory_masks=True`"),
+    variant = "".join(text for on, text in ((args.motion_features, ", with `motion_features=True`"),
+                                            (args.trajectory_masks, ", with `trajectory_masks=True`"),
                                             (args.query_positions, ", with `query_positions=True`"),
                                             (args.all_instances, ", L_f on every object of a clip "
                                              "(`frame_all_instances=True`)"),

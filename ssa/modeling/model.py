@@ -27,6 +27,7 @@ from ssa.config import SSAConfig
 from ssa.modeling.adapter import SemanticAlignmentAdapter
 from ssa.modeling.backbone import FrozenCLIP, TextFeatures
 from ssa.modeling.frame_decoder import FrameDecoderOutput, FrameQueryDecoder
+from ssa.modeling.motion import PixelMotionEncoder
 from ssa.modeling.outputs import FrameOutput, SequenceOutput, SSAOutput, VisualFeatures
 from ssa.modeling.pixel_decoder import PixelDecoder
 from ssa.modeling.query_generation import InstanceQueryGenerator
@@ -66,6 +67,7 @@ class SSAModel(nn.Module):
             num_heads=c.pixel_decoder_heads, num_points=c.pixel_decoder_points,
             ffn_dim=c.pixel_decoder_ffn_dim, dropout=c.dropout,
         )
+        self.motion_encoder = PixelMotionEncoder(c.hidden_dim, c.mask_dim) if c.motion_features else None
         self.query_generator = InstanceQueryGenerator(
             channels[-1], text_dim, c.hidden_dim, c.num_queries, c.num_heads,
             bidirectional=c.bidirectional, dropout=c.dropout,
@@ -144,11 +146,14 @@ class SSAModel(nn.Module):
                                revision=revision, weights=weights)
 
     # -- 1. frozen visual pass ------------------------------------------------------------------------
-    def encode_video(self, frames: Tensor) -> VisualFeatures:
+    def encode_video(self, frames: Tensor, previous: Tensor | None = None) -> VisualFeatures:
         """Frozen CLIP stage features of CLIP-normalised frames (T, 3, H, W) or clips (B, T, 3, H, W).
 
         Frames are zero-padded (bottom/right) to a multiple of 32. The result does not depend on any
-        expression and can be reused for all of them.
+        expression and can be reused for all of them. With ``motion_features`` the pixel motion features
+        are computed here too; ``previous`` (3, H, W) or (B, 3, H, W), the frame before each clip (e.g.
+        the last one of the previous chunk of a long video), gives the first frame its true temporal
+        difference (ignored without ``motion_features``).
         """
         frames = _check_frames(frames)
         b, t, _, h, w = frames.shape
@@ -157,7 +162,16 @@ class SSAModel(nn.Module):
         if ph or pw:
             images = F.pad(images, (0, pw, 0, ph))
         stages = self.backbone.encode_image(images)
-        return VisualFeatures(stages, b, t, (h, w), (h + ph, w + pw))
+        motion = None
+        if self.motion_encoder is not None:
+            if previous is not None:
+                previous = previous[None] if previous.dim() == 3 else previous
+                if previous.shape != (b, 3, h, w):
+                    raise ValueError(f"previous frames must be (B, 3, H, W) = {(b, 3, h, w)} like the clips, "
+                                     f"got {tuple(previous.shape)}")
+                previous = F.pad(previous.to(images), (0, pw, 0, ph))
+            motion = self.motion_encoder(images.reshape(b, t, 3, h + ph, w + pw), previous)
+        return VisualFeatures(stages, b, t, (h, w), (h + ph, w + pw), motion)
 
     # -- 2. frozen text pass ----------------------------------------------------------------------------
     def encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
@@ -234,6 +248,8 @@ class SSAModel(nn.Module):
             stages, _ = self._adapt(part.stages, rows, words, word_mask, sentence)
             mask_features = torch.cat([self.pixel_decoder([f[r] for f in stages])[0]
                                        for r in _row_slices(stages[0].shape[0], row_chunk)])
+            if part.motion is not None:
+                mask_features = mask_features + _take(part.motion[0], rows)
             parts.append(mask_features[..., :mh, :mw].reshape(clip_index.shape[0], part.num_frames,
                                                               *mask_features.shape[1:2], mh, mw))
         return torch.cat(parts, dim=1)
@@ -243,7 +259,9 @@ class SSAModel(nn.Module):
         p, t = clip_index.shape[0], visual.num_frames
         rows, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
         stages, adapter_weights = self._adapt(visual.stages, rows, words, word_mask, sentence)  # Eq. 3-4
-        parts = [self._decode_rows([f[r] for f in stages], words[r], word_mask[r], sentence[r])
+        motion = None if visual.motion is None else [_take(m, rows) for m in visual.motion]
+        parts = [self._decode_rows([f[r] for f in stages], words[r], word_mask[r], sentence[r],
+                                   None if motion is None else [m[r] for m in motion])
                  for r in _row_slices(words.shape[0], row_chunk)]
         mask_features = torch.cat([m for m, _, _ in parts])  # (P·T, Cm, H/4, W/4)
         sentences = torch.cat([s for _, s, _ in parts])  # (P·T, C)
@@ -269,11 +287,14 @@ class SSAModel(nn.Module):
             adapter_weights=None if adapter_weights is None else per_pair(adapter_weights),
         )
 
-    def _decode_rows(self, stages: list[Tensor], words: Tensor, word_mask: Tensor, sentence: Tensor
-                     ) -> tuple[Tensor, Tensor, FrameDecoderOutput]:
-        """Pixel decoder → query generation (Eq. 5) → frame decoder on R rows of adapted features:
-        F_mask (R, Cm, H/4, W/4), F̂_s (R, C) and the decoder's output."""
+    def _decode_rows(self, stages: list[Tensor], words: Tensor, word_mask: Tensor, sentence: Tensor,
+                     motion: list[Tensor] | None = None) -> tuple[Tensor, Tensor, FrameDecoderOutput]:
+        """Pixel decoder (+ the rows' motion features) → query generation (Eq. 5) → frame decoder on R
+        rows of adapted features: F_mask (R, Cm, H/4, W/4), F̂_s (R, C) and the decoder's output."""
         mask_features, multi_scale = self.pixel_decoder(stages)  # (R, Cm, H/4, W/4), strides 32/16/8
+        if motion is not None:
+            mask_features = mask_features + motion[0]
+            multi_scale = [*multi_scale[:-1], multi_scale[-1] + motion[1]]
         queries, sentences = self.query_generator(stages[-1], words, word_mask, sentence)  # Eq. 5
         return mask_features, sentences, self.frame_decoder(queries, multi_scale, mask_features)
 
@@ -387,6 +408,11 @@ class SSAModel(nn.Module):
                 f"clip_index must be in [0, {visual.num_clips}), got {clip_index.tolist()}"
             )
         return clip_index
+
+
+def _take(x: Tensor, rows: Tensor | None) -> Tensor:
+    """Rows ``rows`` of a per-frame tensor (all of them, in order, when None)."""
+    return x if rows is None else x[rows]
 
 
 def _frame_chunks(visual: VisualFeatures, frame_chunk: int | None) -> list[VisualFeatures]:

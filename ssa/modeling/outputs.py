@@ -19,6 +19,8 @@ class VisualFeatures:
     num_frames: int  # T
     image_size: tuple[int, int]  # (H, W) of the frames given
     padded_size: tuple[int, int]  # (H_pad, W_pad), multiples of 32
+    # with SSAConfig.motion_features: (B·T, mask_dim, H_pad/4, W_pad/4) and (B·T, C, H_pad/8, W_pad/8)
+    motion: tuple[Tensor, Tensor] | None = None
 
     @property
     def mask_size(self) -> tuple[int, int]:
@@ -27,11 +29,13 @@ class VisualFeatures:
 
     def frames(self, start: int, stop: int) -> VisualFeatures:
         """The features of frames [start, stop) of every clip."""
-        stages = []
-        for f in self.stages:
+        def part(f: Tensor) -> Tensor:
             per_clip = f.reshape(self.num_clips, self.num_frames, *f.shape[1:])
-            stages.append(per_clip[:, start:stop].reshape(-1, *f.shape[1:]))
-        return VisualFeatures(stages, self.num_clips, stop - start, self.image_size, self.padded_size)
+            return per_clip[:, start:stop].reshape(-1, *f.shape[1:])
+
+        motion = None if self.motion is None else (part(self.motion[0]), part(self.motion[1]))
+        return VisualFeatures([part(f) for f in self.stages], self.num_clips, stop - start, self.image_size,
+                              self.padded_size, motion)
 
 
 @dataclass
