@@ -82,7 +82,7 @@ class SSAConfig:
     added to the query before the trajectories (``MaskPositionEncoding``), so the Hungarian linking and
     the temporal enhancement see where look-alike objects are and how they move."""
     motion_features: bool = False
-    """Not in the paper. True: a small convolutional encoder of each frame and its temporal difference
+    """Not in the paper. True: a small convolutional encoder of each frame's temporal difference
     x_t - x_{t-1} adds local motion to the mask features and to the stride-8 features the frame decoder
     reads (``PixelMotionEncoder``), so that look-alike objects moving differently get different pixel
     features and a mask Q_emb · F_mask^t can cover one of them only."""

@@ -49,6 +49,17 @@ def test_encoder_shapes_and_errors():
         enc(torch.zeros(1, 2, 3, 32, 48), torch.zeros(2, 3, 32, 48))
 
 
+def test_encoder_reads_motion_not_appearance():
+    enc = PixelMotionEncoder(hidden_dim=16, mask_dim=8)
+    torch.nn.init.normal_(enc.to_mask.weight)
+    still = [square_clip([x] * 3) for x in (10, 50)]  # the square elsewhere, not moving
+    moving = square_clip([10, 14, 18])
+    with torch.no_grad():
+        a, b, c = (enc(clip[None])[0] for clip in (*still, moving))
+    assert torch.equal(a, b)  # no motion, same features wherever the square is
+    assert not torch.allclose(a, c)
+
+
 def test_zero_initialised_model_is_the_paper_model():
     paper = build("ssa-tiny", seed=3)
     motion = build("ssa-tiny", seed=3, motion_features=True)

@@ -5,13 +5,15 @@ level (trajectories, temporal enhancement). Two objects that look the same then 
 features F_mask^t, and a mask Q_emb · F_mask^t covers both of them whatever Q_emb is: an expression that
 only motion can resolve ("the red square moving left" beside an identical one moving right) cannot be
 segmented. This module gives the pixel features a local motion cue: a small convolutional encoder reads
-each frame x_t together with its temporal difference x_t - x_{t-1} (the previous frame of the clip; for
-a clip's first frame without a known predecessor the forward difference x_1 - x_0 stands in) and adds
+each frame's temporal difference x_t - x_{t-1} (the previous frame of the clip; for a clip's first frame
+without a known predecessor the forward difference x_1 - x_0 stands in) and adds
 
-    F_mask^t += W_m · E(x_t, x_t - x_{t-1})       at stride 4 (the mask features)
-    F_8^t    += W_8 · E(x_t, x_t - x_{t-1})       at stride 8 (what the frame decoder attends to)
+    F_mask^t += W_m · E(x_t - x_{t-1})       at stride 4 (the mask features)
+    F_8^t    += W_8 · E(x_t - x_{t-1})       at stride 8 (what the frame decoder attends to)
 
-with W_m, W_8 zero-initialised, so a model starts out as the paper's network.
+with W_m, W_8 zero-initialised, so a model starts out as the paper's network. E reads the differences
+only, not x_t: with x_t as well it learnt appearance features that barely responded to motion (README,
+"Motion-only expressions").
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
 
 
 class PixelMotionEncoder(nn.Module):
-    """E: frames and their temporal differences → motion features at strides 4 and 8."""
+    """E: the frames' temporal differences → motion features at strides 4 and 8."""
 
     def __init__(self, hidden_dim: int, mask_dim: int, width: int = 32) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            _conv(6, width, stride=2), nn.ReLU(inplace=True),  # stride 2
+            _conv(3, width, stride=2), nn.ReLU(inplace=True),  # stride 2
             _conv(width, width, stride=2), nn.ReLU(inplace=True),  # stride 4
             _conv(width, width), nn.ReLU(inplace=True),
             _conv(width, width, dilation=2), nn.ReLU(inplace=True),
@@ -63,6 +65,6 @@ class PixelMotionEncoder(nn.Module):
         if previous is not None and previous.shape != (b, 3, h, w):
             raise ValueError(f"the previous frames must be (B, 3, H, W) = {(b, 3, h, w)}, "
                              f"got {tuple(previous.shape)}")
-        x = torch.cat([frames, temporal_differences(frames, previous)], dim=2)  # (B, T, 6, H, W)
-        e = self.encoder(x.reshape(b * t, 6, h, w))  # (B·T, width, H/4, W/4)
+        x = temporal_differences(frames, previous)  # (B, T, 3, H, W)
+        e = self.encoder(x.reshape(b * t, 3, h, w))  # (B·T, width, H/4, W/4)
         return self.to_mask(e), self.to_stride8(e)
