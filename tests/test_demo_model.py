@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import ssa
 from ssa import SSAPipeline
@@ -67,3 +70,20 @@ def test_quickstart_example_runs(tmp_path):
     assert lines and all(0.0 <= float(line.split("J&F ")[1].split()[0]) <= 1.0 for line in lines)
     assert (out / "video.mp4").is_file() and (out / "overlay_0.mp4").is_file()
     assert len(list((out / "masks_0").glob("*.png"))) == 12
+
+
+def _run_recipe(monkeypatch, *argv: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["train_ssa_tiny_synthetic.py", *argv])
+    runpy.run_path(str(ROOT / "weights" / "train_ssa_tiny_synthetic.py"),
+                   run_name="__main__")
+
+
+def test_recipe_refuses_a_training_split_of_other_stories(tmp_path, monkeypatch):
+    """The recipe never trains on an existing split that differs from the one asked for."""
+    write_split(tmp_path / "train", 3, seed=0, stories=["twins"], progress=False)
+    with pytest.raises(SystemExit, match="stories"):
+        _run_recipe(monkeypatch, "--work", str(tmp_path), "--train-videos", "3", "--eval-only")
+    with pytest.raises(SystemExit, match="videos"):
+        _run_recipe(monkeypatch, "--work", str(tmp_path), "--train-videos", "4", "--train-stories", "twins",
+                    "--eval-only")
+    assert not (tmp_path / "val").exists()  # refused before writing anything

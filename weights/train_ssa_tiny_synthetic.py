@@ -25,7 +25,7 @@ import torch
 
 from ssa import SSAConfig, SSAPipeline
 from ssa.data import MeViSDataset
-from ssa.data.synthetic import score_breakdown, write_split
+from ssa.data.synthetic import STORIES, score_breakdown, write_split
 from ssa.eval import evaluate
 from ssa.modeling.model import SSAModel
 from ssa.train import finetune, pretrain_text_tower
@@ -73,13 +73,20 @@ def main() -> None:
     p.add_argument("--video-positive-iou", type=float, default=0.0,
                    help="LossConfig.video_positive_iou: with --trajectory-masks, L_v also labels 'referred' "
                         "the video queries whose tube overlaps a referred one this much (an experiment)")
+    p.add_argument("--train-stories", nargs="+", choices=STORIES, default=list(STORIES), metavar="STORY",
+                   help="stories of the training split, cycled with the video index; repeat one to "
+                        "oversample it (e.g. twins group twins stop twins enter_leave twins occlusion)")
     p.add_argument("--eval-only", action="store_true", help="evaluate and ship the finished run")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     train, val = args.work / "train", args.work / "val"
     if not train.exists():
-        write_split(train, args.train_videos, seed=0)
+        write_split(train, args.train_videos, seed=0, stories=args.train_stories)
+    written = json.loads((train / "synthetic.json").read_text())
+    if (written["stories"], written["videos"]) != (args.train_stories, args.train_videos):
+        raise SystemExit(f"{train} holds {written['videos']} videos of stories {written['stories']}, not the "
+                         f"{args.train_videos} of {args.train_stories} asked for: use another --work")
     if not val.exists():
         write_split(val, args.val_videos, seed=1000)
     run = args.work / "run"
@@ -125,6 +132,8 @@ def main() -> None:
                                             (args.video_positive_iou > 0, ", L_v labels overlapping tubes "
                                              f"referred (`video_positive_iou={args.video_positive_iou}`)"))
                       if on)
+    stories = ", ".join(f"{s} {args.train_stories.count(s)}/{len(args.train_stories)}"
+                        for s in dict.fromkeys(args.train_stories))
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
                      for name, v in table.items())
     card = (args.out / "README.md").read_text()
@@ -132,7 +141,8 @@ def main() -> None:
 ## ssa-tiny-synthetic: the demo model
 
 `ssa-tiny` (CLIP on timm `convnext_atto`, text width 128, no pretrained weights) trained on the synthetic
-motion-referring benchmark (`ssa synth`, {args.train_videos} videos, seed 0): the CLIP text tower pretrained
+motion-referring benchmark (`ssa synth`, {args.train_videos} videos, seed 0, stories
+{stories}): the CLIP text tower pretrained
 on the training expressions (`ssa.train.pretrain_text_tower`, {TEXT_PRETRAINING['steps']} steps) and then
 frozen; the CLIP visual tower trained from scratch with the rest by `ssa.train.finetune`, {max(steps)}
 iterations of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn from 72-120,
