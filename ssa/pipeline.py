@@ -325,8 +325,9 @@ class SSAPipeline:
         with self._autocast():
             for chunk in self._chunks(video, options, progress, "segmenting"):
                 self._record_frames(state, chunk.frames)
-                visual = model.encode_video(chunk.pixels.to(self.device), previous)
-                previous = chunk.pixels[-1].to(self.device)
+                pixels = chunk.pixels.to(self.device)
+                visual = model.encode_video(pixels, previous)
+                previous = pixels[-1].clone()  # not a view: the chunk is freed
                 out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
                                           row_chunk=self.frame_batch)
                 state.queries.append(model.sequence_queries(out).float().cpu())
@@ -370,8 +371,9 @@ class SSAPipeline:
         previous = None
         for chunk in self._chunks(video, options, progress, "masks"):
             with self._autocast():
-                visual = self.model.encode_video(chunk.pixels.to(self.device), previous)
-                previous = chunk.pixels[-1].to(self.device)
+                pixels = chunk.pixels.to(self.device)
+                visual = self.model.encode_video(pixels, previous)
+                previous = pixels[-1].clone()  # not a view: the chunk is freed
                 features = self.model.encode_mask_features(
                     visual, text, clip_index, frame_chunk=self.frame_batch, row_chunk=self.frame_batch
                 )  # (E, k, Cm, h4, w4)
