@@ -28,7 +28,7 @@ from ssa.data import MeViSDataset
 from ssa.data.synthetic import STORIES, score_breakdown, write_split
 from ssa.eval import evaluate
 from ssa.modeling.model import SSAModel
-from ssa.train import finetune, pretrain_text_tower
+from ssa.train import finetune, latest_checkpoint, pretrain_text_tower, pretrain_visual_tower
 
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger("recipe")
@@ -45,6 +45,7 @@ RECIPE = {
     "loss": {"num_points": 2048},
 }
 TEXT_PRETRAINING = {"steps": 300, "batch_size": 64, "lr": 1e-3}
+VISUAL_PRETRAINING = {"steps": 500, "batch_size": 48, "lr": 1e-3}
 
 
 def main() -> None:
@@ -64,6 +65,9 @@ def main() -> None:
     p.add_argument("--motion-features", action="store_true",
                    help="SSAConfig.motion_features=True: pixel features see each frame's temporal difference "
                         "(an experiment)")
+    p.add_argument("--visual-pretraining", action="store_true",
+                   help="pretrain the CLIP visual trunk on the training split's single-object expressions "
+                        "before fine-tuning (ssa.train.pretrain_visual_tower; an experiment)")
     p.add_argument("--all-instances", action="store_true",
                    help="LossConfig.frame_all_instances=True: L_f supervises every object of a clip, the "
                         "ones not referred to as 'not referred' (an experiment)")
@@ -102,6 +106,8 @@ def main() -> None:
         model = SSAModel(config)
         pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
                             **TEXT_PRETRAINING)
+        if args.visual_pretraining and not (args.resume and latest_checkpoint(run)):
+            pretrain_visual_tower(model, train, **VISUAL_PRETRAINING)  # the checkpoint holds it otherwise
         recipe = {**RECIPE, "loss": {**RECIPE["loss"], "frame_all_instances": args.all_instances,
                                      "video_positive_iou": args.video_positive_iou,
                                      "frame_empty_unmatched": args.empty_unmatched}}
@@ -123,6 +129,8 @@ def main() -> None:
 
     model.half().save_pretrained(args.out, weights="full", overwrite=True)
     variant = "".join(text for on, text in ((args.motion_features, ", with `motion_features=True`"),
+                                            (args.visual_pretraining, ", CLIP visual trunk pretrained on "
+                                             "the training regions (`pretrain_visual_tower`)"),
                                             (args.trajectory_masks, ", with `trajectory_masks=True`"),
                                             (args.query_positions, ", with `query_positions=True`"),
                                             (args.all_instances, ", L_f on every object of a clip "
