@@ -87,3 +87,10 @@ def test_recipe_refuses_a_training_split_of_other_stories(tmp_path, monkeypatch)
         _run_recipe(monkeypatch, "--work", str(tmp_path), "--train-videos", "4", "--train-stories", "twins",
                     "--eval-only")
     assert not (tmp_path / "val").exists()  # refused before writing anything
+
+
+@pytest.mark.parametrize("schedule", [["3000", "2000"], ["0"], ["500", "500"]])
+def test_recipe_refuses_a_schedule_that_is_not_increasing(tmp_path, monkeypatch, schedule):
+    with pytest.raises(SystemExit, match="increasing"):
+        _run_recipe(monkeypatch, "--work", str(tmp_path), "--iterations", *schedule)
+    assert not (tmp_path / "train").exists()  # refused before writing anything

@@ -4,6 +4,10 @@ motion-referring benchmark with :func:`ssa.train.finetune`, on a CPU.
     python weights/train_ssa_tiny_synthetic.py --work /tmp/ssa-demo            # train + evaluate + ship
     python weights/train_ssa_tiny_synthetic.py --work /tmp/ssa-demo --resume   # continue an interrupted run
 
+``--iterations 3000 6000`` trains 3000 iterations, then continues the same run to 6000 with the
+learning-rate schedule restarted (a warm restart: back to the full rate, dropped again at 0.8 of 6000);
+with ``--resume`` the phases already done are skipped.
+
 Steps: write the training split (seed 0) and a held-out split (seed 1000, never used in training),
 pretrain the CLIP text tower on the training expressions (the tiny CLIP has no pretrained weights; see
 ``ssa.train.text_pretraining``), train with that text tower frozen as in the paper and the CLIP visual
@@ -55,7 +59,9 @@ def main() -> None:
                    help="where the model goes (inside the package; weights/ssa-tiny-synthetic links there)")
     p.add_argument("--train-videos", type=int, default=400)
     p.add_argument("--val-videos", type=int, default=60)
-    p.add_argument("--iterations", type=int, default=3000)
+    p.add_argument("--iterations", type=int, nargs="+", default=[3000],
+                   help="schedule length; several (increasing) continue the run with the learning-rate "
+                        "schedule restarted at each (warm restarts)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--trajectory-masks", action="store_true",
@@ -84,6 +90,9 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    schedule = args.iterations
+    if schedule[0] < 1 or any(b <= a for a, b in zip(schedule[:-1], schedule[1:], strict=True)):
+        raise SystemExit(f"--iterations must be positive and increasing, got {schedule}")
     train, val = args.work / "train", args.work / "val"
     if not train.exists():
         write_split(train, args.train_videos, seed=0, stories=args.train_stories)
@@ -106,13 +115,19 @@ def main() -> None:
         model = SSAModel(config)
         pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
                             **TEXT_PRETRAINING)
-        if args.visual_pretraining and not (args.resume and latest_checkpoint(run)):
-            pretrain_visual_tower(model, train, **VISUAL_PRETRAINING)  # the checkpoint holds it otherwise
+        checkpoint = latest_checkpoint(run) if args.resume else None
+        if args.visual_pretraining and checkpoint is None:  # else the checkpoint holds the trained trunk
+            pretrain_visual_tower(model, train, **VISUAL_PRETRAINING)
         recipe = {**RECIPE, "loss": {**RECIPE["loss"], "frame_all_instances": args.all_instances,
                                      "video_positive_iou": args.video_positive_iou,
                                      "frame_empty_unmatched": args.empty_unmatched}}
-        model = finetune(model, train, output_dir=run, iterations=args.iterations,
-                         batch_size=args.batch_size, val_data=val, resume=args.resume, **recipe)
+        reached = int(checkpoint.name.removeprefix("step-")) if checkpoint else 0
+        for phase, iterations in enumerate(schedule):
+            if phase + 1 < len(schedule) and iterations <= reached:
+                continue  # done in an earlier process; a later phase resumes from its checkpoint
+            model = finetune(model, train, output_dir=run, iterations=iterations,
+                             batch_size=args.batch_size, val_data=val, resume=args.resume or phase > 0,
+                             **recipe)
     else:
         model = SSAModel.from_pretrained(run / "model")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -120,7 +135,7 @@ def main() -> None:
     # log_every steps of batch_size clips; a resumed run re-logs some steps, keep the last record of each
     steps = {r["step"]: r for r in log if "clips_per_s" in r}
     train_minutes = sum(RECIPE["log_every"] * args.batch_size / r["clips_per_s"] for r in steps.values()) / 60
-    logger.info("trained %d iterations in %.1f min (this process: %.1f min)", max(steps), train_minutes,
+    logger.info("trained %d iterations in %.1f min (this process: %.1f min)", schedule[-1], train_minutes,
                 (time.perf_counter() - started) / 60)
 
     summary = evaluate(SSAPipeline(model, device="cpu"), val, out_dir=args.work / "eval", resume=False)
@@ -140,6 +155,10 @@ def main() -> None:
                                             (args.video_positive_iou > 0, ", L_v labels overlapping tubes "
                                              f"referred (`video_positive_iou={args.video_positive_iou}`)"))
                       if on)
+    drops = [int(f * n) for n in schedule for f in RECIPE["lr_drops"]]
+    iterations = f"{schedule[0]} iterations" + "".join(
+        f", then continued to {n} with the learning rate back at {RECIPE['lr']:g} (warm restart)"
+        for n in schedule[1:]) + f" (lr ×0.1 at {', '.join(map(str, drops))})" * (len(schedule) > 1)
     stories = ", ".join(f"{s} {args.train_stories.count(s)}/{len(args.train_stories)}"
                         for s in dict.fromkeys(args.train_stories))
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
@@ -152,8 +171,8 @@ def main() -> None:
 motion-referring benchmark (`ssa synth`, {args.train_videos} videos, seed 0, stories
 {stories}): the CLIP text tower pretrained
 on the training expressions (`ssa.train.pretrain_text_tower`, {TEXT_PRETRAINING['steps']} steps) and then
-frozen; the CLIP visual tower trained from scratch with the rest by `ssa.train.finetune`, {max(steps)}
-iterations of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn from 72-120,
+frozen; the CLIP visual tower trained from scratch with the rest by `ssa.train.finetune`, {iterations}
+of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn from 72-120,
 flips); inference at short side 96{variant}.
 Recipe: `weights/train_ssa_tiny_synthetic.py`.
 Weights stored in fp16 (loaded as fp32).
@@ -172,7 +191,7 @@ plain background, nothing about natural videos.
 """
     (args.out / "README.md").write_text(card)
     (args.out / "results.json").write_text(json.dumps({"heldout": table, "train_minutes": train_minutes,
-                                                       "iterations": max(steps)}, indent=2))
+                                                       "iterations": schedule}, indent=2))
     logger.info("wrote %s", args.out)
 
 
