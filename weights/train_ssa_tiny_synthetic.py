@@ -157,8 +157,9 @@ def main() -> None:
                       if on)
     drops = [int(f * n) for n in schedule for f in RECIPE["lr_drops"]]
     iterations = f"{schedule[0]} iterations" + "".join(
-        f", then continued to {n} with the learning rate back at {RECIPE['lr']:g} (warm restart)"
-        for n in schedule[1:]) + f" (lr ×0.1 at {', '.join(map(str, drops))})" * (len(schedule) > 1)
+        f", then continued to {n} with the learning rate back at {RECIPE['lr']:g}" for n in schedule[1:])
+    if len(schedule) > 1:
+        iterations += f"\n(warm restarts; lr ×0.1 at steps {', '.join(map(str, drops))}),"
     stories = ", ".join(f"{s} {args.train_stories.count(s)}/{len(args.train_stories)}"
                         for s in dict.fromkeys(args.train_stories))
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
