@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import json
 import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import ssa
-from ssa import SSAPipeline
+from ssa import SSAConfig, SSAPipeline
 from ssa.data.synthetic import score_breakdown, write_split
 from ssa.eval import evaluate
 from ssa.hub import BUNDLED_DIR, DEFAULT_MODEL, bundled_models
@@ -94,3 +96,15 @@ def test_recipe_refuses_a_schedule_that_is_not_increasing(tmp_path, monkeypatch,
     with pytest.raises(SystemExit, match="increasing"):
         _run_recipe(monkeypatch, "--work", str(tmp_path), "--iterations", *schedule)
     assert not (tmp_path / "train").exists()  # refused before writing anything
+
+
+def test_recipe_refuses_to_describe_a_run_by_another_schedule(tmp_path, monkeypatch):
+    """--eval-only writes a model card from --iterations: it must be the schedule the run was trained on."""
+    write_split(tmp_path / "train", 3, seed=0, progress=False)
+    torch.manual_seed(0)
+    SSAModel(SSAConfig.from_preset("ssa-tiny")).save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "log.jsonl").write_text(json.dumps({"step": 3000, "loss": 1.0, "clips_per_s": 3.0}))
+    with pytest.raises(SystemExit, match="trained 3000 iterations, not 6000"):
+        _run_recipe(monkeypatch, "--work", str(tmp_path), "--train-videos", "3", "--val-videos", "1",
+                    "--eval-only", "--iterations", "3000", "6000")
+    assert not (tmp_path / "eval").exists()

@@ -135,6 +135,9 @@ def main() -> None:
     # log_every steps of batch_size clips; a resumed run re-logs some steps, keep the last record of each
     steps = {r["step"]: r for r in log if "clips_per_s" in r}
     train_minutes = sum(RECIPE["log_every"] * args.batch_size / r["clips_per_s"] for r in steps.values()) / 60
+    if max(steps) != schedule[-1]:
+        raise SystemExit(f"{run} was trained {max(steps)} iterations, not {schedule[-1]}: pass the "
+                         "--iterations it was trained with")
     logger.info("trained %d iterations in %.1f min (this process: %.1f min)", schedule[-1], train_minutes,
                 (time.perf_counter() - started) / 60)
 
