@@ -163,6 +163,7 @@ def main() -> None:
         f", then continued to {n} with the learning rate back at {RECIPE['lr']:g}" for n in schedule[1:])
     if len(schedule) > 1:
         iterations += f"\n(warm restarts; lr ×0.1 at steps {', '.join(map(str, drops))}),"
+    scratch = "" if args.visual_pretraining else " from scratch"
     stories = ", ".join(f"{s} {args.train_stories.count(s)}/{len(args.train_stories)}"
                         for s in dict.fromkeys(args.train_stories))
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
@@ -175,7 +176,7 @@ def main() -> None:
 motion-referring benchmark (`ssa synth`, {args.train_videos} videos, seed 0, stories
 {stories}): the CLIP text tower pretrained
 on the training expressions (`ssa.train.pretrain_text_tower`, {TEXT_PRETRAINING['steps']} steps) and then
-frozen; the CLIP visual tower trained from scratch with the rest by `ssa.train.finetune`, {iterations}
+frozen; the CLIP visual tower trained{scratch} with the rest by `ssa.train.finetune`, {iterations}
 of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn from 72-120,
 flips); inference at short side 96{variant}.
 Recipe: `weights/train_ssa_tiny_synthetic.py`.
