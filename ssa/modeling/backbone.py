@@ -222,13 +222,18 @@ class FrozenCLIP(nn.Module):
         """Stage features F_v^1..F_v^4, each (B, C_i, H/s_i, W/s_i), of CLIP-normalised images
         (B, 3, H, W) whose sides are multiples of 32."""
         with self._grad(self.visual_frozen):
-            trunk = self.clip.visual.trunk
-            x = trunk.stem(images)
-            features = []
-            for stage in trunk.stages:
-                x = stage(x)
-                features.append(x)
-            return features
+            return self._encode_image(images)
+
+    def _encode_image(self, images: Tensor) -> list[Tensor]:
+        """:meth:`encode_image` recording gradients as the caller's mode says, frozen or not (for
+        pretraining a tower without weights, :mod:`ssa.train.visual_pretraining`)."""
+        trunk = self.clip.visual.trunk
+        x = trunk.stem(images)
+        features = []
+        for stage in trunk.stages:
+            x = stage(x)
+            features.append(x)
+        return features
 
     @property
     def pixel_mean(self) -> tuple[float, float, float]:

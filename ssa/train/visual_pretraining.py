@@ -41,27 +41,29 @@ logger = logging.getLogger(__name__)
 __all__ = ["pretrain_visual_tower", "region_embeddings"]
 
 
-def region_embeddings(stages: list[Tensor], masks: Tensor) -> Tensor:
+def region_embeddings(stages: list[Tensor], masks: Tensor, owner: Tensor | None = None) -> Tensor:
     """Mask-averaged stage-3 and stage-4 features, concatenated: (R, C3 + C4).
 
-    ``stages`` are the trunk's four stage features of R images, ``masks`` (R, H, W) the region of each
-    (float or bool, at the image size). The mask is area-resized to each stage's grid, so a region
-    smaller than a cell still weighs the cell it covers.
+    ``stages`` are the trunk's four stage features of B images, ``masks`` (R, H, W) the regions (float
+    or bool, at the image size) and ``owner`` (R,) the image of each region (default: region r is in
+    image r). The mask is area-resized to each stage's grid, so a region smaller than a cell still
+    weighs the cell it covers.
     """
     pooled = []
-    for f in stages[2:]:  # (R, C, h, w)
+    for f in stages[2:]:  # (B, C, h, w)
+        f = f if owner is None else f[owner]  # (R, C, h, w)
         w = F.adaptive_avg_pool2d(masks[:, None].float(), f.shape[-2:])  # (R, 1, h, w) area fractions
         pooled.append((f * w).sum((2, 3)) / w.sum((2, 3)).clamp_min(1e-6))
     return torch.cat(pooled, dim=1)
 
 
 def _draw(clips: ReferringClips, count: int, generator: torch.Generator, step: int
-          ) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+          ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
     """``count`` frames with one visible referred object each. Returns the images (B, 3, H, W), the
-    regions (R, H, W) of every visible annotated object of those frames (the referred one first, per
-    frame), the frame of each region (R,) and the expressions (B). Expressions about several objects, or
-    whose object the drawn frame does not show, are skipped."""
-    images, regions, owner, texts = [], [], [], []
+    regions (R, H, W) of every visible annotated object of those frames, the frame of each region (R,),
+    the region each frame's expression refers to (B,) and the expressions (B). Expressions about
+    several objects, or whose object the drawn frame does not show, are skipped."""
+    images, regions, owner, referred, texts = [], [], [], [], []
     tries = 0
     while len(images) < count:
         tries += 1
@@ -73,6 +75,7 @@ def _draw(clips: ReferringClips, count: int, generator: torch.Generator, step: i
             continue
         others = [m for m in item["others"][:, 0] if m.any()]  # (h, w) each
         owner += [len(images)] * (1 + len(others))
+        referred.append(len(regions))
         regions += [item["masks"][0, 0], *others]
         images.append(item["frames"][0])
         texts.append(item["expression"])
@@ -84,7 +87,7 @@ def _draw(clips: ReferringClips, count: int, generator: torch.Generator, step: i
     masks = torch.zeros(len(regions), h, w, dtype=torch.bool)
     for r, m in enumerate(regions):
         masks[r, : m.shape[-2], : m.shape[-1]] = m
-    return batch, masks, torch.tensor(owner), texts
+    return batch, masks, torch.tensor(owner), torch.tensor(referred), texts
 
 
 def pretrain_visual_tower(model: SSAModel, data: _ReferringVideoDataset | str | os.PathLike, *,
@@ -125,31 +128,26 @@ def pretrain_visual_tower(model: SSAModel, data: _ReferringVideoDataset | str | 
         trunk.train()
         with torch.enable_grad():
             for step in tqdm(range(steps), desc="visual pretraining", disable=not progress):
-                images, regions, owner, texts = _draw(clips, batch_size, generator, step)
+                images, regions, owner, referred, texts = _draw(clips, batch_size, generator, step)
                 unique = list(dict.fromkeys(texts))
                 missing = [t for t in unique if t not in sentences]
                 if missing:
                     with torch.no_grad():
                         encoded = backbone._encode_text(missing).sentence
-                    sentences.update(zip(missing, encoded.detach(), strict=True))
-                owner = owner.to(device)
+                    sentences.update(zip(missing, encoded, strict=True))
+                owner, referred = owner.to(device), referred.to(device)
                 text = F.normalize(torch.stack([sentences[t] for t in unique]), dim=-1)  # (U, D)
-                x = trunk.stem(images.to(device))
-                stages = []
-                for stage in trunk.stages:
-                    x = stage(x)
-                    stages.append(x[owner])  # one row per region
-                region = F.normalize(head(region_embeddings(stages, regions.to(device))), dim=-1)  # (R, D)
-                first = torch.ones_like(owner, dtype=torch.bool)
-                first[1:] = owner[1:] != owner[:-1]  # the referred object of each frame
+                stages = backbone._encode_image(images.to(device))
+                region = head(region_embeddings(stages, regions.to(device), owner))
+                region = F.normalize(region, dim=-1)  # (R, D)
                 target = torch.tensor([unique.index(t) for t in texts], device=device)  # (B,)
                 # referring: each expression against the objects of its own frame (no false negatives)
                 sim = (text[target][owner] * region).sum(-1) / temperature  # (R,)
                 same = owner[None, :] == torch.arange(len(texts), device=device)[:, None]  # (B, R)
                 frame_logits = sim[None, :].masked_fill(~same, float("-inf"))  # (B, R)
-                loss_refer = F.cross_entropy(frame_logits, torch.nonzero(first).flatten())
+                loss_refer = F.cross_entropy(frame_logits, referred)
                 # CLIP's contrast over the batch: referred regions against the distinct expressions
-                logits = region[first] @ text.T / temperature  # (B, U)
+                logits = region[referred] @ text.T / temperature  # (B, U)
                 loss_region = F.cross_entropy(logits, target)
                 positive = target[None, :] == torch.arange(len(unique), device=device)[:, None]  # (U, B)
                 log_p = logits.T.log_softmax(dim=1)
@@ -159,8 +157,7 @@ def pretrain_visual_tower(model: SSAModel, data: _ReferringVideoDataset | str | 
                 loss.backward()
                 optimizer.step()
                 stats = {"loss": loss.item(), "refer_loss": loss_refer.item(),
-                         "refer_accuracy": (frame_logits.argmax(1) == torch.nonzero(first).flatten())
-                         .float().mean().item(),
+                         "refer_accuracy": (frame_logits.argmax(1) == referred).float().mean().item(),
                          "text_accuracy": (logits.argmax(1) == target).float().mean().item()}
     finally:
         for p, trainable in zip(params, was_trainable, strict=True):
