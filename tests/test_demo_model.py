@@ -108,3 +108,65 @@ def test_recipe_refuses_to_describe_a_run_by_another_schedule(tmp_path, monkeypa
         _run_recipe(monkeypatch, "--work", str(tmp_path), "--train-videos", "3", "--val-videos", "1",
                     "--eval-only", "--iterations", "3000", "6000")
     assert not (tmp_path / "eval").exists()
+
+
+def _shipped_prior(path: Path, *, iterations: list[int], motion_features: bool = False, **recipe) -> Path:
+    """A model directory as the recipe ships it (weights, results.json with the recipe it was made by)."""
+    torch.manual_seed(0)
+    config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128, motion_features=motion_features)
+    SSAModel(config).half().save_pretrained(path)
+    recipe = {"train_videos": 3, "val_videos": 1, "train_stories": list(ssa.data.synthetic.STORIES),
+              "batch_size": 2, "trajectory_masks": False, "query_positions": False, "motion_features": False,
+              "visual_pretraining": False, "all_instances": False, "empty_unmatched": False,
+              "video_positive_iou": 0.0, **recipe}
+    (path / "results.json").write_text(json.dumps({"heldout": {}, "train_minutes": 1.5,
+                                                   "iterations": iterations, "recipe": recipe}))
+    return path
+
+
+def test_recipe_continues_a_shipped_model(tmp_path, monkeypatch):
+    """--init-from trains only the phases after the shipped model's, from its weights, and says so."""
+    prior = _shipped_prior(tmp_path / "prior", iterations=[2])
+    before = (prior / "results.json").read_bytes(), (prior / "model.safetensors").read_bytes()
+    _run_recipe(monkeypatch, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                "--init-from", str(prior), "--iterations", "2", "3", "--train-videos", "3",
+                "--val-videos", "1", "--batch-size", "2")
+    log = [json.loads(line) for line in (tmp_path / "work" / "run" / "log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in log if "step" in r) == 1  # one step on top of the prior's two
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["iterations"] == [2, 3] and results["fresh_starts"] == [2]
+    assert results["train_minutes"] > 1.5 and results["recipe"]["train_videos"] == 3
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "continued to 3" in card and "fresh run from the fp16 weights of the 2-iteration model" in card
+    assert "lr ×0.1 at steps 1, 2" in card
+    trained = SSAModel.from_pretrained(tmp_path / "work" / "run" / "model")  # fp32, as trained
+    start = SSAModel.from_pretrained(prior).state_dict()
+    changed = {n.split(".")[0] for n, p in trained.named_parameters() if not torch.equal(p, start[n])}
+    text_tower = [n for n, _ in trained.named_parameters()
+                  if n.startswith("backbone.clip.") and not n.startswith("backbone.clip.visual.")]
+    assert {"frame_decoder", "video_decoder", "backbone"} <= changed  # trained from the prior's weights
+    assert text_tower and all(torch.equal(trained.state_dict()[n], start[n]) for n in text_tower)  # frozen
+    assert ((prior / "results.json").read_bytes(), (prior / "model.safetensors").read_bytes()) == before
+
+
+def test_recipe_refuses_to_continue_another_run(tmp_path, monkeypatch):
+    work = ["--work", str(tmp_path / "work"), "--val-videos", "1", "--batch-size", "2"]
+    with pytest.raises(SystemExit, match="no results.json"):
+        _run_recipe(monkeypatch, *work, "--init-from", str(tmp_path), "--iterations", "2", "3")
+    prior = _shipped_prior(tmp_path / "prior", iterations=[2, 4])
+    for schedule in (["2", "6"], ["2", "4"]):  # not a continuation; nothing left to train
+        with pytest.raises(SystemExit, match="must continue that schedule"):
+            _run_recipe(monkeypatch, *work, "--train-videos", "3", "--init-from", str(prior), "--iterations",
+                        *schedule)
+    with pytest.raises(SystemExit, match="another recipe.*train_videos"):
+        _run_recipe(monkeypatch, *work, "--train-videos", "4", "--init-from", str(prior),
+                    "--iterations", "2", "4", "6")
+    assert not (tmp_path / "work").exists()  # refused before writing anything
+    # a results.json that says motion features, weights without them
+    prior = _shipped_prior(tmp_path / "liar", iterations=[2], motion_features=False)
+    results = json.loads((prior / "results.json").read_text())
+    results["recipe"]["motion_features"] = True
+    (prior / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="config differs"):
+        _run_recipe(monkeypatch, *work, "--train-videos", "3", "--motion-features", "--init-from", str(prior),
+                    "--iterations", "2", "3")

@@ -6,7 +6,9 @@ motion-referring benchmark with :func:`ssa.train.finetune`, on a CPU.
 
 ``--iterations 3000 6000`` trains 3000 iterations, then continues the same run to 6000 with the
 learning-rate schedule restarted (a warm restart: back to the full rate, dropped again at 0.8 of 6000);
-with ``--resume`` the phases already done are skipped.
+with ``--resume`` the phases already done are skipped. ``--init-from ssa/weights/ssa-tiny-synthetic
+--iterations 3000 6000 9000`` continues a shipped model of this recipe (trained 3000 6000) to 9000: a
+fresh run from its fp16 weights (fresh optimiser, warm-up, the full learning rate), with the same recipe.
 
 Steps: write the training split (seed 0) and a held-out split (seed 1000, never used in training),
 pretrain the CLIP text tower on the training expressions (the tiny CLIP has no pretrained weights; see
@@ -50,6 +52,10 @@ RECIPE = {
 }
 TEXT_PRETRAINING = {"steps": 300, "batch_size": 64, "lr": 1e-3}
 VISUAL_PRETRAINING = {"steps": 500, "batch_size": 48, "lr": 1e-3}
+# command-line options that make the recipe; a run continued with --init-from must repeat them
+RECIPE_ARGS = ("train_videos", "val_videos", "train_stories", "batch_size", "trajectory_masks",
+               "query_positions", "motion_features", "visual_pretraining", "all_instances", "empty_unmatched",
+               "video_positive_iou")
 
 
 def main() -> None:
@@ -86,6 +92,10 @@ def main() -> None:
     p.add_argument("--train-stories", nargs="+", choices=STORIES, default=list(STORIES), metavar="STORY",
                    help="stories of the training split, cycled with the video index; repeat one to "
                         "oversample it (e.g. twins group twins stop twins enter_leave twins occlusion)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="continue a model shipped by this recipe (a directory with its results.json): a "
+                        "fresh run from its weights trains the phases of --iterations after the ones it was "
+                        "trained with; everything else in the recipe must be the same")
     p.add_argument("--eval-only", action="store_true", help="evaluate and ship the finished run")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -93,6 +103,12 @@ def main() -> None:
     schedule = args.iterations
     if schedule[0] < 1 or any(b <= a for a, b in zip(schedule[:-1], schedule[1:], strict=True)):
         raise SystemExit(f"--iterations must be positive and increasing, got {schedule}")
+    recipe_args = {name: getattr(args, name) for name in RECIPE_ARGS}
+    prior = _prior_run(args.init_from, schedule, recipe_args) if args.init_from else {
+        "iterations": [], "train_minutes": 0.0, "fresh_starts": []}
+    offset = prior["iterations"][-1] if prior["iterations"] else 0  # steps already in the weights
+    fresh_starts = [*prior["fresh_starts"], offset] if offset else []  # where a run began from saved weights
+    local_schedule = [n - offset for n in schedule[len(prior["iterations"]):]]  # this run's phases
     train, val = args.work / "train", args.work / "val"
     if not train.exists():
         write_split(train, args.train_videos, seed=0, stories=args.train_stories)
@@ -112,18 +128,23 @@ def main() -> None:
                                        trajectory_masks=args.trajectory_masks,
                                        query_positions=args.query_positions,
                                        motion_features=args.motion_features)
-        model = SSAModel(config)
-        pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
-                            **TEXT_PRETRAINING)
+        if args.init_from:  # its text tower is pretrained (and frozen) already, its trunk trained
+            model = SSAModel.from_pretrained(args.init_from).float()
+            if model.config != config:
+                raise SystemExit(f"--init-from {args.init_from}: its config differs from this recipe's")
+        else:
+            model = SSAModel(config)
+            pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
+                                **TEXT_PRETRAINING)
         checkpoint = latest_checkpoint(run) if args.resume else None
-        if args.visual_pretraining and checkpoint is None:  # else the checkpoint holds the trained trunk
+        if args.visual_pretraining and checkpoint is None and not args.init_from:  # else trained already
             pretrain_visual_tower(model, train, **VISUAL_PRETRAINING)
         recipe = {**RECIPE, "loss": {**RECIPE["loss"], "frame_all_instances": args.all_instances,
                                      "video_positive_iou": args.video_positive_iou,
                                      "frame_empty_unmatched": args.empty_unmatched}}
         reached = int(checkpoint.name.removeprefix("step-")) if checkpoint else 0
-        for phase, iterations in enumerate(schedule):
-            if phase + 1 < len(schedule) and iterations <= reached:
+        for phase, iterations in enumerate(local_schedule):
+            if phase + 1 < len(local_schedule) and iterations <= reached:
                 continue  # done in an earlier process; a later phase resumes from its checkpoint
             model = finetune(model, train, output_dir=run, iterations=iterations,
                              batch_size=args.batch_size, val_data=val, resume=args.resume or phase > 0,
@@ -135,11 +156,12 @@ def main() -> None:
     # log_every steps of batch_size clips; a resumed run re-logs some steps, keep the last record of each
     steps = {r["step"]: r for r in log if "clips_per_s" in r}
     train_minutes = sum(RECIPE["log_every"] * args.batch_size / r["clips_per_s"] for r in steps.values()) / 60
-    if max(steps) != schedule[-1]:
-        raise SystemExit(f"{run} was trained {max(steps)} iterations, not {schedule[-1]}: pass the "
-                         "--iterations it was trained with")
-    logger.info("trained %d iterations in %.1f min (this process: %.1f min)", schedule[-1], train_minutes,
-                (time.perf_counter() - started) / 60)
+    if max(steps) != local_schedule[-1]:
+        raise SystemExit(f"{run} was trained {max(steps)} iterations, not {local_schedule[-1]}: pass the "
+                         "--iterations (and --init-from) it was trained with")
+    logger.info("trained %d iterations in %.1f min (this process: %.1f min)", local_schedule[-1],
+                train_minutes, (time.perf_counter() - started) / 60)
+    train_minutes += prior["train_minutes"]
 
     summary = evaluate(SSAPipeline(model, device="cpu"), val, out_dir=args.work / "eval", resume=False)
     table = score_breakdown(summary.rows, val)
@@ -158,9 +180,15 @@ def main() -> None:
                                             (args.video_positive_iou > 0, ", L_v labels overlapping tubes "
                                              f"referred (`video_positive_iou={args.video_positive_iou}`)"))
                       if on)
-    drops = [int(f * n) for n in schedule for f in RECIPE["lr_drops"]]
+    def start(n: int) -> int:  # the step the run that trained up to n began at
+        return max([0, *(s for s in fresh_starts if s < n)])
+
+    drops = [start(n) + int(f * (n - start(n))) for n in schedule for f in RECIPE["lr_drops"]]
     iterations = f"{schedule[0]} iterations" + "".join(
-        f", then continued to {n} with the learning rate back at {RECIPE['lr']:g}" for n in schedule[1:])
+        f", then continued to {n} with the learning rate back at {RECIPE['lr']:g}"
+        + (f" (a fresh run from the fp16 weights of the {start(n)}-iteration model: new optimiser state, "
+           f"{RECIPE['warmup_iters']} warm-up steps)" if start(n) == m else "")
+        for m, n in zip(schedule[:-1], schedule[1:], strict=True))
     if len(schedule) > 1:
         iterations += f"\n(warm restarts; lr ×0.1 at steps {', '.join(map(str, drops))}),"
     scratch = "" if args.visual_pretraining else " from scratch"
@@ -196,8 +224,30 @@ plain background, nothing about natural videos.
 """
     (args.out / "README.md").write_text(card)
     (args.out / "results.json").write_text(json.dumps({"heldout": table, "train_minutes": train_minutes,
-                                                       "iterations": schedule}, indent=2))
+                                                       "iterations": schedule, "fresh_starts": fresh_starts,
+                                                       "recipe": recipe_args}, indent=2))
     logger.info("wrote %s", args.out)
+
+
+def _prior_run(model_dir: Path, schedule: list[int], recipe_args: dict) -> dict:
+    """The results.json of a model shipped by this recipe that ``schedule`` continues, checked."""
+    results = model_dir / "results.json"
+    if not results.is_file():
+        raise SystemExit(f"--init-from {model_dir}: no results.json there (not a model shipped by this "
+                         "recipe)")
+    prior = json.loads(results.read_text())
+    done = prior["iterations"]
+    if len(done) >= len(schedule) or schedule[:len(done)] != done:
+        raise SystemExit(f"--init-from {model_dir} was trained with --iterations {' '.join(map(str, done))}: "
+                         f"--iterations must continue that schedule, got {' '.join(map(str, schedule))}")
+    differs = {k: (v, recipe_args[k]) for k, v in prior.get("recipe", {}).items() if recipe_args.get(k) != v}
+    if "recipe" not in prior:
+        raise SystemExit(f"--init-from {model_dir}: its results.json does not state its recipe")
+    if differs:
+        raise SystemExit(f"--init-from {model_dir} was trained with another recipe (theirs, yours): "
+                         f"{differs}")
+    prior.setdefault("fresh_starts", [])
+    return prior
 
 
 if __name__ == "__main__":
