@@ -35,6 +35,7 @@ from torch import Tensor
 
 import ssa
 from ssa.config import SSAConfig
+from ssa.io import default_permissions
 
 if TYPE_CHECKING:
     from ssa.modeling.model import SSAModel
@@ -205,6 +206,7 @@ def _write_safetensors(state: dict[str, Tensor], path: Path, metadata: dict[str,
     partial = path.with_name(path.name + ".partial")
     save_file(state, str(partial), metadata=metadata)
     _fsync(partial)
+    default_permissions(partial)  # safetensors writes it private (0600)
     os.replace(partial, path)
 
 

@@ -239,6 +239,14 @@ def read_palette_png(path: PathLike) -> np.ndarray:
 # output directories
 
 
+def default_permissions(path: PathLike) -> None:
+    """Give a file or directory made by ``tempfile`` (0600 / 0700, private) the mode a plain ``open()`` or
+    ``mkdir()`` would have given it under the process umask, before it is renamed into a user's place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def _check_dir_target(path: Path, overwrite: bool) -> None:
     if path.exists() or path.is_symlink():
         if not path.is_dir():
@@ -279,6 +287,7 @@ def atomic_output_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        default_permissions(tmp)
         _check_dir_target(path, overwrite)  # it may have appeared meanwhile
         if path.exists():
             backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
@@ -511,6 +520,7 @@ def write_overlay_video(
             container.close()
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -532,6 +542,7 @@ def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> 
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssa.io import atomic_output_dir
+from ssa.io import atomic_output_dir, default_permissions
 
 __all__ = ["prediction_path", "write_prediction", "read_prediction", "read_mask_png", "zip_submission"]
 
@@ -197,6 +197,7 @@ def zip_submission(
                 zf.writestr(info, path.read_bytes())
         if zip_path.exists() and not overwrite:  # it may have appeared meanwhile
             raise FileExistsError(f"{zip_path} already exists; pass overwrite=True to replace it")
+        default_permissions(tmp_name)
         os.replace(tmp_name, zip_path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ssa.config import PRESETS, SSAConfig
 from ssa.distributed import ProcessGroup, torchrun_group
+from ssa.io import default_permissions
 from ssa.modeling.model import SSAModel
 from ssa.train.data import ReferringClips, batch_keys, collate_clips
 from ssa.train.losses import LossConfig, SSACriterion
@@ -232,6 +233,7 @@ def _save_checkpoint(output_dir: Path, step: int, model: SSAModel, optimizer: to
         for f in (tmp / STATE_NAME, tmp / TRAIN_CONFIG_NAME):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        default_permissions(tmp)
         if final.exists():  # the same step written again (e.g. a resumed run): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
