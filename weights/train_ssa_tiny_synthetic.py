@@ -149,8 +149,9 @@ def main() -> None:
             model = finetune(model, train, output_dir=run, iterations=iterations,
                              batch_size=args.batch_size, val_data=val, resume=args.resume or phase > 0,
                              **recipe)
-    else:
-        model = SSAModel.from_pretrained(run / "model")
+    # the final model as finetune() saved it, loaded as users load it (CLIP frozen as the config says): the
+    # shipped card and weights are the same whether this process trained it or --eval-only
+    model = SSAModel.from_pretrained(run / "model")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     # training time from the log's throughput (robust to interruptions and resumes): each record covers
     # log_every steps of batch_size clips; a resumed run re-logs some steps, keep the last record of each
