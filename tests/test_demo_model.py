@@ -55,12 +55,12 @@ def test_shipped_as_package_data():
 
 def test_it_segments_held_out_synthetic_videos(tmp_path):
     """Scores on videos of a seed never used in training: far above an untrained model (J&F ~0.04).
-    Measured here: 0.74 overall, 0.69 motion-only (the model card has the 60-video figures)."""
+    Measured here: 0.79 overall, 0.73 motion-only (the model card has the 60-video figures)."""
     split = write_split(tmp_path / "val", 10, seed=4242, progress=False)
     summary = evaluate(SSAPipeline.from_pretrained(), split, progress=False, resume=False)
     table = score_breakdown(summary.rows, split)
-    assert table["all"]["J&F"] > 0.65, table
-    assert table["motion-only"]["J&F"] > 0.55, table
+    assert table["all"]["J&F"] > 0.7, table
+    assert table["motion-only"]["J&F"] > 0.6, table
 
 
 def test_quickstart_example_runs(tmp_path):
@@ -137,7 +137,8 @@ def test_recipe_continues_a_shipped_model(tmp_path, monkeypatch):
     assert results["iterations"] == [2, 3] and results["fresh_starts"] == [2]
     assert results["train_minutes"] > 1.5 and results["recipe"]["train_videos"] == 3
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "continued to 3" in card and "fresh run from the fp16 weights of the 2-iteration model" in card
+    assert "continued to 3" in card
+    assert "the phase to 3 is a fresh run from the fp16 weights of the 2-iteration model" in card
     assert "lr ×0.1 at steps 1, 2" in card
     trained = SSAModel.from_pretrained(tmp_path / "work" / "run" / "model")  # fp32, as trained
     start = SSAModel.from_pretrained(prior).state_dict()

@@ -185,13 +185,21 @@ def main() -> None:
         return max([0, *(s for s in fresh_starts if s < n)])
 
     drops = [start(n) + int(f * (n - start(n))) for n in schedule for f in RECIPE["lr_drops"]]
-    iterations = f"{schedule[0]} iterations" + "".join(
-        f", then continued to {n} with the learning rate back at {RECIPE['lr']:g}"
-        + (f" (a fresh run from the fp16 weights of the {start(n)}-iteration model: new optimiser state, "
-           f"{RECIPE['warmup_iters']} warm-up steps)" if start(n) == m else "")
-        for m, n in zip(schedule[:-1], schedule[1:], strict=True))
+    iterations = f"{schedule[0]} iterations"
     if len(schedule) > 1:
-        iterations += f"\n(warm restarts; lr ×0.1 at steps {', '.join(map(str, drops))}),"
+        each_time = " each time" if len(schedule) > 2 else ""
+        iterations += (f", then continued to {_and(schedule[1:])} with the learning rate back at "
+                       f"{RECIPE['lr']:g}{each_time}\n(warm restarts; lr ×0.1 at steps "
+                       f"{', '.join(map(str, drops))})")
+    fresh = [n for m, n in zip(schedule[:-1], schedule[1:], strict=True) if start(n) == m]
+    if len(fresh) == 1:
+        iterations += (f"; the phase to {fresh[0]} is a fresh run from the fp16 weights of the "
+                       f"{start(fresh[0])}-iteration model (new optimiser state, {RECIPE['warmup_iters']} "
+                       "warm-up steps)")
+    elif fresh:
+        iterations += (f"; the phases to {_and(fresh)} are fresh runs, each from the fp16 weights of the "
+                       f"model before it (new optimiser state, {RECIPE['warmup_iters']} warm-up steps)")
+    iterations += "," if len(schedule) > 1 else ""
     scratch = "" if args.visual_pretraining else " from scratch"
     stories = ", ".join(f"{s} {args.train_stories.count(s)}/{len(args.train_stories)}"
                         for s in dict.fromkeys(args.train_stories))
@@ -228,6 +236,12 @@ plain background, nothing about natural videos.
                                                        "iterations": schedule, "fresh_starts": fresh_starts,
                                                        "recipe": recipe_args}, indent=2))
     logger.info("wrote %s", args.out)
+
+
+def _and(numbers: list[int]) -> str:
+    """'1', '1 and 2', '1, 2 and 3'."""
+    words = [str(n) for n in numbers]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def _prior_run(model_dir: Path, schedule: list[int], recipe_args: dict) -> dict:
