@@ -255,9 +255,9 @@ def _prior_run(model_dir: Path, schedule: list[int], recipe_args: dict) -> dict:
     if len(done) >= len(schedule) or schedule[:len(done)] != done:
         raise SystemExit(f"--init-from {model_dir} was trained with --iterations {' '.join(map(str, done))}: "
                          f"--iterations must continue that schedule, got {' '.join(map(str, schedule))}")
-    differs = {k: (v, recipe_args[k]) for k, v in prior.get("recipe", {}).items() if recipe_args.get(k) != v}
     if "recipe" not in prior:
         raise SystemExit(f"--init-from {model_dir}: its results.json does not state its recipe")
+    differs = {k: (v, recipe_args.get(k)) for k, v in prior["recipe"].items() if recipe_args.get(k) != v}
     if differs:
         raise SystemExit(f"--init-from {model_dir} was trained with another recipe (theirs, yours): "
                          f"{differs}")
