@@ -239,12 +239,23 @@ def read_palette_png(path: PathLike) -> np.ndarray:
 # output directories
 
 
+def _umask() -> int:
+    """The process umask, read from /proc on Linux: ``os.umask`` can only tell it by setting it, which
+    would, for a moment, give files other threads create meanwhile the wrong mode."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o077)  # elsewhere: set (to the most private value) and restore at once
+    os.umask(umask)
+    return umask
+
+
 def default_permissions(path: PathLike) -> None:
     """Give a file or directory made by ``tempfile`` (0600 / 0700, private) the mode a plain ``open()`` or
     ``mkdir()`` would have given it under the process umask, before it is renamed into a user's place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
 def _check_dir_target(path: Path, overwrite: bool) -> None:

@@ -29,21 +29,18 @@ def umask():
     os.umask(old)
 
 
-def _modes(root: Path) -> dict[str, int]:
+def _check_modes(root: Path) -> None:
+    """``root`` and everything under it: files FILE, directories DIR."""
     paths = [root, *root.rglob("*")] if root.is_dir() else [root]
-    return {str(p.relative_to(root.parent)): stat.S_IMODE(p.stat().st_mode) for p in paths}
-
-
-def _expected(root: Path) -> dict[str, int]:
-    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
-    return {str(p.relative_to(root.parent)): DIR if p.is_dir() else FILE for p in paths}
+    modes = {str(p.relative_to(root.parent)): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert modes == {str(p.relative_to(root.parent)): DIR if p.is_dir() else FILE for p in paths}, root
 
 
 def test_save_pretrained(tmp_path):
     torch.manual_seed(0)
     out = SSAModel(SSAConfig.from_preset("ssa-tiny")).save_pretrained(tmp_path / "model")
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "README.md"}
-    assert _modes(out) == _expected(out)
+    _check_modes(out)
 
 
 def test_text_video_mask_directory_and_submission(tmp_path):
@@ -55,7 +52,7 @@ def test_text_video_mask_directory_and_submission(tmp_path):
     write_prediction(tmp_path / "pred", "v", "0", ["00000"], np.ones((1, 16, 16), bool))
     archive = zip_submission(tmp_path / "pred", tmp_path / "submission.zip")
     for path in (text, video, tmp_path / "masks", tmp_path / "pred", archive):
-        assert _modes(path) == _expected(path), path
+        _check_modes(path)
 
 
 def test_finetune_checkpoints(tmp_path):
@@ -65,4 +62,4 @@ def test_finetune_checkpoints(tmp_path):
              num_frames=4, scales=[64], warmup_iters=1, loss={"num_points": 64})
     checkpoint = latest_checkpoint(tmp_path / "run")
     assert checkpoint is not None and (checkpoint / "model" / "model.safetensors").is_file()
-    assert _modes(tmp_path / "run") == _expected(tmp_path / "run")
+    _check_modes(tmp_path / "run")
