@@ -191,7 +191,7 @@ def main() -> None:
         iterations += (f", then continued to {_and(schedule[1:])} with the learning rate back at "
                        f"{RECIPE['lr']:g}{each_time}\n(warm restarts; lr ×0.1 at steps "
                        f"{', '.join(map(str, drops))})")
-    fresh = [n for m, n in zip(schedule[:-1], schedule[1:], strict=True) if start(n) == m]
+    fresh = [n for m, n in zip(schedule[:-1], schedule[1:], strict=True) if m in fresh_starts]
     if len(fresh) == 1:
         iterations += (f"; the phase to {fresh[0]} is a fresh run from the fp16 weights of the "
                        f"{start(fresh[0])}-iteration model (new optimiser state, {RECIPE['warmup_iters']} "
