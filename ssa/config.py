@@ -17,11 +17,10 @@ __all__ = ["SSAConfig", "PRESETS"]
 
 @dataclass
 class SSAConfig:
-    """Architecture of an SSA model.
+    """Architecture of an SSA model: the official network (github.com/Tavarich/SSA) at any width.
 
-    The defaults are the paper's network (``ssa-convnext-large``). Sizes that the paper does not state
-    were chosen so that the trainable parameter count matches its Table 6 (46.5M with the adapter,
-    39.4M without); see ``benchmarks/param_count.py``.
+    The defaults are the network of the authors' released checkpoints (``ssa-convnext-large``, MeViS
+    config): 46,847,569 trainable parameters (39,832,517 without the adapters).
     """
 
     # -- frozen CLIP (Eq. 2) -------------------------------------------------------------------------
@@ -32,69 +31,69 @@ class SSAConfig:
     clip_config: dict[str, Any] | None = None
     """An explicit open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``) instead of a
     named model; the tiny preset uses it."""
+    clip_trunk: dict[str, Any] | None = None
+    """A custom timm ConvNeXt trunk for ``clip_config``: ``{"depths": [...], "dims": [...]}`` (and
+    optionally ``ls_init_value``), used instead of ``vision_cfg.timm_model_name``."""
+    max_words: int = 40
+    """F_w keeps the first ``max_words`` token positions (the official cap); F_s is read from the full
+    77-token context."""
     image_size: int = 448
-    """Short side frames are resized to by the pipeline."""
+    """Short side frames are resized to by the pipeline (``MIN_SIZE_TEST``)."""
     max_size: int = 1333
     """Cap on the long side after resizing."""
 
     # -- widths shared by the heads --------------------------------------------------------------------
     hidden_dim: int = 256  # C
-    num_queries: int = 20  # N, instance queries per frame
+    num_queries: int = 20  # N, instance queries per frame (and video queries)
     num_heads: int = 8
+    """Heads of the frame and video decoders' attention layers and of the temporal attention."""
     dropout: float = 0.0
+    """Dropout inside the frame and video decoders (the official 0.0)."""
+    mask_dim: int = 256
 
-    # -- semantic alignment refine module, the adapter (Eq. 3-4) ---------------------------------------
+    # -- semantic alignment refine module, the adapters between the CLIP stages (Eq. 3-4) ---------------
     use_adapter: bool = True
+    """False: the CLIP stages run unadapted (Tab. 6 'without adapter')."""
     adapter_dim: int = 256
-    """Joint width in which visual and text features meet inside each adapter."""
+    adapter_heads: int = 8
+    adapter_dropout: float = 0.1
 
-    # -- pixel decoder (multi-scale deformable attention encoder + FPN) --------------------------------
+    # -- text resizer: F_s (CLIP width) -> hidden_dim ---------------------------------------------------
+    text_dropout: float = 0.1
+
+    # -- pixel decoder: 6 x [text fusion (Eq. 5) -> deformable encoder layer] + FPN ---------------------
     pixel_decoder_layers: int = 6
     pixel_decoder_heads: int = 8
     pixel_decoder_points: int = 4
     pixel_decoder_ffn_dim: int = 1024
-    mask_dim: int = 256
-
-    # -- instance query generation (Eq. 5) --------------------------------------------------------------
+    fusion_dim: int = 512
+    """Joint width of the bi-directional text fusion blocks (Eq. 5)."""
+    fusion_heads: int = 4
+    fusion_dropout: float = 0.1
     bidirectional: bool = True
-    """Bi-directional encoder: visual tokens first attend to the text before the sentence reads them
-    (Tab. 7 row 2 switches this off)."""
+    """Eq. 5 in both directions. False: the visual tokens do not read the text, only the sentence reads
+    the visual tokens (Tab. 7 'w/o bi-directional')."""
 
-    # -- frame query decoder (masked attention) --------------------------------------------------------
+    # -- frame query decoder (masked attention + text cross-attention) ---------------------------------
     frame_decoder_layers: int = 9
     frame_decoder_ffn_dim: int = 2048
 
     # -- sequential object alignment (Eq. 6-7) ----------------------------------------------------------
     trajectory: bool = True
-    """Hungarian trajectories + temporal enhancement + ensemble. False: video queries are the plain
-    mean of the (unaligned) frame queries (Tab. 7 row 4)."""
+    """Hungarian trajectories + temporal enhancement (Eq. 6). False: the frame queries are used in their
+    decoder order without enhancement (Tab. 7 'w/o trajectory')."""
     ensemble: bool = True
-    """Trajectory-to-instance ensemble (Eq. 7). False: uniform temporal weights (Tab. 7 row 3)."""
-    trajectory_masks: bool = False
-    """Not in the paper. False (paper, §3.4): one mask embedding Q_emb per video query for every frame,
-    masks = Q_emb · F_mask^t. True: the video decoder only scores, and video query i's mask at frame t is
-    that of trajectory i, the frame decoder's mask of the trajectory's query at frame t, so a mask can
-    follow one of two look-alike objects (a single embedding cannot: identical objects have identical
-    mask features). These masks carry no gradient from the video level: the frame-level loss trains them
-    (use it with ``LossConfig.frame_all_instances``), the video-level loss the scores."""
-    query_positions: bool = False
-    """Not in the paper. True: the centroid of each frame query's mask, sine-encoded and projected, is
-    added to the query before the trajectories (``MaskPositionEncoding``), so the Hungarian linking and
-    the temporal enhancement see where look-alike objects are and how they move."""
-    motion_features: bool = False
-    """Not in the paper. True: a small convolutional encoder of each frame's temporal difference
-    x_t - x_{t-1} adds local motion to the mask features and to the stride-8 features the frame decoder
-    reads (``PixelMotionEncoder``), so that look-alike objects moving differently get different pixel
-    features and a mask Q_emb · F_mask^t can cover one of them only."""
-    temporal_layers: int = 8
-    """Temporal enhancement layers (Eq. 6). The paper gives no depth; 8 makes the trainable count
-    match its Table 6 (39.4M without the adapter)."""
-    temporal_kernel: int = 3
-    temporal_ffn_dim: int = 2048
+    """Trajectory-to-instance ensemble (Eq. 7). False: uniform temporal weights (Tab. 7 'w/o ensemble')."""
 
     # -- video query decoder ----------------------------------------------------------------------------
-    video_decoder_layers: int = 3
+    video_decoder_layers: int = 6
     video_decoder_ffn_dim: int = 2048
+
+    # -- test-time behaviour (the pipeline's defaults) --------------------------------------------------
+    selection: str = "multi"
+    """Default selection of video queries: "multi" (every query with score > ``threshold``, united: the
+    official MeViS rule) or "single" (the best one: Ref-YouTube-VOS / Ref-DAVIS)."""
+    threshold: float = 0.5
 
     preset: str | None = field(default=None, compare=False)
     """Name of the preset this config came from (informational)."""
@@ -104,39 +103,50 @@ class SSAConfig:
 
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent field."""
+        """Raise ``ValueError`` (or ``TypeError``) naming the first inconsistent field."""
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
         positive = [
-            "image_size", "max_size", "hidden_dim", "num_queries", "num_heads", "adapter_dim",
-            "pixel_decoder_layers", "pixel_decoder_heads", "pixel_decoder_points",
-            "pixel_decoder_ffn_dim", "mask_dim", "frame_decoder_layers", "frame_decoder_ffn_dim",
-            "temporal_layers", "temporal_kernel", "temporal_ffn_dim", "video_decoder_layers",
-            "video_decoder_ffn_dim",
+            "image_size", "max_size", "max_words", "hidden_dim", "num_queries", "num_heads", "mask_dim",
+            "adapter_dim", "adapter_heads", "pixel_decoder_layers", "pixel_decoder_heads",
+            "pixel_decoder_points", "pixel_decoder_ffn_dim", "fusion_dim", "fusion_heads",
+            "frame_decoder_layers", "frame_decoder_ffn_dim", "video_decoder_layers", "video_decoder_ffn_dim",
         ]
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"SSAConfig.{name} must be a positive integer, got {value!r}")
-        if self.hidden_dim % self.num_heads:
-            raise ValueError(
-                f"SSAConfig.hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
-            )
-        if self.hidden_dim % self.pixel_decoder_heads:
-            raise ValueError(
-                f"SSAConfig.hidden_dim ({self.hidden_dim}) must be divisible by pixel_decoder_heads "
-                f"({self.pixel_decoder_heads})"
-            )
-        if self.temporal_kernel % 2 == 0:
-            raise ValueError(f"SSAConfig.temporal_kernel must be odd, got {self.temporal_kernel}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"SSAConfig.dropout must be in [0, 1), got {self.dropout}")
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SSAConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for width, heads in [("hidden_dim", "num_heads"), ("hidden_dim", "pixel_decoder_heads"),
+                             ("adapter_dim", "adapter_heads"), ("fusion_dim", "fusion_heads")]:
+            if getattr(self, width) % getattr(self, heads):
+                raise ValueError(f"SSAConfig.{width} ({getattr(self, width)}) must be divisible by {heads} "
+                                 f"({getattr(self, heads)})")
+        for name in ("hidden_dim", "adapter_dim"):
+            if getattr(self, name) % 4:
+                raise ValueError(f"SSAConfig.{name} must be divisible by 4 (2-D sine positions), "
+                                 f"got {getattr(self, name)}")
+        for name in ("dropout", "adapter_dropout", "text_dropout", "fusion_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"SSAConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.max_size < self.image_size:
             raise ValueError(f"SSAConfig.max_size ({self.max_size}) < image_size ({self.image_size})")
+        if self.selection not in ("multi", "single"):
+            raise ValueError(f"SSAConfig.selection must be 'multi' or 'single', got {self.selection!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"SSAConfig.threshold must be in [0, 1], got {self.threshold}")
         if self.clip_config is None and not self.clip_model:
             raise ValueError("SSAConfig needs either clip_model or clip_config")
         if self.clip_config is not None:
             missing = {"embed_dim", "vision_cfg", "text_cfg"} - set(self.clip_config)
             if missing:
                 raise ValueError(f"SSAConfig.clip_config lacks keys {sorted(missing)}")
+        if self.clip_trunk is not None:
+            if self.clip_config is None:
+                raise ValueError("SSAConfig.clip_trunk describes the trunk of an explicit clip_config")
+            depths, dims = self.clip_trunk.get("depths"), self.clip_trunk.get("dims")
+            unknown = set(self.clip_trunk) - {"depths", "dims", "ls_init_value"}
+            if unknown or not _int_list(depths, 4) or not _int_list(dims, 4):
+                raise ValueError("SSAConfig.clip_trunk must be {'depths': [4 ints], 'dims': [4 ints]} "
+                                 f"(optionally 'ls_init_value'), got {self.clip_trunk!r}")
 
     # ------------------------------------------------------------------------------------------------
     @classmethod
@@ -183,6 +193,31 @@ class SSAConfig:
         return cls.from_dict(values)
 
 
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict[str, Any]": (dict,),
+    "None": (type(None),),
+}
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    """``TypeError`` unless ``value`` has the field's declared type (bool is not an int here, and a
+    string is never a bool)."""
+    allowed: tuple[type, ...] = ()
+    for part in str(annotation).split(" | "):
+        allowed += _TYPES[part.strip()]
+    if isinstance(value, bool) and bool not in allowed:
+        ok = False
+    else:
+        ok = isinstance(value, allowed)
+    if not ok:
+        raise TypeError(f"SSAConfig.{name} must be {annotation}, got {type(value).__name__} {value!r}")
+
+
+def _int_list(value: Any, length: int) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == length
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
 # The tiny CLIP: open_clip's CLIP built from an explicit config on timm's convnext_atto trunk, text
 # width 128 with 2 layers. It is never pretrained; it exists for tests and the synthetic demo model.
 _TINY_CLIP = {
@@ -206,7 +241,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clip_pretrained": "laion2b_s13b_b82k_augreg",
         "image_size": 448,
     },
-    # Tests and the CPU demo: every module present, every size small.
+    # Tests and the CPU demo: the official network at small widths.
     "ssa-tiny": {
         "clip_model": "",
         "clip_pretrained": None,
@@ -216,16 +251,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "hidden_dim": 64,
         "num_queries": 8,
         "num_heads": 4,
+        "mask_dim": 64,
         "adapter_dim": 32,
+        "adapter_heads": 4,
         "pixel_decoder_layers": 2,
         "pixel_decoder_heads": 4,
         "pixel_decoder_points": 2,
         "pixel_decoder_ffn_dim": 128,
-        "mask_dim": 64,
+        "fusion_dim": 64,
+        "fusion_heads": 2,
         "frame_decoder_layers": 3,
         "frame_decoder_ffn_dim": 128,
-        "temporal_layers": 1,
-        "temporal_ffn_dim": 128,
         "video_decoder_layers": 2,
         "video_decoder_ffn_dim": 128,
     },

@@ -1,12 +1,15 @@
 """Frozen CLIP encoders, Eq. (2): (F_v, F_s, F_w) = Φ_clip(I, E).
 
-The visual tower is open_clip's timm ConvNeXt trunk; we read the output of each of its four stages
-(strides 4, 8, 16, 32) as F_v^1..F_v^4. The text tower gives per-token features F_w (projected into
-the joint CLIP space, padding after the end-of-text token masked) and the sentence feature F_s (the
-projected end-of-text token, i.e. exactly ``CLIP.encode_text``).
+The visual tower is open_clip's timm ConvNeXt trunk (strides 4, 8, 16, 32). The model runs its stem
+and stage 0 once per frame (:meth:`FrozenCLIP.encode_stem`, independent of the expression) and the
+later stages one by one (:meth:`FrozenCLIP.run_stage`) with an adapter between two stages. The text
+tower gives per-token features F_w (projected into the joint CLIP space) for the first ``max_words``
+token positions, masked where the token is padding (id 0), and the sentence feature F_s (the projected
+end-of-text token of the full context, i.e. exactly ``CLIP.encode_text``).
 
-CLIP is frozen: its parameters never require grad, it runs under ``torch.no_grad`` and stays in eval
-mode whatever ``.train()`` is called with (the ConvNeXt trunk has drop-path). Fine-tuning can unfreeze
+CLIP is frozen: its parameters never require grad and it stays in eval mode whatever ``.train()`` is
+called with (the ConvNeXt trunk has drop-path). The text pass and the stem run under ``torch.no_grad``;
+stages 1-3 record the graph when gradients are enabled, so that the adapters before them train. Fine-tuning can unfreeze
 it, or its visual tower only (:meth:`FrozenCLIP.unfreeze`, used for the tiny demo model, whose CLIP has
 no pretrained weights).
 """
@@ -19,7 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import open_clip
+import timm
 import torch
+from timm.models import is_model, register_model
+from timm.models.convnext import ConvNeXt
 from torch import Tensor, nn
 
 from ssa.config import SSAConfig
@@ -31,10 +37,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TextFeatures:
-    """CLIP text features of E expressions, context trimmed to the longest one (L tokens)."""
+    """CLIP text features of E expressions: F_w of the first L = ``max_words`` token positions."""
 
     words: Tensor  # (E, L, D) F_w, projected per-token features
-    word_mask: Tensor  # (E, L) bool, True for real tokens (start .. end-of-text inclusive)
+    word_mask: Tensor  # (E, L) bool, True where the token is not padding (start .. end-of-text)
     sentence: Tensor  # (E, D) F_s, equals CLIP.encode_text
     expressions: list[str]
 
@@ -84,6 +90,10 @@ class FrozenCLIP(nn.Module):
         super().__init__()
         if config.clip_config is not None:
             clip_cfg = dict(config.clip_config)
+            if config.clip_trunk is not None:
+                vision = dict(clip_cfg["vision_cfg"])
+                vision["timm_model_name"] = convnext_trunk(**config.clip_trunk)
+                clip_cfg["vision_cfg"] = vision
             self.model_name = None
         else:
             clip_cfg = open_clip.get_model_config(config.clip_model)
@@ -93,7 +103,7 @@ class FrozenCLIP(nn.Module):
                 )
             self.model_name = config.clip_model
         vision_cfg = clip_cfg.get("vision_cfg", {})
-        if not vision_cfg.get("timm_model_name", "").startswith("convnext"):
+        if "convnext" not in vision_cfg.get("timm_model_name", ""):
             raise ValueError(
                 "SSA needs a ConvNeXt CLIP (multi-scale features); "
                 f"got vision tower {vision_cfg.get('timm_model_name') or 'ViT'}"
@@ -105,6 +115,9 @@ class FrozenCLIP(nn.Module):
         if len(self.stage_channels) != 4:
             raise ValueError(f"expected a 4-stage ConvNeXt trunk, got {len(self.stage_channels)} stages")
         self.text_dim: int = int(self.clip.text_projection.shape[1])
+        self.max_words = config.max_words
+        if self.max_words > self.clip.context_length:
+            raise ValueError(f"max_words ({self.max_words}) exceeds CLIP's context ({self.clip.context_length})")
         self.visual_frozen = True
         self.text_frozen = True
         for p in self.clip.parameters():
@@ -173,7 +186,8 @@ class FrozenCLIP(nn.Module):
 
     # -- text --------------------------------------------------------------------------------------
     def tokenize(self, expressions: str | Sequence[str]) -> tuple[Tensor, list[str]]:
-        """BPE tokens (E, L) trimmed to the longest expression, and the cleaned expressions.
+        """BPE tokens (E, L) trimmed to the longest expression (at least ``max_words``), and the cleaned
+        expressions.
 
         Expressions longer than the context (77 tokens) are truncated with a warning.
         """
@@ -188,7 +202,7 @@ class FrozenCLIP(nn.Module):
                     stacklevel=3,
                 )
         tokens = self.tokenizer(texts)  # (E, 77), end-of-text has the largest id
-        length = int(tokens.argmax(dim=-1).max()) + 1
+        length = max(int(tokens.argmax(dim=-1).max()) + 1, self.max_words)
         # Causal attention: positions after the longest sentence never influence earlier ones, so
         # trimming the context gives identical features at lower cost.
         return tokens[:, :length], texts
@@ -210,17 +224,29 @@ class FrozenCLIP(nn.Module):
         mask = self.clip.attn_mask[:length, :length] if self.clip.attn_mask is not None else None
         x = self.clip.transformer(x, attn_mask=mask)
         x = self.clip.ln_final(x)  # (E, L, width)
-        words = x @ self.clip.text_projection  # (E, L, D)
         eot = tokens.argmax(dim=-1)  # (E,)
-        sentence = words[torch.arange(words.shape[0], device=device), eot]  # (E, D)
-        positions = torch.arange(length, device=device)
-        word_mask = positions[None, :] <= eot[:, None]  # (E, L)
+        sentence = x[torch.arange(x.shape[0], device=device), eot] @ self.clip.text_projection  # (E, D)
+        words = x[:, :self.max_words] @ self.clip.text_projection  # (E, max_words, D)
+        word_mask = tokens[:, :self.max_words] != 0  # (E, max_words)
         return TextFeatures(words=words, word_mask=word_mask, sentence=sentence, expressions=texts)
 
     # -- vision ------------------------------------------------------------------------------------
+    def encode_stem(self, images: Tensor) -> Tensor:
+        """Stem and stage 0 of CLIP-normalised images (B, 3, H, W) whose sides are multiples of 32:
+        (B, C_1, H/4, W/4), the only part of the visual pass that does not depend on the expression."""
+        trunk = self.clip.visual.trunk
+        with self._grad(self.visual_frozen):
+            return trunk.stages[0](trunk.stem(images))
+
+    def run_stage(self, index: int, x: Tensor) -> Tensor:
+        """CLIP stage ``index`` (1..3) on the (adapted) output of the stage before it. Records the graph
+        when gradients are enabled (frozen weights, but the adapters before it train)."""
+        if not 1 <= index <= 3:
+            raise ValueError(f"stage index must be 1, 2 or 3, got {index}")
+        return self.clip.visual.trunk.stages[index](x)
+
     def encode_image(self, images: Tensor) -> list[Tensor]:
-        """Stage features F_v^1..F_v^4, each (B, C_i, H/s_i, W/s_i), of CLIP-normalised images
-        (B, 3, H, W) whose sides are multiples of 32."""
+        """The four plain stage features F_v^1..F_v^4 (no adapters), each (B, C_i, H/s_i, W/s_i)."""
         with self._grad(self.visual_frozen):
             return self._encode_image(images)
 
@@ -242,3 +268,28 @@ class FrozenCLIP(nn.Module):
     @property
     def pixel_std(self) -> tuple[float, float, float]:
         return tuple(open_clip.OPENAI_DATASET_STD)
+
+
+def convnext_trunk(depths: Sequence[int], dims: Sequence[int], ls_init_value: float = 1e-6) -> str:
+    """The timm model name of a ConvNeXt trunk with these ``depths`` and ``dims`` (the block type of
+    open_clip's ``convnext_large_d_320``), registered with timm on first use so that open_clip can build
+    it from a ``vision_cfg``. No pretrained weights exist for it."""
+    depths, dims = tuple(int(d) for d in depths), tuple(int(d) for d in dims)
+    name = f"ssa_convnext_d{'-'.join(map(str, depths))}_w{'-'.join(map(str, dims))}_ls{ls_init_value:g}"
+    if is_model(name):
+        return name
+
+    def build(pretrained: bool = False, **kwargs: object) -> ConvNeXt:
+        if pretrained:
+            raise ValueError(f"no pretrained weights exist for the custom trunk {name}")
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(key, None)
+        trunk = ConvNeXt(depths=depths, dims=dims, ls_init_value=ls_init_value, **kwargs)
+        trunk.pretrained_cfg = trunk.default_cfg = {"pool_size": (7, 7)}
+        return trunk
+
+    build.__name__ = build.__qualname__ = name
+    build.__module__ = __name__
+    register_model(build)
+    assert timm.is_model(name)
+    return name

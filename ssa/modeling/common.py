@@ -37,9 +37,11 @@ class MLP(nn.Module):
 
 
 def sine_position_1d(length: int, dim: int, device: torch.device | None = None,
-                     dtype: torch.dtype = torch.float32, temperature: float = 10000.0) -> Tensor:
-    """Sinusoidal encoding of positions 0..length-1, (length, dim)."""
-    position = torch.arange(length, device=device, dtype=torch.float32)
+                     dtype: torch.dtype = torch.float32, temperature: float = 10000.0,
+                     start: int = 1) -> Tensor:
+    """Sinusoidal encoding of positions start..start+length-1, (length, dim): channel 2k is
+    sin(p / temperature^(2k/dim)), channel 2k+1 the cosine (the official 1-D encodings count from 1)."""
+    position = torch.arange(start, start + length, device=device, dtype=torch.float32)
     return sine_encoding(position, dim, temperature).to(dtype)
 
 
@@ -54,15 +56,20 @@ def sine_encoding(values: Tensor, dim: int, temperature: float = 10000.0) -> Ten
 
 
 def sine_position_2d(height: int, width: int, dim: int, device: torch.device | None = None,
-                     dtype: torch.dtype = torch.float32, temperature: float = 10000.0) -> Tensor:
-    """Normalised 2-D sinusoidal encoding (DETR style), (dim, height, width): the first half of the
-    channels encodes y, the second half x, each over coordinates scaled to [0, 2π]."""
+                     dtype: torch.dtype = torch.float32, temperature: float = 10000.0,
+                     normalize: bool = True) -> Tensor:
+    """2-D sinusoidal encoding (DETR style), (dim, height, width): the first half of the channels
+    encodes y, the second half x, over coordinates 1..H and 1..W, scaled to (0, 2π] when ``normalize``
+    (the pixel decoder and frame decoder) or raw (the adapters)."""
     if dim % 4:
         raise ValueError(f"2-D sine position encoding needs dim divisible by 4, got {dim}")
     half = dim // 2
-    eps = 1e-6
-    y = (torch.arange(height, device=device, dtype=torch.float32) + 1) / (height + eps) * 2 * math.pi
-    x = (torch.arange(width, device=device, dtype=torch.float32) + 1) / (width + eps) * 2 * math.pi
+    y = torch.arange(1, height + 1, device=device, dtype=torch.float32)
+    x = torch.arange(1, width + 1, device=device, dtype=torch.float32)
+    if normalize:
+        eps = 1e-6
+        y = y / (height + eps) * 2 * math.pi
+        x = x / (width + eps) * 2 * math.pi
     freq = temperature ** (2 * (torch.arange(half, device=device) // 2).float() / half)  # (half,)
     py = y[:, None] / freq  # (H, half)
     px = x[:, None] / freq  # (W, half)

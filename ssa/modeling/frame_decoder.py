@@ -1,9 +1,10 @@
-"""Frame query decoder (DESIGN.md section 2 item 5): masked-attention query decoding per frame.
+"""Frame query decoder: masked-attention query decoding per frame, with the sentence as the queries.
 
-The N instance queries of one frame (their content built from the text by the caller, their
-position a learned embedding) are refined by ``num_layers`` post-norm layers, each
-masked cross-attention to one level of the multi-scale memory (levels round-robin, coarse to fine)
-→ self-attention among the queries → FFN. A shared head (LayerNorm → class / mask) predicts after
+"Language as queries": the N instance queries of one frame all start as F̂_s^t, the sentence after
+the pixel decoder's fusion blocks (their positions are a learned embedding). ``num_layers``
+post-norm layers refine them, each masked cross-attention to one level of the multi-scale memory
+(levels round-robin, coarse to fine) → self-attention among the queries → cross-attention to
+F̂_s^t → FFN. A shared head (LayerNorm → class / mask) predicts after
 the initial queries and after every layer; each prediction's mask, thresholded at sigmoid 0.5, is
 the foreground a query may attend to in the next layer's cross-attention. The last prediction is
 the output, the earlier ``num_layers`` ones are deep supervision.
@@ -47,7 +48,7 @@ def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int], num_h
     if mask_logits.dim() != 4:
         raise ValueError(f"mask_logits must be (B, N, H, W), got shape {tuple(mask_logits.shape)}")
     logits = F.interpolate(mask_logits.detach(), size=tuple(size), mode="bilinear", align_corners=False)
-    blocked = (logits < 0).flatten(2)  # (B, N, h*w)
+    blocked = (logits.sigmoid() < 0.5).flatten(2)  # (B, N, h*w)
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)  # release fully blocked queries
     return blocked.repeat_interleave(num_heads, dim=0)  # (B*heads, N, h*w)
 
@@ -83,6 +84,9 @@ class FrameQueryDecoder(nn.Module):
         self.self_attn_layers = nn.ModuleList(
             SelfAttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers)
         )
+        self.text_attn_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers)
+        )
         self.ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, ffn_dim, dropout) for _ in range(num_layers))
 
         # prediction head shared by every layer
@@ -91,12 +95,10 @@ class FrameQueryDecoder(nn.Module):
         self.mask_head = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     # ------------------------------------------------------------------------------------------------
-    def _check_inputs(self, queries: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor) -> None:
-        if queries.dim() != 3 or queries.shape[1:] != (self.num_queries, self.hidden_dim):
-            raise ValueError(
-                f"queries must be (B, {self.num_queries}, {self.hidden_dim}), got {tuple(queries.shape)}"
-            )
-        batch = queries.shape[0]
+    def _check_inputs(self, text: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor) -> None:
+        if text.dim() != 3 or text.shape[1:] != (1, self.hidden_dim):
+            raise ValueError(f"text must be (B, 1, {self.hidden_dim}), got {tuple(text.shape)}")
+        batch = text.shape[0]
         if not isinstance(multi_scale, (list, tuple)) or len(multi_scale) != self.num_levels:
             count = len(multi_scale) if isinstance(multi_scale, (list, tuple)) else type(multi_scale).__name__
             raise ValueError(f"multi_scale must be a list of {self.num_levels} feature maps, got {count}")
@@ -121,12 +123,14 @@ class FrameQueryDecoder(nn.Module):
         mask_logits = torch.einsum("bnd,bdhw->bnhw", mask_embed, mask_features)  # (B, N, H4, W4)
         return normed, class_logits, mask_logits, mask_embed
 
-    def forward(self, queries: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor
+    def forward(self, text: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor
                 ) -> FrameDecoderOutput:
-        """Decode ``queries`` (B, N, C) against ``multi_scale`` (num_levels maps (B, C, h_l, w_l),
-        coarse → fine) and predict masks on ``mask_features`` (B, mask_dim, H4, W4)."""
-        self._check_inputs(queries, multi_scale, mask_features)
-        batch = queries.shape[0]
+        """Decode N queries that start as ``text`` (B, 1, C), F̂_s^t, against ``multi_scale``
+        (num_levels maps (B, C, h_l, w_l), coarse → fine) and predict masks on ``mask_features``
+        (B, mask_dim, H4, W4)."""
+        self._check_inputs(text, multi_scale, mask_features)
+        batch = text.shape[0]
+        queries = text.expand(batch, self.num_queries, self.hidden_dim)  # (B, N, C), language as queries
 
         # memory tokens per level: (B, S_l, C) with level embedding, and their sine positions (1, S_l, C)
         memories: list[Tensor] = []
@@ -154,6 +158,7 @@ class FrameQueryDecoder(nn.Module):
                 x, memories[level], pos=query_pos, memory_pos=positions[level], attn_mask=attn_mask
             )
             x = self.self_attn_layers[i](x, pos=query_pos)
+            x = self.text_attn_layers[i](x, text, pos=query_pos)
             x = self.ffn_layers[i](x)  # (B, N, C)
             normed, class_logits, mask_logits, mask_embed = self._predict(x, mask_features)
             class_preds.append(class_logits)

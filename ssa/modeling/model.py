@@ -1,14 +1,17 @@
-"""`SSAModel`: the whole network, in data-flow order.
+"""`SSAModel`: the official SSA network (github.com/Tavarich/SSA), in data-flow order.
 
-    frames ──► frozen CLIP visual pass (Eq. 2) ──────────────┐   text-independent: encode_video()
-    expressions ──► frozen CLIP text (F_w, F_s) ─────────────┤   encode_text()
-                                                             ▼
-    per frame:  adapters (Eq. 3-4) → pixel decoder → query generation (Eq. 5) → frame decoder
-                                                                            decode_frames()
-    per clip:   Hungarian trajectories → temporal enhancement (Eq. 6) → ensemble (Eq. 7)
-                → video query decoder → masks = Q_emb^t · F_mask^t      decode_video()
+    expressions ──► frozen CLIP text: F_w (first 40 tokens), F_s (Eq. 2)          encode_text()
+    frames ──► CLIP stem + stage 0 (the only expression-independent part)         encode_video()
+    per (frame, expression):                                                        decode_frames()
+        adapter 0 → stage 1 → adapter 1 → stage 2 → adapter 2 → stage 3 → adapter 3   (Eq. 3-4)
+        → pixel decoder: 6 x [text fusion (Eq. 5) → deformable layer], FPN → F̂_s^t, F_mask
+        → frame decoder (queries = F̂_s^t x N; masked cross → self → text cross → FFN)
+    per (clip, expression):                                                         decode_sequence()
+        projection → Hungarian trajectories → temporal enhancement (Eq. 6) → ensemble (Eq. 7)
+        → video decoder (text cross → trajectory cross → self → FFN) → S_cls, Q_emb
+    masks = Q_emb · F_mask^video                                                    decode_video()
 
-``model(frames, expressions)`` runs all of it; the split methods let one visual pass serve several
+``model(frames, expressions)`` runs all of it; the split methods let one stem pass serve several
 expressions and let callers chunk the per-frame stages over time.
 """
 
@@ -27,12 +30,10 @@ from ssa.config import SSAConfig
 from ssa.modeling.adapter import SemanticAlignmentAdapter
 from ssa.modeling.backbone import FrozenCLIP, TextFeatures
 from ssa.modeling.frame_decoder import FrameDecoderOutput, FrameQueryDecoder
-from ssa.modeling.motion import PixelMotionEncoder
+from ssa.modeling.fusion import TextResizer
 from ssa.modeling.outputs import FrameOutput, SequenceOutput, SSAOutput, VisualFeatures
-from ssa.modeling.pixel_decoder import PixelDecoder
-from ssa.modeling.query_generation import InstanceQueryGenerator
+from ssa.modeling.pixel_decoder import PixelDecoder, PixelDecoderOutput
 from ssa.modeling.sequential_alignment import (
-    MaskPositionEncoding,
     TemporalEnhancement,
     TrajectoryEnsemble,
     apply_order,
@@ -59,34 +60,30 @@ class SSAModel(nn.Module):
         self.backbone = FrozenCLIP(c)
         channels, text_dim = self.backbone.stage_channels, self.backbone.text_dim
         self.adapters = (
-            nn.ModuleList(SemanticAlignmentAdapter(ch, text_dim, c.adapter_dim) for ch in channels)
+            nn.ModuleList(SemanticAlignmentAdapter(ch, text_dim, c.adapter_dim, c.adapter_heads,
+                                                   c.adapter_dropout) for ch in channels)
             if c.use_adapter else None
         )
+        self.text_resizer = TextResizer(text_dim, c.hidden_dim, c.text_dropout)
         self.pixel_decoder = PixelDecoder(
             channels, hidden_dim=c.hidden_dim, mask_dim=c.mask_dim, num_layers=c.pixel_decoder_layers,
             num_heads=c.pixel_decoder_heads, num_points=c.pixel_decoder_points,
-            ffn_dim=c.pixel_decoder_ffn_dim, dropout=c.dropout,
-        )
-        self.motion_encoder = PixelMotionEncoder(c.hidden_dim, c.mask_dim) if c.motion_features else None
-        self.query_generator = InstanceQueryGenerator(
-            channels[-1], text_dim, c.hidden_dim, c.num_queries, c.num_heads,
-            bidirectional=c.bidirectional, dropout=c.dropout,
+            ffn_dim=c.pixel_decoder_ffn_dim, dropout=c.dropout, fusion_dim=c.fusion_dim,
+            fusion_heads=c.fusion_heads, fusion_dropout=c.fusion_dropout, bidirectional=c.bidirectional,
         )
         self.frame_decoder = FrameQueryDecoder(
             hidden_dim=c.hidden_dim, num_queries=c.num_queries, num_heads=c.num_heads,
             num_layers=c.frame_decoder_layers, ffn_dim=c.frame_decoder_ffn_dim, mask_dim=c.mask_dim,
             num_levels=3, dropout=c.dropout,
         )
-        self.mask_position = MaskPositionEncoding(c.hidden_dim) if c.query_positions else None
+        self.sequence_proj = nn.Linear(c.hidden_dim, c.hidden_dim)  # frame queries before matching
         self.temporal_enhancement = (
-            TemporalEnhancement(c.hidden_dim, c.num_heads, c.temporal_layers, c.temporal_kernel,
-                                c.temporal_ffn_dim, c.dropout)
-            if c.trajectory else None
+            TemporalEnhancement(c.hidden_dim, c.num_heads, c.dropout) if c.trajectory else None
         )
-        self.ensemble = TrajectoryEnsemble(c.hidden_dim) if c.trajectory and c.ensemble else None
+        self.ensemble = TrajectoryEnsemble(c.hidden_dim) if c.ensemble else None
         self.video_decoder = VideoQueryDecoder(
-            c.hidden_dim, text_dim, c.num_queries, c.num_heads, c.video_decoder_layers,
-            c.video_decoder_ffn_dim, c.mask_dim, c.dropout, trajectory_masks=c.trajectory_masks,
+            c.hidden_dim, c.num_queries, c.num_heads, c.video_decoder_layers, c.video_decoder_ffn_dim,
+            c.mask_dim, c.dropout,
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -127,8 +124,8 @@ class SSAModel(nn.Module):
                         cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False,
                         token: str | bool | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, strict: bool = True) -> SSAModel:
-        """Load a bundled model, checkpoint directory or Hub repo (eval mode); see
-        :func:`ssa.hub.load_pretrained`. The default is the bundled demo model ``ssa-tiny-synthetic``."""
+        """Load a bundled model, checkpoint directory, Hub repo or an official ``.pth`` checkpoint (eval
+        mode); see :func:`ssa.hub.load_pretrained`. The default is the bundled demo model."""
         from ssa import hub
 
         return hub.load_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
@@ -145,15 +142,12 @@ class SSAModel(nn.Module):
         return hub.push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
                                revision=revision, weights=weights)
 
-    # -- 1. frozen visual pass ------------------------------------------------------------------------
-    def encode_video(self, frames: Tensor, previous: Tensor | None = None) -> VisualFeatures:
-        """Frozen CLIP stage features of CLIP-normalised frames (T, 3, H, W) or clips (B, T, 3, H, W).
+    # -- 1. the expression-independent visual pass ----------------------------------------------------
+    def encode_video(self, frames: Tensor) -> VisualFeatures:
+        """CLIP stem + stage 0 of CLIP-normalised frames (T, 3, H, W) or clips (B, T, 3, H, W).
 
         Frames are zero-padded (bottom/right) to a multiple of 32. The result does not depend on any
-        expression and can be reused for all of them. With ``motion_features`` the pixel motion features
-        are computed here too; ``previous`` (3, H, W) or (B, 3, H, W), the frame before each clip (e.g.
-        the last one of the previous chunk of a long video), gives the first frame its true temporal
-        difference (ignored without ``motion_features``).
+        expression and is reused for all of them.
         """
         frames = _check_frames(frames)
         b, t, _, h, w = frames.shape
@@ -161,33 +155,21 @@ class SSAModel(nn.Module):
         images = frames.reshape(b * t, 3, h, w).to(self.device)
         if ph or pw:
             images = F.pad(images, (0, pw, 0, ph))
-        stages = self.backbone.encode_image(images)
-        motion = None
-        if self.motion_encoder is not None:
-            if previous is not None:
-                previous = previous[None] if previous.dim() == 3 else previous
-                if previous.shape != (b, 3, h, w):
-                    raise ValueError(f"previous frames must be (B, 3, H, W) = {(b, 3, h, w)} like the clips, "
-                                     f"got {tuple(previous.shape)}")
-                previous = F.pad(previous.to(images), (0, pw, 0, ph))
-            motion = self.motion_encoder(images.reshape(b, t, 3, h + ph, w + pw), previous)
-        return VisualFeatures(stages, b, t, (h, w), (h + ph, w + pw), motion)
+        return VisualFeatures(self.backbone.encode_stem(images), b, t, (h, w), (h + ph, w + pw))
 
     # -- 2. frozen text pass ----------------------------------------------------------------------------
     def encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
         """F_w and F_s of one or more expressions (Eq. 2)."""
         return self.backbone.encode_text(expressions)
 
-    # -- 3. per-frame, text-dependent stages --------------------------------------------------------------
+    # -- 3. per-(frame, expression) stages ----------------------------------------------------------------
     def decode_frames(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor | None = None,
                       *, frame_chunk: int | None = None, row_chunk: int | None = None) -> FrameOutput:
-        """Adapters → pixel decoder → query generation → frame decoder for P pairs.
+        """CLIP stages 1-3 with the adapters → pixel decoder → frame decoder for P pairs.
 
         Pair p is expression p of ``text`` about clip ``clip_index[p]`` (default: clip 0 for all).
         ``frame_chunk`` bounds how many frames per pair go through at once (memory), and ``row_chunk``
-        how many (pair, frame) rows of such a run go through the pixel decoder, the query generation and
-        the frame decoder at once (the adapters' text-independent work still runs once per frame of the
-        run). Neither changes the result.
+        how many (pair, frame) rows of such a run go through at once. Neither changes the result.
         """
         clip_index = self._check_pairs(visual, text, clip_index)
         parts = [self._decode_frame_chunk(part, text, clip_index, row_chunk)
@@ -203,69 +185,86 @@ class SSAModel(nn.Module):
 
         return FrameOutput(
             queries=cat("queries"), sentences=cat("sentences"), mask_features=cat("mask_features"),
-            class_logits=cat("class_logits"), mask_logits=cat("mask_logits"), mask_embed=cat("mask_embed"),
+            class_logits=cat("class_logits"), mask_logits=cat("mask_logits"),
             aux_class_logits=cat_list("aux_class_logits"), aux_mask_logits=cat_list("aux_mask_logits"),
             adapter_weights=cat("adapter_weights") if parts[0].adapter_weights is not None else None,
         )
 
     def _pair_rows(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor
-                   ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+                   ) -> tuple[Tensor | None, Tensor]:
         """Rows of the per-frame stages: row r = pair r // T, frame r % T, reading frame
         (clip_index[pair], frame) of the visual pass. Returns that frame index (P·T,) — None when row r
-        reads frame r — and each pair's text repeated per frame: words (P·T, L, D_t), word_mask
-        (P·T, L), sentence (P·T, D_t)."""
+        reads frame r — and the pair of each row (P·T,)."""
         p, t = clip_index.shape[0], visual.num_frames
-        device = visual.stages[0].device
+        device = visual.stem.device
         rows = (clip_index.to(device)[:, None] * t + torch.arange(t, device=device)[None]).flatten()
         if p == visual.num_clips and torch.equal(clip_index.cpu(), torch.arange(p)):
             rows = None  # pair p is clip p: the rows are the frames, in order
-        pair_of_row = torch.arange(p, device=device).repeat_interleave(t)
-        words = text.words.to(device)[pair_of_row]
-        word_mask = text.word_mask.to(device)[pair_of_row]
-        sentence = text.sentence.to(device)[pair_of_row]
-        return rows, words, word_mask, sentence
+        return rows, torch.arange(p, device=device).repeat_interleave(t)
 
-    def _adapt(self, stages: list[Tensor], rows: Tensor | None, words: Tensor, word_mask: Tensor,
-               sentence: Tensor) -> tuple[list[Tensor], Tensor | None]:
-        """Semantic alignment (Eq. 3-4) of every stage, per row; the adapters' text-independent work
-        runs once per frame of ``stages``. Identity (the rows' frames) when the adapter is off."""
-        if self.adapters is None:
-            return [f if rows is None else f[rows] for f in stages], None
-        refined = [a(f, words, word_mask, sentence, rows) for a, f in zip(self.adapters, stages, strict=True)]
-        return [f for f, _ in refined], torch.stack([w for _, w in refined], dim=1)  # (P·T, 4, 3)
+    def encode_stages(self, stem: Tensor, words: Tensor, word_mask: Tensor, sentence: Tensor
+                      ) -> tuple[list[Tensor], Tensor | None]:
+        """The interleaved visual pass of R rows from their stage-0 output ``stem`` (R, C_1, H/4, W/4)
+        and their text (words (R, L, D), word_mask (R, L), sentence (R, D)): the four adapted stage
+        maps res2..res5 and the adapters' stream weights (R, 4, 3) (None without adapters)."""
+        x, features, weights = stem, [], []
+        for i in range(4):
+            if i > 0:
+                x = self.backbone.run_stage(i, x)
+            if self.adapters is not None:
+                x, w = self.adapters[i](x, words, word_mask, sentence)  # Eq. 3-4
+                weights.append(w)
+            features.append(x)
+        return features, torch.stack(weights, dim=1) if weights else None
+
+    def decode_pixels(self, features: list[Tensor], sentence: Tensor) -> PixelDecoderOutput:
+        """The pixel decoder with its text fusion, in fp32 with autocast off (as the official network
+        runs it), on R rows of adapted stage maps and their resized sentence (R, 1, C)."""
+        with torch.autocast(features[0].device.type, enabled=False):
+            return self.pixel_decoder([f.float() for f in features], sentence.float())
+
+    def _rows(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor,
+              row_chunk: int | None) -> list[tuple[PixelDecoderOutput, Tensor | None]]:
+        """Stages 1-3 with adapters and the pixel decoder, per slice of rows."""
+        rows, pair_of_row = self._pair_rows(visual, text, clip_index)
+        device = visual.stem.device
+        words, word_mask = text.words.to(device), text.word_mask.to(device)
+        sentence = text.sentence.to(device)
+        resized = self.text_resizer(sentence)[:, None]  # (P, 1, C), once per pair
+        out = []
+        for r in _row_slices(pair_of_row.shape[0], row_chunk):
+            pair = pair_of_row[r]
+            stem = visual.stem[r] if rows is None else visual.stem[rows[r]]
+            features, weights = self.encode_stages(stem, words[pair], word_mask[pair], sentence[pair])
+            out.append((self.decode_pixels(features, resized[pair]), weights))
+        return out
 
     def encode_mask_features(self, visual: VisualFeatures, text: TextFeatures,
                              clip_index: Tensor | None = None, *, frame_chunk: int | None = None,
                              row_chunk: int | None = None) -> Tensor:
-        """F_mask only (adapters → pixel decoder), (P, T, mask_dim, H/4, W/4): what a caller that
-        dropped the mask features needs to recompute them. ``frame_chunk`` and ``row_chunk`` as in
-        :meth:`decode_frames`."""
+        """The video-level mask features only (P, T, mask_dim, H/4, W/4): what a caller that dropped them
+        needs to recompute them. ``frame_chunk`` and ``row_chunk`` as in :meth:`decode_frames`."""
         clip_index = self._check_pairs(visual, text, clip_index)
         mh, mw = visual.mask_size
         parts = []
         for part in _frame_chunks(visual, frame_chunk):
-            rows, words, word_mask, sentence = self._pair_rows(part, text, clip_index)
-            stages, _ = self._adapt(part.stages, rows, words, word_mask, sentence)
-            mask_features = torch.cat([self.pixel_decoder([f[r] for f in stages])[0]
-                                       for r in _row_slices(stages[0].shape[0], row_chunk)])
-            if part.motion is not None:
-                mask_features = mask_features + _take(part.motion[0], rows)
-            parts.append(mask_features[..., :mh, :mw].reshape(clip_index.shape[0], part.num_frames,
-                                                              *mask_features.shape[1:2], mh, mw))
+            features = torch.cat([pd.video_mask_features for pd, _ in self._rows(part, text, clip_index,
+                                                                                 row_chunk)])
+            parts.append(features[..., :mh, :mw].reshape(clip_index.shape[0], part.num_frames,
+                                                         features.shape[1], mh, mw))
         return torch.cat(parts, dim=1)
 
     def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor,
                             row_chunk: int | None = None) -> FrameOutput:
         p, t = clip_index.shape[0], visual.num_frames
-        rows, words, word_mask, sentence = self._pair_rows(visual, text, clip_index)
-        stages, adapter_weights = self._adapt(visual.stages, rows, words, word_mask, sentence)  # Eq. 3-4
-        motion = None if visual.motion is None else [_take(m, rows) for m in visual.motion]
-        parts = [self._decode_rows([f[r] for f in stages], words[r], word_mask[r], sentence[r],
-                                   None if motion is None else [m[r] for m in motion])
-                 for r in _row_slices(words.shape[0], row_chunk)]
-        mask_features = torch.cat([m for m, _, _ in parts])  # (P·T, Cm, H/4, W/4)
-        sentences = torch.cat([s for _, s, _ in parts])  # (P·T, C)
-        dec = _cat_rows([d for _, _, d in parts])
+        parts = []
+        for pd, weights in self._rows(visual, text, clip_index, row_chunk):
+            dec = self.frame_decoder(pd.text, pd.multi_scale, pd.mask_features)
+            parts.append((pd.video_mask_features, pd.text[:, 0], dec, weights))
+        mask_features = torch.cat([m for m, _, _, _ in parts])  # (P·T, Cm, H/4, W/4)
+        sentences = torch.cat([s for _, s, _, _ in parts])  # (P·T, C)
+        dec = _cat_rows([d for _, _, d, _ in parts])
+        adapter_weights = None if parts[0][3] is None else torch.cat([w for _, _, _, w in parts])
 
         mh, mw = visual.mask_size
 
@@ -281,91 +280,55 @@ class SSAModel(nn.Module):
             mask_features=per_pair(crop(mask_features)),
             class_logits=per_pair(dec.class_logits),
             mask_logits=per_pair(crop(dec.mask_logits)),
-            mask_embed=per_pair(dec.mask_embed),
             aux_class_logits=[per_pair(x) for x in dec.aux_class_logits],
             aux_mask_logits=[per_pair(crop(x)) for x in dec.aux_mask_logits],
             adapter_weights=None if adapter_weights is None else per_pair(adapter_weights),
         )
 
-    def _decode_rows(self, stages: list[Tensor], words: Tensor, word_mask: Tensor, sentence: Tensor,
-                     motion: list[Tensor] | None = None) -> tuple[Tensor, Tensor, FrameDecoderOutput]:
-        """Pixel decoder (+ the rows' motion features) → query generation (Eq. 5) → frame decoder on R
-        rows of adapted features: F_mask (R, Cm, H/4, W/4), F̂_s (R, C) and the decoder's output."""
-        mask_features, multi_scale = self.pixel_decoder(stages)  # (R, Cm, H/4, W/4), strides 32/16/8
-        if motion is not None:
-            mask_features = mask_features + motion[0]
-            multi_scale = [*multi_scale[:-1], multi_scale[-1] + motion[1]]
-        queries, sentences = self.query_generator(stages[-1], words, word_mask, sentence)  # Eq. 5
-        return mask_features, sentences, self.frame_decoder(queries, multi_scale, mask_features)
-
     # -- 4. per-clip sequential alignment and video decoding ------------------------------------------
-    def sequence_queries(self, frames: FrameOutput) -> Tensor:
-        """The frame queries the sequence stages read, (P, T, N, C): Q̂^t, plus where each query's mask
-        lies with ``query_positions``."""
-        if self.mask_position is None:
-            return frames.queries
-        return self.mask_position(frames.queries, frames.mask_logits)
-
-    def decode_sequence(self, queries: Tensor, sentences: Tensor, text: TextFeatures,
-                        frame_mask_embed: Tensor | None = None) -> SequenceOutput:
-        """Trajectories → temporal enhancement (Eq. 6) → ensemble (Eq. 7) → video decoder, for P pairs
-        of frame queries (P, T, N, C) and per-frame sentence features (P, T, C). With
-        ``trajectory_masks`` the frame decoder's mask embeddings (P, T, N, mask_dim) are needed too:
-        video query i's mask at frame t is its trajectory's."""
+    def decode_sequence(self, queries: Tensor, sentences: Tensor) -> SequenceOutput:
+        """Projection → trajectories → temporal enhancement (Eq. 6) → ensemble (Eq. 7) → video decoder,
+        for P pairs of frame queries (P, T, N, C) and per-frame sentence features (P, T, C)."""
+        if queries.dim() != 4 or sentences.shape != queries.shape[:2] + queries.shape[3:]:
+            raise ValueError(f"frame queries (P, T, N, C) and sentences (P, T, C) do not match: "
+                             f"{tuple(queries.shape)} and {tuple(sentences.shape)}")
         p, t, n, _ = queries.shape
-        if len(text) != p:
-            raise ValueError(f"{len(text)} expressions for {p} frame-stage pairs")
-        if self.config.trajectory_masks and (frame_mask_embed is None
-                                             or frame_mask_embed.shape[:3] != queries.shape[:3]):
-            got = None if frame_mask_embed is None else tuple(frame_mask_embed.shape)
-            raise ValueError(f"trajectory_masks needs the frame mask embeddings (P, T, N, mask_dim) of the "
-                             f"{tuple(queries.shape)} frame queries, got {got}")
+        queries = self.sequence_proj(queries)
         if self.temporal_enhancement is not None:
             order = hungarian_trajectories(queries)  # (P, T, N), on detached queries
             trajectories = self.temporal_enhancement(apply_order(queries, order))  # Eq. 6, Q̃_TE
-            if self.ensemble is not None:
-                video_queries, weights = self.ensemble(trajectories)  # Eq. 7
-            else:  # Tab. 7 row 3: uniform temporal weights
-                weights = queries.new_full((p, t, n), 1.0 / t)
-                video_queries = trajectories.mean(dim=1)
-        else:  # Tab. 7 row 4: no trajectories, plain mean of the unaligned frame queries
+        else:  # Tab. 7: no trajectories, the frame queries in decoder order
             order = torch.arange(n, device=queries.device).expand(p, t, n)
             trajectories = queries
+        if self.ensemble is not None:
+            video_queries, weights = self.ensemble(trajectories)  # Eq. 7
+        else:  # Tab. 7: uniform temporal weights
             weights = queries.new_full((p, t, n), 1.0 / t)
-            video_queries = queries.mean(dim=1)
-        words, word_mask = text.words.to(queries.device), text.word_mask.to(queries.device)
-        trajectory_masks = None
-        if self.config.trajectory_masks:  # (P, N, T, mask_dim): trajectory i's mask embedding per frame,
-            # detached: the frame-level loss trains the masks, the video-level loss only the scores
-            trajectory_masks = apply_order(frame_mask_embed.detach(), order).transpose(1, 2)
-        dec = self.video_decoder(video_queries, trajectories, words, word_mask, sentences, trajectory_masks)
+            video_queries = trajectories.mean(dim=1)
+        dec = self.video_decoder(video_queries, trajectories, sentences)
         return SequenceOutput(
             class_logits=dec.class_logits, mask_embed=dec.mask_embed, video_queries=dec.queries,
-            trajectory_order=order, ensemble_weights=weights,
+            trajectories=trajectories, trajectory_order=order, ensemble_weights=weights,
             aux_class_logits=dec.aux_class_logits, aux_mask_embed=dec.aux_mask_embed,
         )
 
     def decode_video(self, frames: FrameOutput, text: TextFeatures, clip_index: Tensor | None = None,
                      *, with_frames: bool | None = None) -> SSAOutput:
-        """Sequence stages (:meth:`decode_sequence`) and masks = Q_emb^t · F_mask^t, for P pairs.
+        """Sequence stages (:meth:`decode_sequence`) and masks = Q_emb · F_mask^video, for P pairs.
 
         ``with_frames`` keeps the per-frame predictions and the video decoder's earlier layers (deep
         supervision) in the output; default: when training.
         """
-        seq = self.decode_sequence(self.sequence_queries(frames), frames.sentences, text, frames.mask_embed)
+        seq = self.decode_sequence(frames.queries, frames.sentences)
         p = frames.queries.shape[0]
+        if len(text) != p:
+            raise ValueError(f"{len(text)} expressions for {p} frame-stage pairs")
         if clip_index is None:
             clip_index = torch.zeros(p, dtype=torch.long)
-        # with trajectory_masks the video masks are the trajectories' frame masks, trained by L_f only
-        features = frames.mask_features.detach() if self.config.trajectory_masks else frames.mask_features
-        masks = torch.einsum("pntc,ptchw->pnthw", seq.mask_embed, features)  # (P, N, T, H/4, W/4)
+        features = frames.mask_features
+        masks = torch.einsum("pnc,ptchw->pnthw", seq.mask_embed, features)  # (P, N, T, H/4, W/4)
         keep = self.training if with_frames is None else with_frames
-        if not keep:
-            aux_masks = []
-        elif self.config.trajectory_masks:  # every decoder layer has the trajectories' masks: reuse them
-            aux_masks = [masks] * len(seq.aux_mask_embed)
-        else:
-            aux_masks = [torch.einsum("pntc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed]
+        aux_masks = [torch.einsum("pnc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed] if keep else []
         return SSAOutput(
             class_logits=seq.class_logits,
             mask_logits=masks,
@@ -373,6 +336,7 @@ class SSAModel(nn.Module):
             trajectory_order=seq.trajectory_order,
             ensemble_weights=seq.ensemble_weights,
             video_queries=seq.video_queries,
+            trajectories=seq.trajectories,
             clip_index=clip_index.to(frames.queries.device),
             expressions=list(text.expressions),
             frames=frames if keep else None,
@@ -408,11 +372,6 @@ class SSAModel(nn.Module):
                 f"clip_index must be in [0, {visual.num_clips}), got {clip_index.tolist()}"
             )
         return clip_index
-
-
-def _take(x: Tensor, rows: Tensor | None) -> Tensor:
-    """Rows ``rows`` of a per-frame tensor (all of them, in order, when None)."""
-    return x if rows is None else x[rows]
 
 
 def _frame_chunks(visual: VisualFeatures, frame_chunk: int | None) -> list[VisualFeatures]:

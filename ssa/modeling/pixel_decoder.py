@@ -1,5 +1,6 @@
-"""Pixel decoder: a multi-scale deformable-attention encoder over strides 8/16/32, an FPN step to
-stride 4 and a 1x1 projection to the mask features (DESIGN.md section 2 item 3).
+"""Pixel decoder: a multi-scale deformable-attention encoder over strides 8/16/32 in which each layer
+is preceded by a text fusion block (Eq. 5, :mod:`ssa.modeling.fusion`), an FPN step to stride 4, and
+two 1x1 projections of the stride-4 map: the frame-level mask features F_mask and the video-level ones.
 
 Multi-scale deformable attention, for a query q with reference point p_q (normalised (x, y)):
 
@@ -18,14 +19,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssa.modeling.common import FFNLayer, sine_position_2d
+from ssa.modeling.fusion import TextFusionBlock
 
-__all__ = ["multi_scale_deformable_attention", "MSDeformAttn", "DeformableEncoderLayer", "PixelDecoder"]
+__all__ = ["multi_scale_deformable_attention", "MSDeformAttn", "DeformableEncoderLayer", "PixelDecoder",
+           "PixelDecoderOutput"]
 
 
 def multi_scale_deformable_attention(
@@ -216,19 +220,31 @@ def _conv_norm(in_dim: int, out_dim: int, kernel: int, bias: bool) -> nn.Sequent
     return nn.Sequential(conv, nn.GroupNorm(math.gcd(32, out_dim), out_dim))
 
 
-class PixelDecoder(nn.Module):
-    """Deformable encoder on strides 8/16/32 + FPN step to stride 4 + mask-feature projection.
+@dataclass
+class PixelDecoderOutput:
+    """Outputs of the pixel decoder for B rows (frame, expression)."""
 
-    ``forward(features)`` takes the four stage maps (strides 4, 8, 16, 32) and returns
-    ``(mask_features, multi_scale)``: (B, mask_dim, H/4, W/4) and the encoder outputs
-    [(B, C, H/32, W/32), (B, C, H/16, W/16), (B, C, H/8, W/8)], low resolution first.
+    mask_features: Tensor  # (B, mask_dim, H/4, W/4) frame-level F_mask
+    video_mask_features: Tensor  # (B, mask_dim, H/4, W/4) the video decoder's mask features
+    multi_scale: list[Tensor]  # encoder outputs [(B, C, H/32, W/32), (B, C, H/16, W/16), (B, C, H/8, W/8)]
+    text: Tensor  # (B, 1, C) F̂_s^t, the sentence after the last fusion block
+    memory: Tensor  # (B, S, C) encoder output tokens (the three levels, flattened)
+
+
+class PixelDecoder(nn.Module):
+    """[Text fusion → deformable encoder layer] x num_layers on strides 8/16/32, FPN step to stride 4,
+    mask-feature projections.
+
+    ``forward(features, text)`` takes the four adapted stage maps (strides 4, 8, 16, 32) and the resized
+    sentence (B, 1, C), and returns a :class:`PixelDecoderOutput`.
     """
 
     num_encoder_levels = 3
 
     def __init__(self, in_channels: Sequence[int], hidden_dim: int = 256, mask_dim: int = 256,
                  num_layers: int = 6, num_heads: int = 8, num_points: int = 4, ffn_dim: int = 1024,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, fusion_dim: int = 512, fusion_heads: int = 4,
+                 fusion_dropout: float = 0.1, bidirectional: bool = True) -> None:
         super().__init__()
         in_channels = tuple(int(c) for c in in_channels)
         if len(in_channels) != 4:
@@ -250,6 +266,10 @@ class PixelDecoder(nn.Module):
         )
         self.level_embed = nn.Parameter(torch.empty(lv, hidden_dim))
         nn.init.normal_(self.level_embed)
+        self.fusion_layers = nn.ModuleList(
+            TextFusionBlock(hidden_dim, fusion_dim, fusion_heads, fusion_dropout, bidirectional)
+            for _ in range(num_layers)
+        )
         self.layers = nn.ModuleList(
             DeformableEncoderLayer(hidden_dim, lv, num_heads, num_points, ffn_dim, dropout)
             for _ in range(num_layers)
@@ -258,10 +278,12 @@ class PixelDecoder(nn.Module):
         self.lateral = _conv_norm(in_channels[0], hidden_dim, 1, bias=False)
         self.output_conv = nn.Sequential(*_conv_norm(hidden_dim, hidden_dim, 3, bias=False), nn.ReLU())
         self.mask_features = nn.Conv2d(hidden_dim, mask_dim, 1)
-        nn.init.xavier_uniform_(self.mask_features.weight)
-        nn.init.zeros_(self.mask_features.bias)
+        self.video_mask_features = nn.Conv2d(hidden_dim, mask_dim, 1)
+        for conv in (self.mask_features, self.video_mask_features):
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
 
-    def _check(self, features: Sequence[Tensor]) -> None:
+    def _check(self, features: Sequence[Tensor], text: Tensor) -> None:
         if not isinstance(features, (list, tuple)) or len(features) != 4:
             n = len(features) if isinstance(features, (list, tuple)) else type(features).__name__
             raise ValueError(f"PixelDecoder expects a list of 4 feature maps (strides 4, 8, 16, 32), got {n}")
@@ -275,6 +297,9 @@ class PixelDecoder(nn.Module):
             if f.shape[0] != features[0].shape[0]:
                 raise ValueError(f"PixelDecoder features have different batch sizes: "
                                  f"{[int(x.shape[0]) for x in features]}")
+        if text.dim() != 3 or text.shape[0] != features[0].shape[0] or text.shape[2] != self.hidden_dim:
+            raise ValueError(f"PixelDecoder text must be ({features[0].shape[0]}, L, {self.hidden_dim}), "
+                             f"got {tuple(text.shape)}")
 
     @staticmethod
     def _reference_points(shapes: Sequence[tuple[int, int]], device: torch.device,
@@ -288,8 +313,8 @@ class PixelDecoder(nn.Module):
             points.append(torch.stack([gx, gy], dim=-1).reshape(h * w, 2))
         return torch.cat(points, dim=0)  # (S, 2)
 
-    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        self._check(features)
+    def forward(self, features: Sequence[Tensor], text: Tensor) -> PixelDecoderOutput:
+        self._check(features, text)
         b = features[0].shape[0]
         srcs, pos, shapes = [], [], []
         for level, (proj, f) in enumerate(zip(self.input_proj, reversed(features[1:]), strict=True)):
@@ -304,7 +329,8 @@ class PixelDecoder(nn.Module):
         ref = self._reference_points(shapes, src.device, torch.float32)  # (S, 2)
         ref = ref[None, :, None, :].expand(b, -1, len(shapes), 2)  # (B, S, L, 2)
 
-        for layer in self.layers:
+        for fusion, layer in zip(self.fusion_layers, self.layers, strict=True):
+            src, text = fusion(src, text)  # Eq. 5
             src = layer(src, pos_all, ref, shapes)  # (B, S, C)
 
         multi_scale = []
@@ -318,4 +344,5 @@ class PixelDecoder(nn.Module):
         top_down = F.interpolate(multi_scale[-1], size=lateral.shape[-2:], mode="bilinear",
                                  align_corners=False)  # stride 8 -> stride 4
         fpn = self.output_conv(lateral + top_down)  # (B, C, H/4, W/4)
-        return self.mask_features(fpn), multi_scale  # (B, Cm, H/4, W/4), [strides 32, 16, 8]
+        return PixelDecoderOutput(self.mask_features(fpn), self.video_mask_features(fpn), multi_scale,
+                                  text, src)

@@ -1,0 +1,93 @@
+"""Text into the pixel decoder: the sentence resizer and the bi-directional fusion blocks of Eq. (5).
+
+The sentence feature F_s (CLIP width) is resized to the decoder width (:class:`TextResizer`). Before
+each deformable encoder layer of the pixel decoder, a :class:`TextFusionBlock` (the official
+``BiAttentionBlock``) lets the visual tokens v (B, S, C) and the sentence l (B, 1, C) read each other:
+
+    v̄ = LN_v(v),  l̄ = LN_l(l)
+    A_h = (W_q v̄)_h (W_k l̄)_hᵀ / √d                         per head h, (S, 1)
+    Δv = W_ov concat_h softmax_l(A_h) (W_vl l̄)_h            text → visual (one key: weight 1)
+    Δl = W_ol concat_h softmax_S(A_hᵀ) (W_vv v̄)_h           visual → text
+    v ← v̄ + γ_v ⊙ Δv,   l ← l̄ + γ_l ⊙ Δl                    (the residual is on the normalised inputs)
+
+After the last block, l is F̂_s^t: the per-frame sentence feature that becomes the frame queries'
+content and the decoders' text memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["TextResizer", "TextFusionBlock"]
+
+
+class TextResizer(nn.Module):
+    """F_s (B, D_text) → (B, C): Linear, LayerNorm (eps 1e-12), dropout."""
+
+    def __init__(self, text_dim: int, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.fc = nn.Linear(text_dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, sentence: Tensor) -> Tensor:
+        return self.dropout(self.norm(self.fc(sentence)))
+
+
+class _BiAttention(nn.Module):
+    """The two attentions of one fusion block, sharing their logits."""
+
+    def __init__(self, dim: int, embed_dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if embed_dim % heads:
+            raise ValueError(f"fusion width {embed_dim} is not divisible by {heads} heads")
+        self.heads, self.head_dim, self.dropout = heads, embed_dim // heads, dropout
+        self.v_proj = nn.Linear(dim, embed_dim)  # W_q
+        self.l_proj = nn.Linear(dim, embed_dim)  # W_k
+        self.values_v_proj = nn.Linear(dim, embed_dim)  # W_vv
+        self.values_l_proj = nn.Linear(dim, embed_dim)  # W_vl
+        self.out_v_proj = nn.Linear(embed_dim, dim)  # W_ov
+        self.out_l_proj = nn.Linear(embed_dim, dim)  # W_ol
+
+    def _split(self, x: Tensor) -> Tensor:  # (B, n, E) → (B, h, n, d)
+        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+
+    def forward(self, v: Tensor, l: Tensor, to_visual: bool) -> tuple[Tensor | None, Tensor]:
+        q = self._split(self.v_proj(v)) * self.head_dim ** -0.5  # (B, h, S, d)
+        k = self._split(self.l_proj(l))  # (B, h, L, d)
+        logits = q @ k.transpose(-2, -1)  # (B, h, S, L)
+        drop = self.dropout if self.training else 0.0
+        probs_l = F.dropout(logits.transpose(-2, -1).softmax(dim=-1), drop, self.training)  # (B, h, L, S)
+        delta_l = (probs_l @ self._split(self.values_v_proj(v))).transpose(1, 2).flatten(2)  # (B, L, E)
+        delta_v = None
+        if to_visual:
+            probs_v = F.dropout(logits.softmax(dim=-1), drop, self.training)  # (B, h, S, L)
+            delta_v = (probs_v @ self._split(self.values_l_proj(l))).transpose(1, 2).flatten(2)  # (B, S, E)
+            delta_v = self.out_v_proj(delta_v)
+        return delta_v, self.out_l_proj(delta_l)
+
+
+class TextFusionBlock(nn.Module):
+    """Eq. (5): bi-directional attention between visual tokens and the sentence, with layer scales.
+
+    ``bidirectional=False`` (Tab. 7) keeps the visual tokens as they are: only the sentence reads them.
+    """
+
+    def __init__(self, dim: int, embed_dim: int = 512, heads: int = 4, dropout: float = 0.1,
+                 bidirectional: bool = True, init_scale: float = 1e-4) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.layer_norm_v = nn.LayerNorm(dim)
+        self.layer_norm_l = nn.LayerNorm(dim)
+        self.attn = _BiAttention(dim, embed_dim, heads, dropout)
+        self.gamma_v = nn.Parameter(torch.full((dim,), init_scale))
+        self.gamma_l = nn.Parameter(torch.full((dim,), init_scale))
+
+    def forward(self, visual: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+        """visual (B, S, C), text (B, L, C) → both updated, same shapes."""
+        v, l = self.layer_norm_v(visual), self.layer_norm_l(text)
+        delta_v, delta_l = self.attn(v, l, to_visual=self.bidirectional)
+        visual = v + self.gamma_v * delta_v if delta_v is not None else visual
+        return visual, l + self.gamma_l * delta_l
