@@ -4,18 +4,18 @@
     result = pipe("video.mp4", "the cat jumping away")                 # RVOSResult
     results = pipe("video.mp4", ["the cat", "the dog"])                # list, in order
 
-How a call runs (DESIGN.md §4), with memory bounded in the video's length:
+How a call runs, with memory bounded in the video's length:
 
-1. frames are decoded lazily (PyAV) and processed in chunks of ``chunk_size`` frames; decoding, the
-   resize (short side to the preset's size, long side capped) and CLIP normalisation run on a background
-   thread ahead of the model; one frozen visual pass per chunk
-   shared by every expression, then the text-dependent per-frame stages for all expressions at once;
+1. frames are decoded lazily (PyAV) and processed in chunks of ``chunk_size`` frames; decoding and the
+   official preprocessing (:mod:`ssa.preprocessing`) run on a background thread ahead of the model; per
+   chunk, CLIP's stem and stage 0 run once for every expression, then the expression-dependent stages
+   (CLIP stages 1-3 with the adapters, pixel decoder, frame decoder) for all expressions as batched rows;
    only the per-frame queries (N×C) are kept for the whole video, and the mask features while they
-   fit ``mask_feature_budget`` bytes (fp16, on the CPU);
+   fit ``mask_feature_budget`` bytes (on the CPU);
 2. the sequence stages (trajectories, temporal enhancement, ensemble, video decoder) run once over the
    whole video and pick the referred queries;
-3. masks are made chunk by chunk for the selected queries only, upsampled to the original resolution
-   and stored bit-packed; when the mask features did not fit the budget they are recomputed in a
+3. masks are made chunk by chunk for the selected queries only, upsampled as the official code does
+   (padded input size → crop → original size, logit > 0) and stored bit-packed; when the mask features did not fit the budget they are recomputed in a
    second pass over the video (decoding again).
 
 ``pipe.stream(video, expressions)`` runs the same steps but yields the masks frame by frame from a
@@ -35,16 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ssa.config import SSAConfig
 from ssa.modeling.backbone import validate_expressions
 from ssa.modeling.model import SSAModel
-from ssa.modeling.selection import select_queries
+from ssa.modeling.selection import select_queries, upsample_masks
+from ssa.preprocessing import preprocess_frames, resized_size
 
 if TYPE_CHECKING:
     from ssa.profiling import StageTimer
@@ -55,34 +53,6 @@ logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16"]
 Mode = Literal["multi", "single"]
-
-
-# -- preprocessing ------------------------------------------------------------------------------------
-def resized_size(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
-    """(h, w) after resizing the short side to ``short_side``, the long side capped at ``max_size``."""
-    scale = short_side / min(height, width)
-    if max(height, width) * scale > max_size:
-        scale = max_size / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def preprocess_frames(images: Sequence[np.ndarray], config: SSAConfig,
-                      mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB frames → CLIP-normalised float frames (T, 3, h, w) at the model's size."""
-    if len(images) == 0:
-        raise ValueError("no frame to preprocess")
-    h0, w0 = images[0].shape[:2]
-    h, w = resized_size(h0, w0, config.image_size, config.max_size)
-    interpolation = cv2.INTER_AREA if h < h0 else cv2.INTER_LINEAR
-    out = np.empty((len(images), h, w, 3), dtype=np.uint8)
-    for i, image in enumerate(images):
-        if image.shape[:2] != (h0, w0):
-            raise ValueError(f"frame {i} is {image.shape[1]}x{image.shape[0]}, the video is {w0}x{h0}")
-        out[i] = image if (h, w) == (h0, w0) else cv2.resize(image, (w, h), interpolation=interpolation)
-    x = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, h, w)
-    m = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
-    return (x - m) / s
 
 
 # -- results ------------------------------------------------------------------------------------------
@@ -195,11 +165,11 @@ class _VideoState:
     indices: list[int] = field(default_factory=list)
     timestamps: list[float | None] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
-    size: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None  # (H, W) of the decoded frames
+    model_size: tuple[int, int] | None = None  # (h, w) fed to the model
     queries: list[torch.Tensor] = field(default_factory=list)  # (E, k, N, C) per chunk
     sentences: list[torch.Tensor] = field(default_factory=list)  # (E, k, C) per chunk
-    mask_embeds: list[torch.Tensor] = field(default_factory=list)  # (E, k, N, Cm), trajectory_masks only
-    mask_features: list[torch.Tensor] | None = field(default_factory=list)  # (E, k, Cm, h, w) fp16 CPU
+    mask_features: list[torch.Tensor] | None = field(default_factory=list)  # (E, k, Cm, h4, w4) on the CPU
     mask_bytes: int = 0
 
 
@@ -278,14 +248,13 @@ class SSAPipeline:
         """Time a stage when a :class:`ssa.profiling.StageTimer` is attached."""
         return contextlib.nullcontext() if self.timer is None else self.timer.section(name)
 
-    def _chunks(self, video: Any, options: dict[str, Any], progress: bool, desc: str
+    def _chunks(self, video: Any, options: dict[str, Any], call: _Call, progress: bool, desc: str
                 ) -> Iterator[_Chunk]:
         """Chunks of ``chunk_size`` decoded and preprocessed frames. Decoding and preprocessing run on a
         background thread, up to ``prefetch`` chunks ahead, so that they overlap with the model."""
         from ssa.video import iter_frames
 
         timer = self.timer
-        mean, std = self.model.backbone.pixel_mean, self.model.backbone.pixel_std
 
         def produce() -> Iterator[_Chunk]:
             frames = iter_frames(video, **options)
@@ -304,7 +273,7 @@ class SSAPipeline:
                 if not chunk:
                     return
                 start = time.perf_counter()
-                pixels = preprocess_frames([f.image for f in chunk], self.config, mean, std)
+                pixels = preprocess_frames([f.image for f in chunk], call.short_side, self.config.max_size)
                 if timer is not None:
                     timer.add("preprocess", time.perf_counter() - start)
                 yield _Chunk(chunk, pixels)
@@ -314,99 +283,98 @@ class SSAPipeline:
                 yield item
                 bar.update(len(item.frames))
 
-    def _frame_pass(self, video: Any, options: dict[str, Any], text: Any, progress: bool,
+    def _frame_pass(self, video: Any, options: dict[str, Any], call: _Call, text: Any, progress: bool,
                     mask_feature_budget: int) -> _VideoState:
         """Pass 1: per-frame stages chunk by chunk; keeps the per-frame queries, and the mask features
         while they fit ``mask_feature_budget`` bytes."""
         model = self.model
         clip_index = torch.zeros(len(text), dtype=torch.long)
         state = _VideoState(mask_features=[] if mask_feature_budget > 0 else None)
-        previous = None  # the frame before the chunk (motion features)
         with self._autocast():
-            for chunk in self._chunks(video, options, progress, "segmenting"):
-                self._record_frames(state, chunk.frames)
-                pixels = chunk.pixels.to(self.device)
-                visual = model.encode_video(pixels, previous)
-                previous = pixels[-1].clone()  # not a view: the chunk is freed
+            for chunk in self._chunks(video, options, call, progress, "segmenting"):
+                self._record_frames(state, chunk)
+                visual = model.encode_video(chunk.pixels.to(self.device))
                 out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
                                           row_chunk=self.frame_batch)
-                state.queries.append(model.sequence_queries(out).float().cpu())
-                if model.config.trajectory_masks:
-                    state.mask_embeds.append(out.mask_embed.float().cpu())
+                state.queries.append(out.queries.float().cpu())
                 state.sentences.append(out.sentences.float().cpu())
                 self._keep_mask_features(state, out.mask_features, mask_feature_budget)
         if not state.indices:
             raise ValueError(f"no frame was selected from {_describe(video)} with {options}")
         return state
 
-    def _select(self, state: _VideoState, text: Any, mode: Mode, threshold: float
+    def _select(self, state: _VideoState, text: Any, call: _Call
                 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Sequence stages over the whole video, once for all expressions: class logits (E, N), the
-        selected queries per expression (K_i,), and their per-frame mask embeddings (K_i, T, Cm)."""
+        selected queries per expression (K_i,), and their mask embeddings (K_i, Cm)."""
         queries = torch.cat(state.queries, dim=1).to(self.device)  # (E, T, N, C)
         sentences = torch.cat(state.sentences, dim=1).to(self.device)  # (E, T, C)
         with self._autocast(), self._stage("sequence"):
-            mask_embed = torch.cat(state.mask_embeds, dim=1).to(self.device) if state.mask_embeds else None
-            seq = self.model.decode_sequence(queries, sentences, text, mask_embed)
+            seq = self.model.decode_sequence(queries, sentences)
         class_logits = seq.class_logits.float()
-        selected = [select_queries(class_logits[i], mode, threshold) for i in range(len(text))]
-        embeds = [seq.mask_embed[i, s] for i, s in enumerate(selected)]  # (K_i, T, Cm)
+        selected = [select_queries(class_logits[i], call.mode, call.threshold) for i in range(len(text))]
+        embeds = [seq.mask_embed[i, s] for i, s in enumerate(selected)]  # (K_i, Cm)
         return class_logits, selected, embeds
 
-    def _mask_chunks(self, video: Any, options: dict[str, Any], text: Any, state: _VideoState,
+    def _mask_chunks(self, video: Any, options: dict[str, Any], call: _Call, text: Any, state: _VideoState,
                      embeds: list[torch.Tensor], progress: bool) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """Masks of the selected queries at the original resolution, chunk by chunk: (first frame of
         the chunk, per expression a bool tensor (K_i, k, H, W) on the CPU). Uses the kept mask features,
         or recomputes them in a second pass over the video when they were not kept."""
-        size, model_size = state.size, self._model_size(state.size)
+        size, model_size = call.output_size or state.size, state.model_size
         start = 0
         if state.mask_features is not None:
             for features in state.mask_features:
                 with self._stage("masks"):
-                    masks = _upsample_masks(embeds, features.to(self.device), start, size, model_size)
+                    masks = _chunk_masks(embeds, features.to(self.device), size, model_size)
                 yield start, masks
                 start += features.shape[1]
             return
         clip_index = torch.zeros(len(text), dtype=torch.long)
-        previous = None
-        for chunk in self._chunks(video, options, progress, "masks"):
+        for chunk in self._chunks(video, options, call, progress, "masks"):
             with self._autocast():
-                pixels = chunk.pixels.to(self.device)
-                visual = self.model.encode_video(pixels, previous)
-                previous = pixels[-1].clone()  # not a view: the chunk is freed
+                visual = self.model.encode_video(chunk.pixels.to(self.device))
                 features = self.model.encode_mask_features(
                     visual, text, clip_index, frame_chunk=self.frame_batch, row_chunk=self.frame_batch
                 )  # (E, k, Cm, h4, w4)
             with self._stage("masks"):
-                masks = _upsample_masks(embeds, features, start, size, model_size)
+                masks = _chunk_masks(embeds, features, size, model_size)
             yield start, masks
             start += len(chunk.frames)
 
     @torch.no_grad()
-    def __call__(self, video: Any, expressions: str | Sequence[str], *, mode: Mode = "multi",
-                 threshold: float = 0.5, stride: int = 1, fps: float | None = None,
+    def __call__(self, video: Any, expressions: str | Sequence[str], *, mode: Mode | None = None,
+                 threshold: float | None = None, stride: int = 1, fps: float | None = None,
                  start: float | None = None, end: float | None = None, max_frames: int | None = None,
-                 progress: bool = True) -> RVOSResult | list[RVOSResult]:
+                 short_side: int | None | Literal["config"] = "config",
+                 output_size: tuple[int, int] | None = None, progress: bool = True
+                 ) -> RVOSResult | list[RVOSResult]:
         """Segment what ``expressions`` refer to in ``video``.
 
         video: a video file path, a folder of frames, a list of PIL images / (H, W, 3) arrays, or a
         (T, H, W, 3) uint8 array. expressions: one string (→ one :class:`RVOSResult`) or a list
-        (→ a list of results, in order; the video is decoded once and the frozen visual pass runs
-        once for all of them). ``mode``: "multi" keeps every query scoring above ``threshold``,
-        "single" the best one. ``stride``/``fps``/``start``/``end``/``max_frames`` select frames.
-        For long videos, :meth:`stream` gives the same masks frame by frame with flat memory.
+        (→ a list of results, in order; the video is decoded once and CLIP's stem runs once for all of
+        them). ``mode``: "multi" keeps every query scoring above ``threshold``, "single" the best one
+        (default: the model's ``config.selection`` / ``config.threshold``, e.g. "multi" 0.5 for MeViS
+        checkpoints, "single" for Ref-YouTube-VOS / Ref-DAVIS). ``short_side``: the frames' short side
+        for the model (default ``config.image_size``; None feeds the frames at their own size).
+        ``output_size`` (H, W): the size of the masks (default: the video's).
+        ``stride``/``fps``/``start``/``end``/``max_frames`` select frames. For long videos,
+        :meth:`stream` gives the same masks frame by frame with flat memory.
         """
         single = isinstance(expressions, str)
-        texts, options = self._check_call(expressions, mode, threshold, stride, fps, start, end, max_frames)
+        texts, options, call = self._check_call(expressions, mode, threshold, stride, fps, start, end,
+                                                max_frames, short_side, output_size)
         text = self.model.encode_text(texts)
-        state = self._frame_pass(video, options, text, progress, self.mask_feature_budget)
+        state = self._frame_pass(video, options, call, text, progress, self.mask_feature_budget)
         if state.mask_features is None:
             logger.info("mask features exceeded the budget: recomputing them in a second pass")
-        class_logits, selected, embeds = self._select(state, text, mode, threshold)
+        class_logits, selected, embeds = self._select(state, text, call)
 
-        # Masks of the selected queries, chunk by chunk, at the original resolution, bit-packed.
-        packer = _MaskPacker(state.size, len(text))
-        for _, masks in self._mask_chunks(video, options, text, state, embeds, progress):
+        # Masks of the selected queries, chunk by chunk, at the output size, bit-packed.
+        size = call.output_size or state.size
+        packer = _MaskPacker(size, len(text))
+        for _, masks in self._mask_chunks(video, options, call, text, state, embeds, progress):
             with self._stage("masks"):
                 packer.add(masks)
 
@@ -417,16 +385,18 @@ class SSAPipeline:
             union, objects = packer.result(i)
             ids = selected[i].cpu().numpy()
             results.append(RVOSResult(
-                expression=expr, size=state.size, frame_indices=list(state.indices),
+                expression=expr, size=size, frame_indices=list(state.indices),
                 timestamps=list(state.timestamps), frame_names=list(state.names), scores=scores[i],
-                object_ids=ids, object_scores=scores[i][ids], mode=mode, fps=frame_fps,
+                object_ids=ids, object_scores=scores[i][ids], mode=call.mode, fps=frame_fps,
                 _packed=union, _packed_objects=objects, _source=(video, dict(options)),
             ))
         return results[0] if single else results
 
-    def stream(self, video: Any, expressions: str | Sequence[str], *, mode: Mode = "multi",
-               threshold: float = 0.5, stride: int = 1, fps: float | None = None,
+    def stream(self, video: Any, expressions: str | Sequence[str], *, mode: Mode | None = None,
+               threshold: float | None = None, stride: int = 1, fps: float | None = None,
                start: float | None = None, end: float | None = None, max_frames: int | None = None,
+               short_side: int | None | Literal["config"] = "config",
+               output_size: tuple[int, int] | None = None,
                mask_feature_budget: int = 0, progress: bool = True) -> Iterator[FrameMasks]:
         """Segment a long video with memory flat in its length: yields one :class:`FrameMasks` per
         processed frame, in order, with the same masks as :meth:`__call__`.
@@ -438,15 +408,16 @@ class SSAPipeline:
         (fewer recomputed frames, more memory). Arguments as for :meth:`__call__`; nothing runs until
         the first frame is asked for.
         """
-        texts, options = self._check_call(expressions, mode, threshold, stride, fps, start, end, max_frames)
+        texts, options, call = self._check_call(expressions, mode, threshold, stride, fps, start, end,
+                                                max_frames, short_side, output_size)
         with torch.no_grad():
             text = self.model.encode_text(texts)
-            state = self._frame_pass(video, options, text, progress, mask_feature_budget)
-            class_logits, selected, embeds = self._select(state, text, mode, threshold)
+            state = self._frame_pass(video, options, call, text, progress, mask_feature_budget)
+            class_logits, selected, embeds = self._select(state, text, call)
         scores = class_logits.softmax(-1)[..., 0].cpu().numpy()  # (E, N)
         ids = [s.cpu().numpy() for s in selected]
         object_scores = [scores[i][ids[i]] for i in range(len(ids))]
-        masks_iter = self._mask_chunks(video, options, text, state, embeds, progress)
+        masks_iter = self._mask_chunks(video, options, call, text, state, embeds, progress)
         while True:
             with torch.no_grad():
                 item = next(masks_iter, None)
@@ -461,23 +432,37 @@ class SSAPipeline:
                     object_masks=[m[:, j].numpy() for m in masks],
                 )
 
-    def _check_call(self, expressions: str | Sequence[str], mode: str, threshold: float, stride: int,
-                    fps: float | None, start: float | None, end: float | None, max_frames: int | None
-                    ) -> tuple[list[str], dict[str, Any]]:
+    def _check_call(self, expressions: str | Sequence[str], mode: str | None, threshold: float | None,
+                    stride: int, fps: float | None, start: float | None, end: float | None,
+                    max_frames: int | None, short_side: int | None | str, output_size: Any
+                    ) -> tuple[list[str], dict[str, Any], _Call]:
         texts = validate_expressions(expressions)
+        mode = self.config.selection if mode is None else mode
+        threshold = self.config.threshold if threshold is None else threshold
         if mode not in ("multi", "single"):
             raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        return texts, {"stride": stride, "fps": fps, "start": start, "end": end, "max_frames": max_frames}
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+        if short_side == "config":
+            short_side = self.config.image_size
+        elif short_side is not None and (isinstance(short_side, bool) or not isinstance(short_side, int)
+                                         or short_side < 1):
+            raise ValueError(f"short_side must be a positive int, None (frames at their own size) or "
+                             f"'config', got {short_side!r}")
+        if output_size is not None:
+            if (not isinstance(output_size, (tuple, list)) or len(output_size) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in output_size)):
+                raise ValueError(f"output_size must be (H, W) of two positive ints, got {output_size!r}")
+            output_size = (int(output_size[0]), int(output_size[1]))
+        options = {"stride": stride, "fps": fps, "start": start, "end": end, "max_frames": max_frames}
+        return texts, options, _Call(mode, float(threshold), short_side, output_size)
 
     # ------------------------------------------------------------------------------------------------
-    def _model_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        return resized_size(*size, self.config.image_size, self.config.max_size)
-
     @staticmethod
-    def _record_frames(state: _VideoState, chunk: list[Any]) -> None:
-        for f in chunk:
+    def _record_frames(state: _VideoState, chunk: _Chunk) -> None:
+        if state.model_size is None:
+            state.model_size = tuple(chunk.pixels.shape[-2:])
+        for f in chunk.frames:
             if state.size is None:
                 state.size = tuple(f.image.shape[:2])
             state.indices.append(f.index)
@@ -488,12 +473,22 @@ class SSAPipeline:
     def _keep_mask_features(state: _VideoState, features: torch.Tensor, budget: int) -> None:
         if state.mask_features is None:
             return
-        kept = features.to("cpu", torch.float16)
+        kept = features.to("cpu")  # in their own precision: fp16 copies would move mask edges
         state.mask_bytes += kept.numel() * kept.element_size()
         if state.mask_bytes > budget:
             state.mask_features = None  # from now on: recompute in a second pass
         else:
             state.mask_features.append(kept)
+
+
+@dataclass
+class _Call:
+    """The options of one call, resolved against the model's defaults."""
+
+    mode: Mode
+    threshold: float
+    short_side: int | None  # None: frames at their own size
+    output_size: tuple[int, int] | None  # None: the video's size
 
 
 @dataclass
@@ -583,28 +578,19 @@ class _Failure:
     error: BaseException
 
 
-def _upsample_masks(embeds: list[torch.Tensor], features: torch.Tensor, start: int,
-                    size: tuple[int, int], model_size: tuple[int, int]) -> list[torch.Tensor]:
-    """Masks of the selected queries for a chunk of k frames starting at frame ``start``.
-
-    embeds: per expression (K_i, T, Cm) over the whole video; features (E, k, Cm, h4, w4). Returns per
-    expression a bool tensor (K_i, k, H, W) on the CPU, at the original size ``size``.
-    """
-    h, w = size
-    mh, mw = model_size
+def _chunk_masks(embeds: list[torch.Tensor], features: torch.Tensor, size: tuple[int, int],
+                 model_size: tuple[int, int]) -> list[torch.Tensor]:
+    """Masks of the selected queries for a chunk of k frames: embeds per expression (K_i, Cm), features
+    (E, k, Cm, h4, w4) on the padded grid. Returns per expression a bool tensor (K_i, k, H, W) on the
+    CPU at ``size``."""
     k = features.shape[1]
     out = []
     for i, embed in enumerate(embeds):
         if embed.shape[0] == 0:
-            out.append(torch.zeros((0, k, h, w), dtype=torch.bool))
+            out.append(torch.zeros((0, k, *size), dtype=torch.bool))
             continue
-        chunk_embed = embed[:, start:start + k].float()  # (K, k, Cm)
-        logits = torch.einsum("ktc,tchw->kthw", chunk_embed, features[i].float())  # (K, k, h4, w4)
-        # The h4 x w4 grid covers 4·h4 x 4·w4 model pixels; scale that to original pixels, crop.
-        h4, w4 = logits.shape[-2:]
-        full = (round(4 * h4 * h / mh), round(4 * w4 * w / mw))
-        up = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)[..., :h, :w] > 0
-        out.append(up.cpu())
+        logits = torch.einsum("kc,tchw->kthw", embed.float(), features[i].float())  # (K, k, h4, w4)
+        out.append(upsample_masks(logits, model_size, size).cpu())
     return out
 
 

@@ -38,7 +38,7 @@ STAGES = (
     "text",
     "adapters",
     "pixel_decoder",
-    "query_generation+frame_decoder",
+    "frame_decoder",
     "trajectories+temporal+ensemble",
     "video_decoder",
     "masks",
@@ -99,13 +99,15 @@ class StageTimer:
     def __enter__(self) -> StageTimer:
         model = self.pipe.model
         trunk = model.backbone.clip.visual.trunk
-        self._hook("clip_visual", trunk.stem, trunk.stages[-1])
+        self._hook("clip_visual", trunk.stem, trunk.stages[0])
+        for stage in trunk.stages[1:]:  # between the adapters
+            self._hook("clip_visual", stage)
         self._hook("text", model.backbone.clip.transformer)
         for adapter in model.adapters or []:
             self._hook("adapters", adapter)
         self._hook("pixel_decoder", model.pixel_decoder)
-        self._hook("query_generation+frame_decoder", model.query_generator)
-        self._hook("query_generation+frame_decoder", model.frame_decoder)
+        self._hook("frame_decoder", model.query_generator)
+        self._hook("frame_decoder", model.frame_decoder)
         self._hook("video_decoder", model.video_decoder)
         self.pipe.timer = self
         return self

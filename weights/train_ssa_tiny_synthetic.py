@@ -42,6 +42,7 @@ logger = logging.getLogger("recipe")
 RECIPE = {
     "num_frames": 6,
     "lr": 5e-4,
+    "adapter_lr_mult": 1.0,
     "warmup_iters": 100,
     "lr_drops": [0.8],
     "unfreeze_clip": "visual",
@@ -53,9 +54,8 @@ RECIPE = {
 TEXT_PRETRAINING = {"steps": 300, "batch_size": 64, "lr": 1e-3}
 VISUAL_PRETRAINING = {"steps": 500, "batch_size": 48, "lr": 1e-3}
 # command-line options that make the recipe; a run continued with --init-from must repeat them
-RECIPE_ARGS = ("train_videos", "val_videos", "train_stories", "batch_size", "trajectory_masks",
-               "query_positions", "motion_features", "visual_pretraining", "all_instances", "empty_unmatched",
-               "video_positive_iou")
+RECIPE_ARGS = ("train_videos", "val_videos", "train_stories", "batch_size", "visual_pretraining",
+               "all_instances", "empty_unmatched", "video_positive_iou")
 
 
 def main() -> None:
@@ -70,13 +70,6 @@ def main() -> None:
                         "schedule restarted at each (warm restarts)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--trajectory-masks", action="store_true",
-                   help="SSAConfig.trajectory_masks=True (an experiment; the shipped model has it off)")
-    p.add_argument("--query-positions", action="store_true",
-                   help="SSAConfig.query_positions=True (an experiment; the shipped model has it off)")
-    p.add_argument("--motion-features", action="store_true",
-                   help="SSAConfig.motion_features=True: pixel features see each frame's temporal difference "
-                        "(an experiment)")
     p.add_argument("--visual-pretraining", action="store_true",
                    help="pretrain the CLIP visual trunk on the training split's single-object expressions "
                         "before fine-tuning (ssa.train.pretrain_visual_tower; an experiment)")
@@ -87,8 +80,8 @@ def main() -> None:
                    help="LossConfig.frame_empty_unmatched=True: L_f trains unmatched frame queries' masks to "
                         "be empty (an experiment)")
     p.add_argument("--video-positive-iou", type=float, default=0.0,
-                   help="LossConfig.video_positive_iou: with --trajectory-masks, L_v also labels 'referred' "
-                        "the video queries whose tube overlaps a referred one this much (an experiment)")
+                   help="LossConfig.video_positive_iou: L_v also labels 'referred' the video queries whose "
+                        "tube overlaps a referred one this much (an experiment)")
     p.add_argument("--train-stories", nargs="+", choices=STORIES, default=list(STORIES), metavar="STORY",
                    help="stories of the training split, cycled with the video index; repeat one to "
                         "oversample it (e.g. twins group twins stop twins enter_leave twins occlusion)")
@@ -122,12 +115,7 @@ def main() -> None:
     started = time.perf_counter()
     if not args.eval_only:
         torch.manual_seed(0)
-        # --trajectory-masks (not in the paper, not in the shipped model): masks follow each trajectory
-        # frame by frame (see SSAConfig.trajectory_masks).
-        config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128,
-                                       trajectory_masks=args.trajectory_masks,
-                                       query_positions=args.query_positions,
-                                       motion_features=args.motion_features)
+        config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128)
         if args.init_from:  # its text tower is pretrained (and frozen) already, its trunk trained
             model = SSAModel.from_pretrained(args.init_from).float()
             if model.config != config:
@@ -169,11 +157,8 @@ def main() -> None:
     logger.info("held-out J&F: %s", json.dumps(table))
 
     model.half().save_pretrained(args.out, weights="full", overwrite=True)
-    variant = "".join(text for on, text in ((args.motion_features, ", with `motion_features=True`"),
-                                            (args.visual_pretraining, ", CLIP visual trunk pretrained on "
+    variant = "".join(text for on, text in ((args.visual_pretraining, ", CLIP visual trunk pretrained on "
                                              "the training regions (`pretrain_visual_tower`)"),
-                                            (args.trajectory_masks, ", with `trajectory_masks=True`"),
-                                            (args.query_positions, ", with `query_positions=True`"),
                                             (args.all_instances, ", L_f on every object of a clip "
                                              "(`frame_all_instances=True`)"),
                                             (args.empty_unmatched, ", unmatched frame masks trained "
@@ -209,7 +194,8 @@ def main() -> None:
     card += f"""
 ## ssa-tiny-synthetic: the demo model
 
-`ssa-tiny` (CLIP on timm `convnext_atto`, text width 128, no pretrained weights) trained on the synthetic
+`ssa-tiny` (the official SSA network at small widths; CLIP on timm `convnext_atto`, text width 128,
+no pretrained weights) trained on the synthetic
 motion-referring benchmark (`ssa synth`, {args.train_videos} videos, seed 0, stories
 {stories}): the CLIP text tower pretrained
 on the training expressions (`ssa.train.pretrain_text_tower`, {TEXT_PRETRAINING['steps']} steps) and then

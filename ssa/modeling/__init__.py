@@ -1,6 +1,7 @@
-"""The SSA network, one module per component of the paper, in data-flow order:
+"""The SSA network (the official ``SSAlignment`` of github.com/Tavarich/SSA), one module per component, in
+data-flow order:
 
-backbone (frozen CLIP, Eq. 2) → adapter (Eq. 3-4) → pixel_decoder → query_generation (Eq. 5)
-→ frame_decoder → sequential_alignment (trajectories, Eq. 6, Eq. 7) → video_decoder → selection.
-``model.SSAModel`` wires them together.
+backbone (frozen CLIP, Eq. 2) with an adapter between its stages (Eq. 3-4) → fusion (text resizer and the
+pixel decoder's text fusion, Eq. 5) → pixel_decoder → frame_decoder → sequential_alignment (trajectories,
+Eq. 6, Eq. 7) → video_decoder → selection. ``model.SSAModel`` wires them together.
 """

@@ -242,16 +242,15 @@ class SSAModel(nn.Module):
     def encode_mask_features(self, visual: VisualFeatures, text: TextFeatures,
                              clip_index: Tensor | None = None, *, frame_chunk: int | None = None,
                              row_chunk: int | None = None) -> Tensor:
-        """The video-level mask features only (P, T, mask_dim, H/4, W/4): what a caller that dropped them
-        needs to recompute them. ``frame_chunk`` and ``row_chunk`` as in :meth:`decode_frames`."""
+        """The video-level mask features only (P, T, mask_dim, H_pad/4, W_pad/4): what a caller that
+        dropped them needs to recompute them. ``frame_chunk`` and ``row_chunk`` as in
+        :meth:`decode_frames`."""
         clip_index = self._check_pairs(visual, text, clip_index)
-        mh, mw = visual.mask_size
         parts = []
         for part in _frame_chunks(visual, frame_chunk):
             features = torch.cat([pd.video_mask_features for pd, _ in self._rows(part, text, clip_index,
                                                                                  row_chunk)])
-            parts.append(features[..., :mh, :mw].reshape(clip_index.shape[0], part.num_frames,
-                                                         features.shape[1], mh, mw))
+            parts.append(features.reshape(clip_index.shape[0], part.num_frames, *features.shape[1:]))
         return torch.cat(parts, dim=1)
 
     def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor,
@@ -266,22 +265,17 @@ class SSAModel(nn.Module):
         dec = _cat_rows([d for _, _, d, _ in parts])
         adapter_weights = None if parts[0][3] is None else torch.cat([w for _, _, _, w in parts])
 
-        mh, mw = visual.mask_size
-
         def per_pair(x: Tensor) -> Tensor:
             return x.reshape(p, t, *x.shape[1:])
-
-        def crop(x: Tensor) -> Tensor:  # drop the padding's share of the H/4 x W/4 grid
-            return x[..., :mh, :mw]
 
         return FrameOutput(
             queries=per_pair(dec.queries),
             sentences=per_pair(sentences),
-            mask_features=per_pair(crop(mask_features)),
+            mask_features=per_pair(mask_features),
             class_logits=per_pair(dec.class_logits),
-            mask_logits=per_pair(crop(dec.mask_logits)),
+            mask_logits=per_pair(dec.mask_logits),
             aux_class_logits=[per_pair(x) for x in dec.aux_class_logits],
-            aux_mask_logits=[per_pair(crop(x)) for x in dec.aux_mask_logits],
+            aux_mask_logits=[per_pair(x) for x in dec.aux_mask_logits],
             adapter_weights=None if adapter_weights is None else per_pair(adapter_weights),
         )
 

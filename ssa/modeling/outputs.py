@@ -20,11 +20,6 @@ class VisualFeatures:
     image_size: tuple[int, int]  # (H, W) of the frames given
     padded_size: tuple[int, int]  # (H_pad, W_pad), multiples of 32
 
-    @property
-    def mask_size(self) -> tuple[int, int]:
-        """(H/4, W/4) rounded up: the size of the mask logits for the unpadded frames."""
-        return (-(-self.image_size[0] // 4), -(-self.image_size[1] // 4))
-
     def frames(self, start: int, stop: int) -> VisualFeatures:
         """The features of frames [start, stop) of every clip."""
         per_clip = self.stem.reshape(self.num_clips, self.num_frames, *self.stem.shape[1:])
@@ -39,9 +34,9 @@ class FrameOutput:
 
     queries: Tensor  # (P, T, N, C) frame queries Q̂^t, in each frame's own decoder order
     sentences: Tensor  # (P, T, C) per-frame sentence features F̂_s^t (Eq. 5)
-    mask_features: Tensor  # (P, T, mask_dim, H/4, W/4) the video-level mask features
+    mask_features: Tensor  # (P, T, mask_dim, H_pad/4, W_pad/4) the video-level mask features
     class_logits: Tensor  # (P, T, N, 2) frame-level class logits of the last decoder layer
-    mask_logits: Tensor  # (P, T, N, H/4, W/4) frame-level mask logits (on the frame-level F_mask)
+    mask_logits: Tensor  # (P, T, N, H_pad/4, W_pad/4) frame-level mask logits (frame-level F_mask)
     aux_class_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, 2)
     aux_mask_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, h, w)
     adapter_weights: Tensor | None = None  # (P, T, 4, 3) stream weights W_α per stage [s, w, r], or None
@@ -67,7 +62,7 @@ class SSAOutput:
     """Output of :class:`ssa.SSAModel` for P (clip, expression) pairs."""
 
     class_logits: Tensor  # (P, N, 2) S_cls, logits of [referred, not referred]
-    mask_logits: Tensor  # (P, N, T, H/4, W/4) video-query masks
+    mask_logits: Tensor  # (P, N, T, H_pad/4, W_pad/4) video-query mask logits (padded grid)
     frame_queries: Tensor  # (P, T, N, C) frame queries Q̂^t (decoder order)
     trajectory_order: Tensor  # (P, T, N) long: trajectory i at frame t is query order[p, t, i]
     ensemble_weights: Tensor  # (P, T, N) A of Eq. 7, sums to 1 over T

@@ -4,8 +4,9 @@
   no query kept → an empty mask in every frame.
 - single-object (Ref-YouTube-VOS, Ref-DAVIS17): the arg-max query.
 
-Masks are the sign of the mask logits after bilinear upsampling to the requested size; only the
-selected queries are upsampled.
+Masks as the official network makes them (:func:`upsample_masks`): the logits on the padded stride-4
+grid are upsampled bilinearly to the padded model-input size, cropped to the model-input size, upsampled
+to the output size, and thresholded at logit > 0. Only the selected queries are upsampled.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["select_queries", "select_masks"]
+__all__ = ["select_queries", "select_masks", "upsample_masks"]
 
 Mode = Literal["multi", "single"]
 
@@ -35,12 +36,29 @@ def select_queries(class_logits: Tensor, mode: Mode = "multi", threshold: float 
     raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
 
 
-def select_masks(class_logits: Tensor, mask_logits: Tensor, size: tuple[int, int], mode: Mode = "multi",
-                 threshold: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
+def upsample_masks(logits: Tensor, model_size: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """Binary masks (..., H, W) at ``size`` from mask logits (..., h4, w4) on the padded stride-4 grid of
+    frames fed to the model at ``model_size`` (h, w): bilinear to (4·h4, 4·w4), crop to (h, w),
+    bilinear to (H, W), logit > 0 (the official two-stage upsampling)."""
+    h, w = model_size
+    lead, (h4, w4) = logits.shape[:-2], logits.shape[-2:]
+    if h > 4 * h4 or w > 4 * w4:
+        raise ValueError(f"mask logits {h4}x{w4} cover {4 * h4}x{4 * w4} pixels, less than the model "
+                         f"input {h}x{w}")
+    x = logits.float().reshape(-1, 1, h4, w4)
+    x = F.interpolate(x, size=(4 * h4, 4 * w4), mode="bilinear", align_corners=False)[..., :h, :w]
+    if (h, w) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return (x > 0).reshape(*lead, *size)
+
+
+def select_masks(class_logits: Tensor, mask_logits: Tensor, model_size: tuple[int, int],
+                 size: tuple[int, int], mode: Mode = "multi", threshold: float = 0.5
+                 ) -> tuple[Tensor, Tensor, Tensor]:
     """Masks of one pair at ``size`` (H, W).
 
-    class_logits (N, 2), mask_logits (N, T, h, w). Returns the united mask (T, H, W) bool, the
-    per-object masks (K, T, H, W) bool and their scores (K,).
+    class_logits (N, 2), mask_logits (N, T, h4, w4) on the padded grid of frames of ``model_size``.
+    Returns the united mask (T, H, W) bool, the per-object masks (K, T, H, W) bool and their scores (K,).
     """
     if mask_logits.dim() != 4 or mask_logits.shape[0] != class_logits.shape[0]:
         raise ValueError(
@@ -53,6 +71,5 @@ def select_masks(class_logits: Tensor, mask_logits: Tensor, size: tuple[int, int
     if keep.numel() == 0:
         empty = torch.zeros((t, *size), dtype=torch.bool, device=mask_logits.device)
         return empty, empty[None, :0].reshape(0, t, *size), scores
-    logits = mask_logits[keep].float()  # (K, T, h, w)
-    objects = F.interpolate(logits, size=size, mode="bilinear", align_corners=False) > 0
+    objects = upsample_masks(mask_logits[keep], model_size, size)  # (K, T, H, W)
     return objects.any(dim=0), objects, scores

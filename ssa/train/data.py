@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ssa.data.datasets import ClipSampler, _ReferringVideoDataset
+from ssa.preprocessing import normalize, resize_frame, resized_size
 
 __all__ = ["TrainBatch", "ReferringClips", "collate_clips", "flip_expression", "batch_keys"]
 
@@ -68,8 +69,7 @@ class ReferringClips(torch.utils.data.Dataset):
 
     def __init__(self, dataset: _ReferringVideoDataset, *, num_frames: int = 8, window: int = 10,
                  scales: Sequence[int] = (448,), max_size: int = 1333, crop: int | None = None,
-                 hflip: bool = True, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), seed: int = 0, other_objects: bool = False) -> None:
+                 hflip: bool = True, seed: int = 0, other_objects: bool = False) -> None:
         if not dataset.has_masks:
             raise ValueError(f"{dataset!r} has no ground-truth masks: it cannot be used for training")
         if len(dataset) == 0:
@@ -82,8 +82,6 @@ class ReferringClips(torch.utils.data.Dataset):
         self.num_frames, self.window = int(num_frames), int(window)
         self.scales = tuple(int(s) for s in scales)
         self.max_size, self.crop, self.hflip = int(max_size), crop, hflip
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
         self.seed = int(seed)
         self.other_objects = bool(other_objects)
         self._visible: dict[int, np.ndarray] = {}
@@ -109,12 +107,9 @@ class ReferringClips(torch.utils.data.Dataset):
         if sample.other_masks is not None:
             masks = np.concatenate([masks, sample.other_masks])
         h0, w0 = frames.shape[1:3]
-        from ssa.pipeline import resized_size
-
         h, w = resized_size(h0, w0, int(rng.choice(self.scales)), self.max_size)
-        if (h, w) != (h0, w0):
-            interp = cv2.INTER_AREA if h < h0 else cv2.INTER_LINEAR
-            frames = np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in frames])
+        if (h, w) != (h0, w0):  # the official resize, as at inference (ssa.preprocessing)
+            frames = np.stack([resize_frame(f, (h, w)) for f in frames])
             resized = np.zeros((masks.shape[0], len(clip), h, w), dtype=bool)
             for k, obj in enumerate(masks):
                 for t, m in enumerate(obj):
@@ -132,10 +127,10 @@ class ReferringClips(torch.utils.data.Dataset):
         if self.hflip and rng.random() < 0.5:
             frames, masks = frames[:, :, ::-1], masks[..., ::-1]
             expression = flip_expression(expression)
-        x = (np.ascontiguousarray(frames).astype(np.float32) / 255.0 - self.mean) / self.std
+        x = normalize(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2))  # (T, 3, h, w)
         masks = torch.from_numpy(np.ascontiguousarray(masks))
         item = {
-            "frames": torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),  # (T, 3, h, w)
+            "frames": x.contiguous(),
             "masks": masks[:k_referred],  # (K, T, h, w)
             "expression": expression,
             "key": (int(epoch), int(index)),

@@ -109,8 +109,7 @@ def pretrain_visual_tower(model: SSAModel, data: _ReferringVideoDataset | str | 
     device = next(trunk.parameters()).device
     mc = model.config
     clips = ReferringClips(_load_dataset(data), num_frames=1, window=1, scales=(mc.image_size,),
-                           max_size=mc.max_size, hflip=True, mean=backbone.pixel_mean, std=backbone.pixel_std,
-                           seed=seed, other_objects=True)
+                           max_size=mc.max_size, hflip=True, seed=seed, other_objects=True)
     channels = sum(backbone.stage_channels[2:])
     params = list(trunk.parameters())
     was_trainable = [p.requires_grad for p in params]
