@@ -1,8 +1,9 @@
-"""Command line: ``ssa segment | synth | evaluate | train``.
+"""Command line: ``ssa segment | synth | evaluate | train | convert``.
 
 ``ssa segment VIDEO "expression" [more expressions] --model NAME_OR_DIR --out DIR`` segments a video,
 ``ssa segment --manifest FILE.jsonl`` many (also under torchrun);
-``ssa synth --out DIR`` writes a synthetic split; see ``ssa COMMAND --help``.
+``ssa synth --out DIR`` writes a synthetic split;
+``ssa convert model_final.pth --out DIR`` converts the authors' checkpoint; see ``ssa COMMAND --help``.
 """
 
 from __future__ import annotations
@@ -265,6 +266,84 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+_MEVIS_JOINT_JF = 49.37
+"""J&F on MeViS val of the authors' MeViS + Ref-YouTube-VOS joint checkpoint."""
+
+
+def _convert_parser(sub: argparse._SubParsersAction) -> None:
+    from ssa.config import PRESETS
+    from ssa.convert import OFFICIAL_DATASETS
+
+    p = sub.add_parser(
+        "convert",
+        help="convert the authors' detectron2 checkpoint (model_final.pth) into an ssa checkpoint",
+        description=(
+            "Convert an official SSA checkpoint (github.com/Tavarich/SSA, a detectron2 model_final.pth) "
+            "into an ssa checkpoint directory: OUT/config.json, OUT/model.safetensors (all weights, the "
+            "frozen CLIP included, so it loads offline) and OUT/README.md (a model card naming the source "
+            "file and its sha256). The file is read with torch.load(weights_only=True): nothing in it is "
+            "unpickled. Every tensor must find its place in the network of the config, shapes equal."
+        ),
+    )
+    p.add_argument("checkpoint", type=Path, help="the official checkpoint file (model_final.pth)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
+    p.add_argument("--dataset", choices=sorted(OFFICIAL_DATASETS), default=None,
+                   help="the benchmark the checkpoint was trained for: sets the official test-time short "
+                        "side and query selection (default: the config's)")
+    network = p.add_mutually_exclusive_group()
+    network.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                         help="the checkpoint's network as a preset (default: ssa-convnext-large, the "
+                              "network of every released checkpoint)")
+    network.add_argument("--config", type=Path, default=None, metavar="CONFIG.json",
+                         help="the checkpoint's network as an SSAConfig JSON file")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
+    p.set_defaults(func=_convert)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ssa import convert, hub
+    from ssa.config import SSAConfig
+
+    # Everything cheap first: the conversion reads and builds the whole network.
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {args.checkpoint}")
+    if args.out.exists() and not args.out.is_dir():
+        raise NotADirectoryError(f"--out {args.out} exists and is not a directory")
+    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--out {args.out} exists and is not empty; pass --overwrite to write into it")
+    config = None
+    if args.config is not None:
+        if not args.config.is_file():
+            raise FileNotFoundError(f"config file not found: {args.config}")
+        config = SSAConfig.from_json(args.config)
+    elif args.preset is not None:
+        config = SSAConfig.from_preset(args.preset)
+
+    model = convert.convert_official(args.checkpoint, config, dataset=args.dataset)
+    source: dict = {"checkpoint": args.checkpoint.name, "sha256": _sha256(args.checkpoint)}
+    if args.dataset is not None:
+        release = convert.OFFICIAL_DATASETS[args.dataset]
+        source.update(dataset=release.name, benchmark=release.benchmark, jf=release.jf)
+        if args.dataset == "mevis":
+            source["note"] = (
+                f"{release.jf} is the MeViS checkpoint's J&F; the authors' MeViS + Ref-YouTube-VOS joint "
+                f"checkpoint reports {_MEVIS_JOINT_JF} on {release.benchmark}."
+            )
+    out = hub.save_pretrained(model, args.out, weights="full", overwrite=args.overwrite, source=source)
+    logger.info("converted %s (sha256 %s) to %s", args.checkpoint, source["sha256"], out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssa",
@@ -277,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _synth_parser(sub)
     _train_parser(sub)
+    _convert_parser(sub)
     return parser
 
 

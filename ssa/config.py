@@ -1,7 +1,7 @@
 """`SSAConfig`: the one JSON-serialisable description of an SSA network.
 
 A checkpoint's ``config.json`` is ``SSAConfig.to_dict()``; it fully determines the architecture.
-Presets (DESIGN.md section 3) are plain constructors, not a registry: ``SSAConfig.from_preset(name)``.
+Presets are plain constructors, not a registry: ``SSAConfig.from_preset(name)``.
 """
 
 from __future__ import annotations
@@ -144,9 +144,11 @@ class SSAConfig:
                 raise ValueError("SSAConfig.clip_trunk describes the trunk of an explicit clip_config")
             depths, dims = self.clip_trunk.get("depths"), self.clip_trunk.get("dims")
             unknown = set(self.clip_trunk) - {"depths", "dims", "ls_init_value"}
-            if unknown or not _int_list(depths, 4) or not _int_list(dims, 4):
+            scale = self.clip_trunk.get("ls_init_value", 1e-6)
+            bad_scale = isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0
+            if unknown or not _int_list(depths, 4) or not _int_list(dims, 4) or bad_scale:
                 raise ValueError("SSAConfig.clip_trunk must be {'depths': [4 ints], 'dims': [4 ints]} "
-                                 f"(optionally 'ls_init_value'), got {self.clip_trunk!r}")
+                                 f"(optionally a positive 'ls_init_value'), got {self.clip_trunk!r}")
 
     # ------------------------------------------------------------------------------------------------
     @classmethod

@@ -63,7 +63,8 @@ _RULES: list[tuple[str, str]] = [
     (r"^resizer\.fc\.", "text_resizer.fc."),
     # pixel decoder
     (r"^sem_seg_head\.pixel_decoder\.transformer\.level_embed$", "pixel_decoder.level_embed"),
-    (r"^sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.norm1\.", r"pixel_decoder.layers.\1.norm."),
+    (r"^sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.norm1\.",
+     r"pixel_decoder.layers.\1.norm."),
     (r"^sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.norm2\.",
      r"pixel_decoder.layers.\1.ffn.norm."),
     (r"^sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.(linear[12])\.",
@@ -108,10 +109,12 @@ _RULES: list[tuple[str, str]] = [
     (r"^vita_module\.fusion\.(\d+)\.norm\.", r"video_decoder.layers.\1.text_attn.norm."),
     (r"^vita_module\.transformer_cross_attention_layers\.(\d+)\.multihead_attn\.",
      r"video_decoder.layers.\1.frame_attn.attn."),
-    (r"^vita_module\.transformer_cross_attention_layers\.(\d+)\.norm\.", r"video_decoder.layers.\1.frame_attn.norm."),
+    (r"^vita_module\.transformer_cross_attention_layers\.(\d+)\.norm\.",
+     r"video_decoder.layers.\1.frame_attn.norm."),
     (r"^vita_module\.transformer_self_attention_layers\.(\d+)\.self_attn\.",
      r"video_decoder.layers.\1.self_attn.attn."),
-    (r"^vita_module\.transformer_self_attention_layers\.(\d+)\.norm\.", r"video_decoder.layers.\1.self_attn.norm."),
+    (r"^vita_module\.transformer_self_attention_layers\.(\d+)\.norm\.",
+     r"video_decoder.layers.\1.self_attn.norm."),
     (r"^vita_module\.transformer_ffn_layers\.(\d+)\.", r"video_decoder.layers.\1.ffn."),
     (r"^vita_module\.decoder_norm\.", "video_decoder.norm."),
     (r"^vita_module\.query_embed\.", "video_decoder.query_pos."),
@@ -185,17 +188,23 @@ def read_official(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint file: {path}")
+    _check_torch_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise OfficialCheckpointError(
-            f"{path} holds pickled Python objects other than tensors and plain containers; refusing to "
-            f"unpickle it (ssa reads checkpoints with weights_only=True): {str(err).splitlines()[0]}"
+            f"{path} {_unpickling_problem(err)}; refusing to unpickle it (ssa reads checkpoints with "
+            "weights_only=True). If you trust the file, save its state dict alone and convert that: "
+            "torch.save({'model': torch.load(path, weights_only=False)['model']}, new_path)"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise OfficialCheckpointError(f"{path} is not a PyTorch checkpoint file: {err}") from err
+    except Exception as err:  # a torch file torch cannot read: truncated, corrupt
+        raise OfficialCheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(err).__name__}: {_first_line(err)}"
+        ) from err
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        state, extra = obj["model"], {k: v for k, v in obj.items() if k != "model" and not isinstance(v, Mapping)}
+        state = obj["model"]
+        extra = {k: v for k, v in obj.items() if k != "model" and not isinstance(v, Mapping)}
     elif isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         state, extra = obj, {}
     else:
@@ -213,6 +222,42 @@ def read_official(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict
             f"vita_module.* tensors; first keys {list(state)[:_MAX_LISTED]})"
         )
     return dict(state), extra
+
+
+# torch.save's zip format, and its legacy format (pickle protocol 2 of the magic number
+# 0x1950a86a20f9469cfc6c).
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _check_torch_file(path: Path) -> None:
+    """:class:`OfficialCheckpointError` unless the file starts like a ``torch.save`` file."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC:
+        return
+    what = "an empty file" if not head else f"a file starting with {head[:8]!r}"
+    raise OfficialCheckpointError(
+        f"{path} is not a PyTorch checkpoint file (a torch.save file such as the official "
+        f"model_final.pth): it is {what}"
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else repr(err)
+
+
+def _unpickling_problem(err: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, as the end of a sentence about the file."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"holds pickled Python objects, not only tensors and plain containers (dict, list, str, "
+                f"numbers): it references {found.group(1)}")
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    detail = found.group(1).strip() if found else _first_line(err)
+    return f"cannot be read with the weights-only unpickler ({detail}): corrupt, or pickled Python objects"
 
 
 def convert_official(path: str | os.PathLike[str], config: SSAConfig | None = None, *,
@@ -249,7 +294,8 @@ def convert_official(path: str | os.PathLike[str], config: SSAConfig | None = No
             )
         expected = {k: v for k, v in expected.items() if not k.startswith("backbone.")}
     state = convert_state_dict(official, expected, source=str(path))
-    model = SSAModel(dataclasses.replace(config, clip_pretrained=None if has_clip else config.clip_pretrained))
+    clip_pretrained = None if has_clip else config.clip_pretrained
+    model = SSAModel(dataclasses.replace(config, clip_pretrained=clip_pretrained))
     model.config = config
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys or (has_clip and result.missing_keys):  # guarded by convert_state_dict
@@ -290,4 +336,5 @@ def _compare_clip(model: Any, config: SSAConfig) -> None:
     reference = open_clip.create_model(config.clip_model, pretrained=cached).state_dict()
     ours = model.backbone.clip.state_dict()
     diff = max(float((ours[k].float() - v.float()).abs().max()) for k, v in reference.items() if k in ours)
-    logger.info("the checkpoint's CLIP differs from open_clip's %s by at most %.3g", config.clip_pretrained, diff)
+    logger.info("the checkpoint's CLIP differs from open_clip's %s by at most %.3g",
+                config.clip_pretrained, diff)

@@ -93,6 +93,7 @@ def save_pretrained(
     weights: Literal["auto", "trainable", "full"] = "auto",
     overwrite: bool = False,
     model_card: bool = True,
+    source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and (optionally) ``README.md`` into ``save_directory``.
 
@@ -101,9 +102,12 @@ def save_pretrained(
     the CLIP is a frozen open_clip download and full otherwise (random or unfrozen CLIP).
     An existing checkpoint is never replaced unless ``overwrite=True``. Files are written into a
     temporary sibling directory and moved into place at the end, the weights last.
+    ``source`` describes the authors' checkpoint the weights were converted from (see
+    :func:`render_model_card`); the model card then says so.
     Returns the directory.
     """
-    return _save(model, save_directory, weights=weights, overwrite=overwrite, model_card=model_card)
+    return _save(model, save_directory, weights=weights, overwrite=overwrite, model_card=model_card,
+                 source=source)
 
 
 def _save(
@@ -114,6 +118,7 @@ def _save(
     overwrite: bool,
     model_card: bool,
     repo_id: str | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> Path:
     from ssa.modeling.model import SSAModel
 
@@ -146,7 +151,7 @@ def _save(
                 model.config, weights=kind, repo_id=repo_id or f"your-username/{target.name}",
                 num_parameters=model.num_parameters(),
                 num_trainable=model.num_parameters(trainable_only=True),
-                num_saved=sum(t.numel() for t in state.values()),
+                num_saved=sum(t.numel() for t in state.values()), source=source,
             )
             (staging / MODEL_CARD_NAME).write_text(card)
         weights_file = staging / WEIGHTS_NAME
@@ -240,8 +245,14 @@ def render_model_card(
     num_parameters: int | None = None,
     num_trainable: int | None = None,
     num_saved: int | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> str:
-    """The text of a checkpoint's ``README.md``: YAML front matter for the Hub, then a short body."""
+    """The text of a checkpoint's ``README.md``: YAML front matter for the Hub, then a short body.
+
+    ``source``, for weights converted from the authors' release (``ssa convert``), adds a section naming
+    it: ``checkpoint`` (file name), ``sha256``, and optionally ``dataset`` (e.g. "MeViS"), ``benchmark``,
+    ``jf`` (the paper's J&F) and ``note`` (a sentence).
+    """
     from huggingface_hub import ModelCardData
 
     base_model = clip_base_model(config)
@@ -303,7 +314,33 @@ model = SSAModel.from_pretrained("{repo_id}")
 out = model(frames, "the cat jumping away")   # frames: (T, 3, H, W), CLIP-normalised
 ```
 """
+    if source is not None:
+        body += _source_section(source)
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _source_section(source: Mapping[str, Any]) -> str:
+    """The model card's section on the authors' checkpoint the weights were converted from."""
+    rows = [("source checkpoint", f"`{source.get('checkpoint', 'unknown')}`")]
+    if source.get("sha256"):
+        rows.append(("sha256", f"`{source['sha256']}`"))
+    if source.get("dataset"):
+        rows.append(("dataset", str(source["dataset"])))
+    if source.get("jf") is not None:
+        where = f" on {source['benchmark']}" if source.get("benchmark") else ""
+        rows.append(("J&F reported in the paper", f"{source['jf']}{where}"))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    note = f"\n{source['note']}\n" if source.get("note") else ""
+    return f"""
+## Converted from the authors' checkpoint
+
+These are the weights the authors released ({PROJECT_URL}), converted with `ssa convert`
+(`ssa.convert_official`): the same network and tensors under ssa's names.
+
+| | |
+|---|---|
+{table}
+{note}"""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -343,15 +380,36 @@ def load_pretrained(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     strict: bool = True,
+    config: SSAConfig | None = None,
 ) -> SSAModel:
-    """Load an SSA checkpoint from a bundled name, a local directory or a Hugging Face Hub repo id.
+    """Load an SSA checkpoint from a bundled name, a local directory or a Hugging Face Hub repo id, or
+    convert an official ``.pth`` / ``.pt`` checkpoint file of the authors.
 
     The tensors are checked against the config before the model is built or CLIP is downloaded.
     Returns the model in eval mode on ``device`` (default CPU), cast to ``dtype`` when given.
     Raises ``WeightsNotFoundError`` (an ``OSError``) when Hub files are unavailable (offline and not
     cached, repo or revision missing, gated), ``FileNotFoundError`` for a local directory lacking a
     file, and ``InvalidCheckpointError`` (a ``ValueError``) for corrupt files or config/weights mismatch.
+
+    A path ending in ``.pth`` or ``.pt`` that is not a directory is an official detectron2 checkpoint:
+    it is converted with :func:`ssa.convert.convert_official` (``config``: its network, default the
+    paper's ``ssa-convnext-large``), which raises :class:`ssa.convert.OfficialCheckpointError` (a
+    ``ValueError``) for a file it cannot convert. ``config`` applies only to such files: a checkpoint
+    directory or Hub repo carries its own ``config.json``.
     """
+    official = _official_checkpoint_file(name_or_path)
+    if official is not None:
+        from ssa.convert import convert_official
+
+        if revision is not None:
+            logger.warning("revision=%r is ignored for the local checkpoint file %s", revision, official)
+        model = convert_official(official, config)
+        return _place(model, device, dtype)
+    if config is not None:
+        raise ValueError(
+            f"config= applies only to official .pth checkpoint files; {name_or_path!r} is a checkpoint "
+            f"directory or Hub repo id, whose {CONFIG_NAME} describes the network"
+        )
     config_file, weights_file = _resolve_files(
         name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
     )
@@ -382,12 +440,34 @@ def load_pretrained(
             len(missing), missing[:_MAX_LISTED], len(result.unexpected_keys),
             result.unexpected_keys[:_MAX_LISTED],
         )
+    _place(model, device, dtype)
+    logger.info("loaded SSA checkpoint %s (%s weights)", name_or_path, kind)
+    return model
+
+
+def _place(model: SSAModel, device: str | torch.device | None, dtype: torch.dtype | None) -> SSAModel:
+    """The model on ``device`` (default CPU), cast to ``dtype`` when given, in eval mode."""
     model.to(device=torch.device(device) if device is not None else torch.device("cpu"))
     if dtype is not None:
         model.to(dtype=dtype)
-    model.eval()
-    logger.info("loaded SSA checkpoint %s (%s weights)", name_or_path, kind)
-    return model
+    return model.eval()
+
+
+_OFFICIAL_SUFFIXES = (".pth", ".pt")
+
+
+def _official_checkpoint_file(name_or_path: str | os.PathLike[str]) -> Path | None:
+    """The path of an official checkpoint file (``*.pth`` / ``*.pt``, not a directory), or None.
+    ``FileNotFoundError`` when such a path names no file."""
+    name = os.fspath(name_or_path)
+    if not isinstance(name, str) or not name.lower().endswith(_OFFICIAL_SUFFIXES):
+        return None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    return path
 
 
 _PATH_LIKE = re.compile(r"^(\.{1,2}([/\\]|$)|~|/)|\\")
@@ -412,7 +492,8 @@ def _resolve_files(
             directory = path
         elif path.exists():
             raise NotADirectoryError(
-                f"{path} is a file; pass the checkpoint directory that holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+                f"{path} is a file; pass the checkpoint directory that holds {CONFIG_NAME} and "
+                f"{WEIGHTS_NAME}, or an official .pth checkpoint file"
             )
     if directory is not None:
         if revision is not None:

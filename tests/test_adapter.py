@@ -1,9 +1,16 @@
+"""The semantic alignment refine module (official ``ClipStageAdapterV2``, Eq. 3-4), on tiny inputs."""
+
+import math
+
+import pytest
 import torch
 
 from ssa.modeling.adapter import SemanticAlignmentAdapter
 
+C_V, D_TEXT, DIM, HEADS = 16, 12, 8, 2
 
-def _inputs(b=2, c=16, h=5, w=7, l=6, d=12, seed=0):
+
+def _inputs(b=2, c=C_V, h=5, w=7, l=6, d=D_TEXT, seed=0):
     g = torch.Generator().manual_seed(seed)
     visual = torch.randn(b, c, h, w, generator=g)
     words = torch.randn(b, l, d, generator=g)
@@ -13,96 +20,186 @@ def _inputs(b=2, c=16, h=5, w=7, l=6, d=12, seed=0):
     return visual, words, mask, sentence
 
 
-def test_adapter_is_near_identity_at_init():
-    torch.manual_seed(0)
-    adapter = SemanticAlignmentAdapter(16, 12, 8)
-    visual, words, mask, sentence = _inputs()
-    out, weights = adapter(visual, words, mask, sentence)
-    assert out.shape == visual.shape
-    assert torch.allclose(weights.sum(-1), torch.ones(2))
-    assert (weights[:, 1] > 0.99).all()
-    assert torch.allclose(out, visual, rtol=0, atol=0.01 * visual.abs().max())
+def _adapter(seed=0):
+    torch.manual_seed(seed)
+    return SemanticAlignmentAdapter(C_V, D_TEXT, DIM, HEADS).eval()
 
 
-def _randomise(adapter):
-    torch.manual_seed(1)
-    for p in adapter.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+# -- a hand computation of Eq. 3-4 from the submodules' weights ------------------------------------------
+def _sine_2d(h, w, dim):
+    """Raw (unnormalised) DETR positions 1..H, 1..W: first half y, second half x, channel 2k sin and
+    2k+1 cos of p / 10000^(2k/half)."""
+    half = dim // 2
+    pos = torch.zeros(h, w, dim, dtype=torch.float64)
+    for y in range(h):
+        for x in range(w):
+            for k in range(half):
+                freq = 10000 ** (2 * (k // 2) / half)
+                trig = math.sin if k % 2 == 0 else math.cos
+                pos[y, x, k] = trig((y + 1) / freq)
+                pos[y, x, half + k] = trig((x + 1) / freq)
+    return pos.reshape(h * w, dim)
 
 
-def test_streams_depend_on_text_and_padding_is_ignored():
-    adapter = SemanticAlignmentAdapter(16, 12, 8)
-    _randomise(adapter)
-    visual, words, mask, sentence = _inputs()
-    out, _ = adapter(visual, words, mask, sentence)
-    # Changing a padded word of sample 1 changes nothing.
-    words2 = words.clone()
-    words2[1, 5] += 10.0
-    out2, _ = adapter(visual, words2, mask, sentence)
-    assert torch.allclose(out, out2, atol=1e-6)
-    # Changing a real word or the sentence changes the output.
-    words3 = words.clone()
-    words3[1, 1] += 1.0
-    assert not torch.allclose(out, adapter(visual, words3, mask, sentence)[0], atol=1e-4)
-    assert not torch.allclose(out, adapter(visual, words, mask, sentence + 1.0)[0], atol=1e-4)
+def _sine_1d(length, dim):
+    """Positions 1..L: channel 2i sin, 2i+1 cos of p / 10000^(2i/dim)."""
+    pos = torch.zeros(length, dim, dtype=torch.float64)
+    for p in range(length):
+        for i in range(dim // 2):
+            pos[p, 2 * i] = math.sin((p + 1) / 10000 ** (2 * i / dim))
+            pos[p, 2 * i + 1] = math.cos((p + 1) / 10000 ** (2 * i / dim))
+    return pos
 
 
-def test_gradients_reach_every_parameter():
-    adapter = SemanticAlignmentAdapter(16, 12, 8)
-    visual, words, mask, sentence = _inputs()
-    opt = torch.optim.SGD(adapter.parameters(), lr=0.1)
+def _mha(attn, q, k, v, key_mask=None):
+    """nn.MultiheadAttention written out: (B, Lq, D), (B, Lk, D) → (B, Lq, D)."""
+    d = attn.embed_dim
+    wq, wk, wv = attn.in_proj_weight.double().split(d)
+    bq, bk, bv = attn.in_proj_bias.double().split(d)
+    heads = attn.num_heads
 
-    def step():
-        opt.zero_grad()
-        out, weights = adapter(visual, words, mask, sentence)
-        (out.square().mean() + weights[:, 0].sum()).backward()
-        grads = {name: p.grad for name, p in adapter.named_parameters()}
-        opt.step()
-        return grads
+    def split(x):
+        return x.unflatten(-1, (heads, d // heads)).transpose(1, 2)  # (B, h, L, d/h)
 
-    first = step()
-    # At step 0 the zero-initialised output projections and the gate already receive a signal
-    # (the streams upstream of them only start learning once those are non-zero, as with LoRA).
-    for name in ("word_out.weight", "sentence_out.weight", "conv_out.weight", "gate.2.weight"):
-        assert first[name].abs().sum() > 0, name
-    second = step()
-    for name, grad in second.items():
-        assert grad is not None and torch.isfinite(grad).all(), name
-        assert grad.abs().sum() > 0, name
+    qh, kh, vh = split(q @ wq.T + bq), split(k @ wk.T + bk), split(v @ wv.T + bv)
+    logits = qh @ kh.transpose(-2, -1) / math.sqrt(d // heads)
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    out = (logits.softmax(-1) @ vh).transpose(1, 2).flatten(2)
+    return out @ attn.out_proj.weight.double().T + attn.out_proj.bias.double()
 
 
 def _reference(adapter, visual, words, mask, sentence):
-    """Eq. 3-4 written out stream by stream, each projected back to C_i after its own sum."""
-    b, _, h, w = visual.shape
-    d = adapter.dim
-    v = adapter.visual_in(visual).flatten(2).transpose(1, 2)  # (B, HW, D)
-    wt = adapter.word_in(words)
-    logits = (v @ wt.transpose(1, 2) / d ** 0.5).masked_fill(~mask[:, None], float("-inf"))
-    f_mw = (logits.softmax(-1) @ wt).transpose(1, 2).reshape(b, d, h, w)
-    s = adapter.sentence_in(sentence)
-    f_ms = (torch.sigmoid((v * s[:, None]).sum(-1) / d ** 0.5)[..., None] * s[:, None]).transpose(1, 2)
-    f_mw = adapter.word_out(f_mw)
-    f_ms = adapter.sentence_out(f_ms.reshape(b, d, h, w))
-    vmap = v.transpose(1, 2).reshape(b, d, h, w)
-    f_mr = adapter.conv_out(torch.nn.functional.gelu(adapter.conv(vmap))) + visual
-    pooled = torch.cat([x.mean((2, 3)) for x in (f_mw, f_mr, f_ms)], 1)
-    a = adapter.gate(pooled).softmax(-1)
-    mixed = sum(a[:, i, None, None, None] * f for i, f in enumerate((f_mw, f_mr, f_ms)))
-    return mixed, a
+    a = adapter.double()
+    visual, words, sentence = visual.double(), words.double(), sentence.double()
+    b, c, h, w = visual.shape
+    conv = torch.nn.functional.conv2d
+    f_mr = torch.relu(conv(torch.relu(conv(visual, a.conv1.weight, a.conv1.bias)), a.conv2.weight,
+                           a.conv2.bias)) + visual
+    tokens = conv(visual, a.linear_v.weight, a.linear_v.bias).flatten(2).transpose(1, 2)  # (B, HW, D)
+    queries = tokens + _sine_2d(h, w, a.dim)
+    lw = words @ a.linear_l.weight.T + a.linear_l.bias
+    norm = a.cross_attention.norm
+    word = norm(tokens + _mha(a.cross_attention.attn, queries, lw + _sine_1d(lw.shape[1], a.dim), lw, mask))
+    ls = (sentence @ a.linear_l.weight.T + a.linear_l.bias)[:, None]
+    sent = norm(tokens + _mha(a.cross_attention.attn, queries, ls, ls))
+
+    def to_map(x):
+        return (x @ a.up_v.weight.T + a.up_v.bias).transpose(1, 2).reshape(b, c, h, w)
+
+    f_ms, f_mw = to_map(sent), to_map(word)
+    pooled = torch.cat([f.mean((2, 3)) for f in (f_ms, f_mw, f_mr)], dim=1)  # (B, 3 C_v)
+    hidden = torch.relu(pooled @ a.gate.layers[0].weight.T + a.gate.layers[0].bias)
+    weights = (hidden @ a.gate.layers[1].weight.T + a.gate.layers[1].bias).softmax(-1)  # (B, 3)
+    out = sum(weights[:, i, None, None, None] * f for i, f in enumerate((f_ms, f_mw, f_mr)))
+    a.float()
+    return out, weights
 
 
-def test_folded_projections_and_shared_frames_match_the_equations():
-    adapter = SemanticAlignmentAdapter(16, 12, 8)
-    _randomise(adapter)
-    visual, words, mask, sentence = _inputs(b=2)
+def test_output_is_the_gated_sum_of_the_three_streams():
+    adapter = _adapter()
+    visual, words, mask, sentence = _inputs()
     with torch.no_grad():
         out, weights = adapter(visual, words, mask, sentence)
         ref, ref_weights = _reference(adapter, visual, words, mask, sentence)
-        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(weights, ref_weights, atol=1e-6, rtol=1e-5)
-        # Three text rows reading frames [1, 0, 1]: the same as gathering the frames first.
-        rows = torch.tensor([1, 0, 1])
-        texts = words[[0, 1, 1]], mask[[0, 1, 1]], sentence[[0, 1, 1]]
-        shared, _ = adapter(visual, *texts, rows=rows)
-        gathered, _ = adapter(visual[rows], *texts)
-        torch.testing.assert_close(shared, gathered, atol=1e-6, rtol=1e-6)
+    assert out.shape == visual.shape and weights.shape == (2, 3)
+    torch.testing.assert_close(weights.double(), ref_weights, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    assert (weights > 0).all() and not torch.allclose(weights[0], weights[1])
+
+
+def test_padding_words_change_nothing():
+    adapter = _adapter()
+    visual, words, mask, sentence = _inputs()
+    with torch.no_grad():
+        out, weights = adapter(visual, words, mask, sentence)
+        changed = words.clone()
+        changed[1, 4:] += 10.0 * torch.randn(2, D_TEXT)  # sample 1's padding
+        out2, weights2 = adapter(visual, changed, mask, sentence)
+        # more padding positions at the end: the real words keep their positions 1..L
+        longer = torch.cat([words, torch.randn(2, 3, D_TEXT)], dim=1)
+        longer_mask = torch.cat([mask, torch.zeros(2, 3, dtype=torch.bool)], dim=1)
+        out3, _ = adapter(visual, longer, longer_mask, sentence)
+        # a real word does matter
+        real = words.clone()
+        real[1, 1] += 1.0
+        out4, _ = adapter(visual, real, mask, sentence)
+    torch.testing.assert_close(out2, out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(weights2, weights, atol=1e-7, rtol=0)
+    torch.testing.assert_close(out3, out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out4[0], out[0], atol=1e-6, rtol=0)  # other sample untouched
+    assert (out4[1] - out[1]).abs().max() > 1e-3
+
+
+def test_sentence_stream_has_a_single_key():
+    """The sentence stream attends to one key: its weight is 1 whatever the pixels' queries and the
+    key are, so the attention's q/k projections do not affect it (they do affect the word stream)."""
+    adapter = _adapter()
+    visual, words, mask, sentence = _inputs()
+    streams = []
+    hook = adapter.cross_attention.register_forward_hook(lambda m, i, o: streams.append(o.detach()))
+    try:
+        with torch.no_grad():
+            out, _ = adapter(visual, words, mask, sentence)
+            d = adapter.dim
+            adapter.cross_attention.attn.in_proj_weight[:2 * d].normal_()  # q and k projections
+            adapter.cross_attention.attn.in_proj_bias[:2 * d].normal_()
+            out2, _ = adapter(visual, words, mask, sentence)
+    finally:
+        hook.remove()
+    word, sent, word2, sent2 = streams
+    torch.testing.assert_close(sent2, sent, atol=1e-6, rtol=0)
+    assert (word2 - word).abs().max() > 1e-3
+    assert (out2 - out).abs().max() > 1e-4
+    # so the sentence stream is LN(W_v F_v + out_proj(v_proj(W_l F_s))): the same text for every pixel
+    a = adapter.cross_attention
+    with torch.no_grad():
+        tokens = adapter.linear_v(visual).flatten(2).transpose(1, 2)
+        value = adapter.linear_l(sentence) @ a.attn.in_proj_weight[2 * d:].T + a.attn.in_proj_bias[2 * d:]
+        expected = a.norm(tokens + a.attn.out_proj(value)[:, None])
+    torch.testing.assert_close(sent, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_output_depends_on_the_sentence_and_the_visual_input_per_sample():
+    adapter = _adapter()
+    visual, words, mask, sentence = _inputs()
+    with torch.no_grad():
+        out, _ = adapter(visual, words, mask, sentence)
+        other_sentence = sentence.clone()
+        other_sentence[0] += 1.0
+        out2, _ = adapter(visual, words, mask, other_sentence)
+        alone, _ = adapter(visual[1:], words[1:], mask[1:], sentence[1:])
+    assert (out2[0] - out[0]).abs().max() > 1e-3
+    torch.testing.assert_close(out2[1], out[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone[0], out[1], atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_every_parameter_and_input():
+    adapter = _adapter().train()
+    visual, words, mask, sentence = _inputs()
+    for x in (visual, words, sentence):
+        x.requires_grad_(True)
+    out, weights = adapter(visual, words, mask, sentence)
+    g = torch.Generator().manual_seed(5)
+    loss = (out * torch.randn(out.shape, generator=g)).sum()
+    loss = loss + (weights * torch.randn(2, 3, generator=g)).sum()
+    loss.backward()
+    for name, p in adapter.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    for x in (visual, words, sentence):
+        assert x.grad is not None and x.grad.abs().sum() > 0
+    assert words.grad[1, 4:].abs().max() == 0  # padding words get no gradient
+
+
+def test_shapes_and_errors():
+    adapter = _adapter()
+    visual, words, mask, sentence = _inputs(h=3, w=4, l=2)
+    out, weights = adapter(visual, words, mask, sentence)
+    assert out.shape == (2, C_V, 3, 4) and weights.shape == (2, 3)
+    with pytest.raises(ValueError, match="channels"):
+        adapter(torch.randn(2, C_V + 1, 3, 4), words, mask, sentence)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        SemanticAlignmentAdapter(C_V, D_TEXT, dim=6)

@@ -1,26 +1,44 @@
 import pytest
+import timm
 import torch
 
-from ssa.modeling.backbone import validate_expressions
+from ssa import SSAConfig
+from ssa.modeling.backbone import FrozenCLIP, convnext_trunk, validate_expressions
 
 EXPRESSIONS = ["the cat jumping away", "a dog", "the two red squares moving left and then stopping"]
+MAX_WORDS = 40
+
+
+def _open_clip_text(clip, tokens):
+    """open_clip's own text pass on the full 77-token context: (per-token features projected into the
+    joint space, captured after ``ln_final``; ``CLIP.encode_text``)."""
+    captured = []
+    hook = clip.ln_final.register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        with torch.no_grad():
+            sentence = clip.encode_text(tokens)
+    finally:
+        hook.remove()
+    return captured[0] @ clip.text_projection, sentence
 
 
 def _check_text_matches_open_clip(model):
     clip = model.backbone.clip
     feats = model.encode_text(EXPRESSIONS)
-    tokens = model.backbone.tokenizer(EXPRESSIONS)  # full 77-token context, as open_clip uses
-    with torch.no_grad():
-        reference = clip.encode_text(tokens)
-    assert feats.sentence.shape == reference.shape
-    assert torch.allclose(feats.sentence, reference, atol=1e-5, rtol=0)
-    # context trimmed to the longest expression; mask covers start..end-of-text
-    length = int(tokens.argmax(-1).max()) + 1
-    assert feats.words.shape == (3, length, reference.shape[1])
+    tokens = model.backbone.tokenizer(EXPRESSIONS)  # (3, 77), as open_clip uses
+    per_token, reference = _open_clip_text(clip, tokens)
+    dim = reference.shape[1]
+    assert feats.sentence.shape == (3, dim) and feats.expressions == EXPRESSIONS
+    torch.testing.assert_close(feats.sentence, reference, atol=1e-5, rtol=1e-5)  # unnormalised
+    assert not torch.allclose(feats.sentence.norm(dim=-1), torch.ones(3))
+    # F_w: the first 40 positions whatever the expressions' lengths, padding masked by token id 0
+    assert feats.words.shape == (3, MAX_WORDS, dim)
+    assert torch.equal(feats.word_mask, tokens[:, :MAX_WORDS] != 0)
     assert feats.word_mask.sum(-1).tolist() == (tokens.argmax(-1) + 1).tolist()
-    # F_s is the projected end-of-text token of F_w
+    torch.testing.assert_close(feats.words, per_token[:, :MAX_WORDS], atol=1e-5, rtol=1e-5)
+    # F_s is the projected end-of-text token of F_w (all three end before position 40)
     eot = tokens.argmax(-1)
-    assert torch.allclose(feats.words[torch.arange(3), eot], feats.sentence)
+    torch.testing.assert_close(feats.words[torch.arange(3), eot], feats.sentence, atol=1e-5, rtol=1e-5)
 
 
 def _check_stages_match_trunk(model, size):
@@ -37,7 +55,7 @@ def _check_stages_match_trunk(model, size):
         assert torch.allclose(a, b, atol=1e-5), i
 
 
-def test_tiny_sentence_feature_equals_encode_text(tiny_model):
+def test_tiny_text_features_equal_open_clip(tiny_model):
     _check_text_matches_open_clip(tiny_model)
 
 
@@ -46,7 +64,7 @@ def test_tiny_stage_features_equal_trunk(tiny_model):
 
 
 @pytest.mark.slow
-def test_large_sentence_feature_equals_encode_text(large_model):
+def test_large_text_features_equal_open_clip(large_model):
     _check_text_matches_open_clip(large_model)
 
 
@@ -54,6 +72,89 @@ def test_large_sentence_feature_equals_encode_text(large_model):
 def test_large_stage_features_equal_trunk(large_model):
     assert large_model.backbone.stage_channels == (192, 384, 768, 1536)
     _check_stages_match_trunk(large_model, (64, 96))
+
+
+def test_stem_then_stages_equal_encode_image(tiny_model):
+    backbone = tiny_model.backbone
+    images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    plain = backbone.encode_image(images)
+    x = backbone.encode_stem(images)
+    torch.testing.assert_close(x, plain[0], atol=0, rtol=0)
+    for i in (1, 2, 3):
+        x = backbone.run_stage(i, x)
+        torch.testing.assert_close(x, plain[i], atol=1e-6, rtol=1e-6)
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="stage index"):
+            backbone.run_stage(bad, plain[0])
+
+
+def test_frozen_stages_still_pass_gradients_to_their_input(tiny_model):
+    """The adapters sit between frozen stages: the stem records no graph, a later stage does (to
+    reach the adapter before it) while CLIP's own weights get no gradient."""
+    backbone = tiny_model.backbone
+    images = torch.randn(1, 3, 64, 64, requires_grad=True)
+    stem = backbone.encode_stem(images)
+    assert not stem.requires_grad
+    x = stem.clone().requires_grad_(True)
+    backbone.run_stage(1, x).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_words_are_cut_at_40_and_the_sentence_reads_the_full_context(tiny_model):
+    long = " ".join(["red"] * 50)  # 52 tokens with start and end-of-text
+    tokens = tiny_model.backbone.tokenizer([long, "a cat"])
+    assert int(tokens[0].argmax()) == 51
+    feats = tiny_model.encode_text([long, "a cat"])
+    per_token, reference = _open_clip_text(tiny_model.backbone.clip, tokens)
+    assert feats.words.shape[:2] == (2, MAX_WORDS)
+    assert feats.word_mask[0].all() and feats.word_mask[1].sum() == 4
+    torch.testing.assert_close(feats.sentence, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(feats.words, per_token[:, :MAX_WORDS], atol=1e-5, rtol=1e-5)
+    # the sentence is not any of the 40 kept positions: it is the end-of-text token at position 51
+    assert (feats.words[0] - feats.sentence[0]).abs().amax(-1).min() > 1e-3
+
+
+def test_long_expression_is_truncated_with_warning(tiny_model):
+    long = " ".join(["very"] * 100) + " long cat"
+    with pytest.warns(UserWarning, match="truncated"):
+        feats = tiny_model.encode_text([long, "a cat"])
+    tokens = tiny_model.backbone.tokenizer([long, "a cat"])  # open_clip truncates: end-of-text at 76
+    assert int(tokens[0].argmax()) == 76
+    assert feats.words.shape[:2] == (2, MAX_WORDS)
+    assert feats.word_mask[0].all() and feats.word_mask[1].sum() == 4
+    _, reference = _open_clip_text(tiny_model.backbone.clip, tokens)
+    torch.testing.assert_close(feats.sentence, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_convnext_trunk_registers_a_timm_model_that_open_clip_builds():
+    depths, dims = [1, 1, 2, 1], [16, 32, 48, 64]
+    name = convnext_trunk(depths, dims)
+    assert timm.is_model(name) and convnext_trunk(tuple(depths), tuple(dims)) == name  # registered once
+    trunk = timm.create_model(name)
+    assert [len(stage.blocks) for stage in trunk.stages] == depths
+    assert [info["num_chs"] for info in trunk.feature_info] == dims
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model(name, pretrained=True)
+
+    torch.manual_seed(0)
+    config = SSAConfig.from_preset("ssa-tiny", clip_trunk={"depths": depths, "dims": dims})
+    backbone = FrozenCLIP(config)
+    assert backbone.stage_channels == tuple(dims)
+    assert [len(stage.blocks) for stage in backbone.clip.visual.trunk.stages] == depths
+    gamma = backbone.clip.visual.trunk.stages[0].blocks[0].gamma
+    torch.testing.assert_close(gamma, torch.full_like(gamma, 1e-6))  # default layer scale
+    features = backbone.encode_image(torch.randn(1, 3, 64, 96))
+    shapes = [(1, 16, 16, 24), (1, 32, 8, 12), (1, 48, 4, 6), (1, 64, 2, 3)]
+    assert [tuple(f.shape) for f in features] == shapes
+    assert backbone.clip.encode_image(torch.randn(1, 3, 64, 64)).shape == (1, 128)
+
+
+def test_convnext_trunk_with_a_decimal_layer_scale():
+    # the registered name must not contain '.' (timm reads it as a pretrained tag)
+    name = convnext_trunk([1, 1, 1, 1], [8, 16, 24, 32], ls_init_value=0.1)
+    gamma = timm.create_model(name).stages[0].blocks[0].gamma
+    torch.testing.assert_close(gamma, torch.full_like(gamma, 0.1))
 
 
 def test_clip_is_frozen_and_stays_in_eval(tiny_model):
@@ -86,14 +187,6 @@ def test_unfreezing_the_visual_tower_only():
     backbone.unfreeze()  # then both towers
     assert all(p.requires_grad for p in clip.parameters()) and clip.transformer.training
     assert model.encode_text("a cat").sentence.requires_grad
-
-
-def test_long_expression_is_truncated_with_warning(tiny_model):
-    long = " ".join(["very"] * 100) + " long cat"
-    with pytest.warns(UserWarning, match="truncated"):
-        feats = tiny_model.encode_text([long, "a cat"])
-    assert feats.words.shape[1] == 77
-    assert feats.word_mask[0].all()
 
 
 @pytest.mark.parametrize("bad,err", [

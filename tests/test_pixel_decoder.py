@@ -1,5 +1,6 @@
 """Pixel decoder: deformable sampling against a hand-written bilinear reference, the pixel-offset
-convention of MSDeformAttn, batch independence, and PixelDecoder shapes / gradients / validation."""
+convention of MSDeformAttn, batch independence, and PixelDecoder shapes / gradients / text fusion (Eq. 5)
+/ validation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import math
 import pytest
 import torch
 
-from ssa.modeling.pixel_decoder import MSDeformAttn, PixelDecoder, multi_scale_deformable_attention
+from ssa.modeling.pixel_decoder import (
+    MSDeformAttn,
+    PixelDecoder,
+    PixelDecoderOutput,
+    multi_scale_deformable_attention,
+)
 
 
 def naive_msda(value, shapes, locations, weights):
@@ -134,29 +140,45 @@ def _features(b: int, h: int, w: int, channels=(8, 16, 32, 64)) -> list[torch.Te
     return [torch.randn(b, c, h // s, w // s, generator=g) for c, s in zip(channels, strides, strict=True)]
 
 
-def _tiny_decoder() -> PixelDecoder:
+C, MASK_DIM = 32, 16
+
+
+def _text(b: int, seed: int = 5) -> torch.Tensor:
+    return torch.randn(b, 1, C, generator=torch.Generator().manual_seed(seed))
+
+
+def _tiny_decoder(bidirectional: bool = True) -> PixelDecoder:
     torch.manual_seed(0)
-    return PixelDecoder((8, 16, 32, 64), hidden_dim=32, mask_dim=16, num_layers=2, num_heads=4, num_points=2,
-                        ffn_dim=64)
+    return PixelDecoder((8, 16, 32, 64), hidden_dim=C, mask_dim=MASK_DIM, num_layers=2, num_heads=4,
+                        num_points=2, ffn_dim=64, fusion_dim=32, fusion_heads=2,
+                        bidirectional=bidirectional).eval()
 
 
-def _random_loss(mask: torch.Tensor, multi: list[torch.Tensor]) -> torch.Tensor:
+def _random_loss(out: PixelDecoderOutput) -> torch.Tensor:
     # random weights: a plain sum of LayerNorm outputs has zero gradient
     g = torch.Generator().manual_seed(3)
-    loss = (mask * torch.randn(mask.shape, generator=g)).sum()
-    return loss + sum((x * torch.randn(x.shape, generator=g)).sum() for x in multi)
+    parts = [out.mask_features, out.video_mask_features, out.text, *out.multi_scale]
+    return sum((x * torch.randn(x.shape, generator=g)).sum() for x in parts)
 
 
-def test_pixel_decoder_shapes_and_gradients():
+def test_pixel_decoder_shapes():
     dec = _tiny_decoder()
-    mask, multi = dec(_features(2, 64, 96))
-    assert mask.shape == (2, 16, 16, 24)
-    assert [tuple(x.shape) for x in multi] == [(2, 32, 2, 3), (2, 32, 4, 6), (2, 32, 8, 12)]
-    mask.sum().backward()
-    for name, param in dec.named_parameters():
-        assert param.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
+    with torch.no_grad():
+        out = dec(_features(2, 64, 96), _text(2))
+    assert isinstance(out, PixelDecoderOutput)
+    assert out.mask_features.shape == out.video_mask_features.shape == (2, MASK_DIM, 16, 24)
+    assert not torch.allclose(out.mask_features, out.video_mask_features)  # two projections
+    assert [tuple(x.shape) for x in out.multi_scale] == [(2, C, 2, 3), (2, C, 4, 6), (2, C, 8, 12)]
+    assert out.text.shape == (2, 1, C)
+    assert out.memory.shape == (2, 6 + 24 + 96, C)
+    # the memory is the three levels flattened, coarse first
+    flat = torch.cat([x.flatten(2).transpose(1, 2) for x in out.multi_scale], dim=1)
+    torch.testing.assert_close(out.memory, flat, atol=0, rtol=0)
 
+
+def test_pixel_decoder_gradients_reach_every_parameter():
+    dec = _tiny_decoder().train()
+    feats, text = _features(2, 64, 96), _text(2).requires_grad_(True)
     # At initialisation the query reaches the output only through the zero-initialised offset and
     # attention-weight layers, so the level embedding's gradient is exactly zero; once those layers
     # have moved off zero, every parameter gets a non-zero gradient.
@@ -164,32 +186,125 @@ def test_pixel_decoder_shapes_and_gradients():
         for layer in dec.layers:
             layer.self_attn.sampling_offsets.weight.normal_(0, 0.1)
             layer.self_attn.attention_weights.weight.normal_(0, 0.1)
-    dec.zero_grad(set_to_none=True)
-    _random_loss(*dec(_features(2, 64, 96))).backward()
+    _random_loss(dec(feats, text)).backward()
     for name, param in dec.named_parameters():
         assert param.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
         assert param.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+    assert text.grad is not None and text.grad.abs().sum() > 0
 
 
 def test_pixel_decoder_batch_independent():
-    dec = _tiny_decoder().eval()
-    feats = _features(2, 64, 96)
-    mask, multi = dec(feats)
-    mask1, multi1 = dec([f[1:] for f in feats])
-    torch.testing.assert_close(mask[1:], mask1, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(multi[0][1:], multi1[0], atol=1e-5, rtol=1e-5)
+    dec = _tiny_decoder()
+    feats, text = _features(2, 64, 96), _text(2)
+    with torch.no_grad():
+        both = dec(feats, text)
+        one = dec([f[1:] for f in feats], text[1:])
+    for a, b in [(both.mask_features, one.mask_features), (both.video_mask_features, one.video_mask_features),
+                 (both.text, one.text), (both.memory, one.memory)]:
+        torch.testing.assert_close(a[1:], b, atol=1e-5, rtol=1e-5)
+
+
+def _with_layer_scale(dec: PixelDecoder, value: float) -> PixelDecoder:
+    with torch.no_grad():  # a visible layer scale (1e-4 at init)
+        for block in dec.fusion_layers:
+            if block.gamma_v is not None:
+                block.gamma_v.fill_(value)
+            block.gamma_l.fill_(value)
+    return dec
+
+
+def test_text_fusion_is_bidirectional():
+    dec = _with_layer_scale(_tiny_decoder(), 0.5)
+    feats, text = _features(2, 64, 96), _text(2)
+    other_text = text.clone()
+    other_text[1] = _text(1, seed=9)[0]
+    other_feats = [f.clone() for f in feats]
+    other_feats[2][1] += torch.randn(other_feats[2][1].shape)  # stride 16 of sample 1
+    with torch.no_grad():
+        out = dec(feats, text)
+        text_changed = dec(feats, other_text)
+        visual_changed = dec(other_feats, text)
+    # text → visual: sample 1's visual outputs change, sample 0's do not
+    for name in ("mask_features", "video_mask_features", "memory"):
+        a, b = getattr(out, name), getattr(text_changed, name)
+        torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=0)
+        assert (a[1] - b[1]).abs().max() > 1e-3, name
+    # visual → text
+    assert (visual_changed.text[1] - out.text[1]).abs().max() > 1e-3
+    torch.testing.assert_close(visual_changed.text[0], out.text[0], atol=1e-6, rtol=0)
+
+
+def test_text_fusion_at_init_already_reads_the_text():
+    dec = _tiny_decoder()  # layer scale 1e-4: small but not zero
+    feats, text = _features(1, 64, 64), _text(1)
+    with torch.no_grad():
+        a = dec(feats, text).mask_features
+        b = dec(feats, _text(1, seed=9)).mask_features
+    assert (a - b).abs().max() > 1e-7
+
+
+def test_without_bidirectional_fusion_the_visual_tokens_ignore_the_text():
+    dec = _with_layer_scale(_tiny_decoder(bidirectional=False), 0.5)
+    assert all(not block.bidirectional for block in dec.fusion_layers)
+    names = {name.rsplit(".", 2)[-2] for name, _ in dec.fusion_layers.named_parameters()}
+    assert "out_l_proj" in names and not {"out_v_proj", "values_l_proj"} & names  # no text → visual weights
+    feats, text = _features(2, 64, 96), _text(2)
+    other_feats = [f.clone() for f in feats]
+    other_feats[3] += torch.randn(other_feats[3].shape)
+    with torch.no_grad():
+        out = dec(feats, text)
+        text_changed = dec(feats, _text(2, seed=9))
+        visual_changed = dec(other_feats, text)
+    for name in ("mask_features", "video_mask_features", "memory"):
+        torch.testing.assert_close(getattr(text_changed, name), getattr(out, name), atol=0, rtol=0)
+    for a, b in zip(text_changed.multi_scale, out.multi_scale, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert (text_changed.text - out.text).abs().max() > 1e-3
+    assert (visual_changed.text - out.text).abs().max() > 1e-3  # the sentence still reads the visual tokens
+
+
+def test_text_output_is_the_last_fusion_blocks_sentence():
+    dec = _with_layer_scale(_tiny_decoder(), 0.5)
+    feats, text = _features(2, 64, 64), _text(2)
+    captured = []
+    hook = dec.fusion_layers[-1].register_forward_hook(lambda m, i, o: captured.append(o[1]))
+    try:
+        with torch.no_grad():
+            out = dec(feats, text)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(out.text, captured[0], atol=0, rtol=0)
+    # the residual is on the normalised sentence: with no text update it is LN_2(LN_1(text))
+    with torch.no_grad():
+        for block in dec.fusion_layers:
+            block.gamma_l.zero_()
+        still = dec(feats, text).text
+        first, second = dec.fusion_layers
+        expected = second.layer_norm_l(first.layer_norm_l(text))
+    torch.testing.assert_close(still, expected, atol=1e-6, rtol=1e-6)
+    assert (still - out.text).abs().max() > 1e-3
 
 
 def test_pixel_decoder_validates_inputs():
     dec = _tiny_decoder()
-    feats = _features(1, 64, 64)
+    feats, text = _features(1, 64, 64), _text(1)
     with pytest.raises(ValueError, match="channels"):
-        dec([feats[0], feats[1], torch.randn(1, 31, 4, 4), feats[3]])
+        dec([feats[0], feats[1], torch.randn(1, 31, 4, 4), feats[3]], text)
     with pytest.raises(ValueError, match="4 feature maps"):
-        dec(feats[1:])
+        dec(feats[1:], text)
+    with pytest.raises(ValueError, match="batch sizes"):
+        dec([feats[0], feats[1], feats[2], feats[3].expand(2, -1, -1, -1)], text)
+    with pytest.raises(ValueError, match="text"):
+        dec(feats, torch.randn(1, 1, C + 1))
+    with pytest.raises(ValueError, match="text"):
+        dec(feats, torch.randn(2, 1, C))
+    with pytest.raises(ValueError, match="text"):
+        dec(feats, torch.randn(1, C))
     with pytest.raises(ValueError, match="4 input channel"):
         PixelDecoder((8, 16, 32))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        PixelDecoder((8, 16, 32, 64), hidden_dim=30)
 
 
 def test_sparse_cpu_inference_path_equals_grid_sample(monkeypatch):

@@ -3,9 +3,7 @@ import math
 import pytest
 import torch
 
-from ssa.modeling.common import sine_encoding
 from ssa.modeling.sequential_alignment import (
-    MaskPositionEncoding,
     TemporalEnhancement,
     TrajectoryEnsemble,
     apply_order,
@@ -69,7 +67,7 @@ def test_ensemble_weights_sum_to_one_over_time():
 
 def test_temporal_enhancement_mixes_time_within_a_trajectory_only():
     torch.manual_seed(0)
-    te = TemporalEnhancement(16, 4, num_layers=2, kernel=3, ffn_dim=32).eval()
+    te = TemporalEnhancement(16, 4).eval()
     x = torch.randn(1, 6, 3, 16)
     y = te(x)
     assert y.shape == x.shape
@@ -81,62 +79,22 @@ def test_temporal_enhancement_mixes_time_within_a_trajectory_only():
     assert torch.allclose(changed[:, [0, 2]], torch.zeros(6, 2), atol=1e-6)  # other trajectories do not
 
 
-def _dot_masks(centres, h=24, w=32):
-    """Mask logits (..., h, w): +20 on one pixel per (row, col) in centres (..., 2), -20 elsewhere."""
-    centres = torch.as_tensor(centres)
-    logits = torch.full((*centres.shape[:-1], h, w), -20.0)
-    flat = logits.reshape(-1, h, w)
-    for k, (y, x) in enumerate(centres.reshape(-1, 2).tolist()):
-        flat[k, y, x] = 20.0
-    return logits
-
-
-def test_mask_position_encoding_adds_the_encoded_mask_centroid():
+def test_temporal_enhancement_is_one_conv_block_and_one_attention_with_replicate_padding():
     torch.manual_seed(0)
-    enc = MaskPositionEncoding(16)
-    queries = torch.randn(2, 3, 16)
-    centres = [[[3, 5], [10, 20], [3, 5]], [[0, 0], [23, 31], [12, 16]]]
-    out = enc(queries, _dot_masks(centres))
-    assert out.shape == queries.shape
-    # by hand: centroid of the one pixel in [0, 1] coordinates, 8 sine channels for y then 8 for x
-    y, x = (10 + 0.5) / 24, (20 + 0.5) / 32
-    expected_pe = torch.cat([sine_encoding(torch.tensor(y * 16 * math.pi), 8),
-                             sine_encoding(torch.tensor(x * 16 * math.pi), 8)])
-    assert torch.allclose(out[0, 1], queries[0, 1] + enc.proj(expected_pe), atol=1e-4)
-    # same query, same place → same output; same query, another place → another output
-    same = enc(queries[:, :1].expand(2, 3, 16), _dot_masks(centres))
-    assert torch.allclose(same[0, 0], same[0, 2], atol=1e-5)
-    assert (same[0, 0] - same[0, 1]).abs().max() > 1e-2
+    te = TemporalEnhancement(8, 2).eval()
+    names = sorted({n.split(".")[0] for n, _ in te.named_parameters()})
+    assert names == ["long_term", "short_conv1", "short_conv2", "short_norm"]
+    assert te.short_conv1.kernel_size == (5,) and te.short_conv2.kernel_size == (3,)
+    x = torch.randn(1, 4, 2, 8)
+    # by hand: LN(x + conv3(relu(conv5(x)))) with replicate 'same' padding, then the attention layer
+    seq = x.permute(0, 2, 3, 1).reshape(2, 8, 4)
+    pad5 = torch.cat([seq[..., :1]] * 2 + [seq] + [seq[..., -1:]] * 2, dim=-1)
+    h = torch.relu(torch.nn.functional.conv1d(pad5, te.short_conv1.weight, te.short_conv1.bias))
+    pad3 = torch.cat([h[..., :1], h, h[..., -1:]], dim=-1)
+    y = seq + torch.nn.functional.conv1d(pad3, te.short_conv2.weight, te.short_conv2.bias)
+    y = te.short_norm(y.transpose(1, 2))
+    from ssa.modeling.common import sine_position_1d
 
-
-def test_mask_position_encoding_does_not_backpropagate_into_the_masks_and_checks_shapes():
-    enc = MaskPositionEncoding(16)
-    logits = _dot_masks([[4, 4], [9, 9]]).requires_grad_()
-    queries = torch.randn(2, 16, requires_grad=True)
-    enc(queries, logits).sum().backward()
-    assert logits.grad is None and queries.grad is not None and enc.proj.weight.grad is not None
-    with pytest.raises(ValueError, match="do not match frame queries"):
-        enc(torch.randn(3, 16), logits)
-    with pytest.raises(ValueError, match="divisible by 4"):
-        MaskPositionEncoding(18)
-
-
-def test_positions_let_trajectories_follow_look_alikes():
-    # Two identical objects (same query content) pass each other vertically while two others stay;
-    # without positions the linking is a coin toss, with them each trajectory keeps its object.
-    torch.manual_seed(0)
-    t, c = 8, 32
-    content = torch.randn(3, c)
-    queries = torch.stack([content[[0, 0, 1, 2]]] * t)[None]  # (1, T, 4, C): queries 0 and 1 are twins
-    # twin A goes down column 4, twin B goes up column 28; the others sit still
-    centres = torch.tensor([[[2 + 2 * k, 4], [20 - 2 * k, 28], [12, 16], [5, 10]] for k in range(t)])
-    # frame decoders list queries in any order: shuffle them per frame
-    perms = torch.stack([torch.randperm(4) for _ in range(t)])
-    shuffled_q = torch.stack([queries[0, k, perms[k]] for k in range(t)])[None]
-    shuffled_c = torch.stack([centres[k, perms[k]] for k in range(t)])[None]
-    enc = MaskPositionEncoding(c)
-    with torch.no_grad():
-        positioned = enc(shuffled_q, _dot_masks(shuffled_c))
-    order = hungarian_trajectories(positioned)  # (1, T, 4)
-    identity = torch.gather(perms[None], 2, order)  # the object each trajectory holds per frame
-    assert torch.equal(identity, identity[:, :1].expand_as(identity))
+    y = te.long_term(y, pos=sine_position_1d(4, 8)[None])  # positions 1..T
+    expected = y.reshape(1, 2, 4, 8).permute(0, 2, 1, 3)
+    assert torch.allclose(te(x), expected, atol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ssa.cli import main
+from ssa.config import SSAConfig
 from ssa.data.synthetic import write_split
 from ssa.train import TrainConfig, finetune, latest_checkpoint
 from ssa.train.data import batch_keys, flip_expression
@@ -190,24 +191,30 @@ import sys, torch
 from ssa.train import finetune
 import json
 opts = json.loads(sys.argv[3])
-finetune("ssa-tiny", sys.argv[1], output_dir=sys.argv[2], progress=False, **opts)
+finetune(sys.argv[4], sys.argv[1], output_dir=sys.argv[2], progress=False, **opts)
 """
 
 
 def test_ddp_two_processes_equal_one(data, tmp_path):
+    # Without dropout (the official network's 0.1 in the adapters, the fusion and the text resizer draws
+    # from each process's own generator), two ranks must give exactly one process's update.
+    from ssa.modeling.model import SSAModel
+
+    start = tmp_path / "start"
+    torch.manual_seed(0)
+    SSAModel(SSAConfig.from_preset("ssa-tiny", adapter_dropout=0.0, fusion_dropout=0.0, text_dropout=0.0)
+             ).save_pretrained(start, weights="full")
     opts = dict(iterations=3, batch_size=2, **FAST)
-    single = finetune("ssa-tiny", data, output_dir=tmp_path / "single", **opts, progress=False)
+    single = finetune(str(start), data, output_dir=tmp_path / "single", **opts, progress=False)
     script = tmp_path / "run.py"
     script.write_text(_DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(data), str(tmp_path / "ddp"), json.dumps(opts)],
+         str(data), str(tmp_path / "ddp"), json.dumps(opts), str(start)],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from ssa.modeling.model import SSAModel
-
     ddp = SSAModel.from_pretrained(tmp_path / "ddp" / "model")
     a, b = single.state_dict(), ddp.state_dict()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())

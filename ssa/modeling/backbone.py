@@ -275,7 +275,8 @@ def convnext_trunk(depths: Sequence[int], dims: Sequence[int], ls_init_value: fl
     open_clip's ``convnext_large_d_320``), registered with timm on first use so that open_clip can build
     it from a ``vision_cfg``. No pretrained weights exist for it."""
     depths, dims = tuple(int(d) for d in depths), tuple(int(d) for d in dims)
-    name = f"ssa_convnext_d{'-'.join(map(str, depths))}_w{'-'.join(map(str, dims))}_ls{ls_init_value:g}"
+    layer_scale = f"{ls_init_value:g}".replace(".", "p")  # timm reads a "." as a pretrained tag
+    name = f"ssa_convnext_d{'-'.join(map(str, depths))}_w{'-'.join(map(str, dims))}_ls{layer_scale}"
     if is_model(name):
         return name
 

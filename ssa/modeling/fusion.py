@@ -39,7 +39,7 @@ class TextResizer(nn.Module):
 class _BiAttention(nn.Module):
     """The two attentions of one fusion block, sharing their logits."""
 
-    def __init__(self, dim: int, embed_dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, embed_dim: int, heads: int, dropout: float, to_visual: bool = True) -> None:
         super().__init__()
         if embed_dim % heads:
             raise ValueError(f"fusion width {embed_dim} is not divisible by {heads} heads")
@@ -47,14 +47,16 @@ class _BiAttention(nn.Module):
         self.v_proj = nn.Linear(dim, embed_dim)  # W_q
         self.l_proj = nn.Linear(dim, embed_dim)  # W_k
         self.values_v_proj = nn.Linear(dim, embed_dim)  # W_vv
-        self.values_l_proj = nn.Linear(dim, embed_dim)  # W_vl
-        self.out_v_proj = nn.Linear(embed_dim, dim)  # W_ov
         self.out_l_proj = nn.Linear(embed_dim, dim)  # W_ol
+        self.to_visual = to_visual
+        if to_visual:
+            self.values_l_proj = nn.Linear(dim, embed_dim)  # W_vl
+            self.out_v_proj = nn.Linear(embed_dim, dim)  # W_ov
 
     def _split(self, x: Tensor) -> Tensor:  # (B, n, E) → (B, h, n, d)
         return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
 
-    def forward(self, v: Tensor, l: Tensor, to_visual: bool) -> tuple[Tensor | None, Tensor]:
+    def forward(self, v: Tensor, l: Tensor) -> tuple[Tensor | None, Tensor]:
         q = self._split(self.v_proj(v)) * self.head_dim ** -0.5  # (B, h, S, d)
         k = self._split(self.l_proj(l))  # (B, h, L, d)
         logits = q @ k.transpose(-2, -1)  # (B, h, S, L)
@@ -62,7 +64,7 @@ class _BiAttention(nn.Module):
         probs_l = F.dropout(logits.transpose(-2, -1).softmax(dim=-1), drop, self.training)  # (B, h, L, S)
         delta_l = (probs_l @ self._split(self.values_v_proj(v))).transpose(1, 2).flatten(2)  # (B, L, E)
         delta_v = None
-        if to_visual:
+        if self.to_visual:
             probs_v = F.dropout(logits.softmax(dim=-1), drop, self.training)  # (B, h, S, L)
             delta_v = (probs_v @ self._split(self.values_l_proj(l))).transpose(1, 2).flatten(2)  # (B, S, E)
             delta_v = self.out_v_proj(delta_v)
@@ -72,7 +74,8 @@ class _BiAttention(nn.Module):
 class TextFusionBlock(nn.Module):
     """Eq. (5): bi-directional attention between visual tokens and the sentence, with layer scales.
 
-    ``bidirectional=False`` (Tab. 7) keeps the visual tokens as they are: only the sentence reads them.
+    ``bidirectional=False`` (Tab. 7) keeps the visual tokens as they are: only the sentence reads them
+    (the block then has no text-to-visual weights).
     """
 
     def __init__(self, dim: int, embed_dim: int = 512, heads: int = 4, dropout: float = 0.1,
@@ -81,13 +84,13 @@ class TextFusionBlock(nn.Module):
         self.bidirectional = bidirectional
         self.layer_norm_v = nn.LayerNorm(dim)
         self.layer_norm_l = nn.LayerNorm(dim)
-        self.attn = _BiAttention(dim, embed_dim, heads, dropout)
-        self.gamma_v = nn.Parameter(torch.full((dim,), init_scale))
+        self.attn = _BiAttention(dim, embed_dim, heads, dropout, to_visual=bidirectional)
+        self.gamma_v = nn.Parameter(torch.full((dim,), init_scale)) if bidirectional else None
         self.gamma_l = nn.Parameter(torch.full((dim,), init_scale))
 
     def forward(self, visual: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         """visual (B, S, C), text (B, L, C) → both updated, same shapes."""
         v, l = self.layer_norm_v(visual), self.layer_norm_l(text)
-        delta_v, delta_l = self.attn(v, l, to_visual=self.bidirectional)
+        delta_v, delta_l = self.attn(v, l)
         visual = v + self.gamma_v * delta_v if delta_v is not None else visual
         return visual, l + self.gamma_l * delta_l

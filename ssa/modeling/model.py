@@ -123,14 +123,16 @@ class SSAModel(nn.Module):
                         revision: str | None = None,
                         cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False,
                         token: str | bool | None = None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None, strict: bool = True) -> SSAModel:
+                        dtype: torch.dtype | None = None, strict: bool = True,
+                        config: SSAConfig | None = None) -> SSAModel:
         """Load a bundled model, checkpoint directory, Hub repo or an official ``.pth`` checkpoint (eval
-        mode); see :func:`ssa.hub.load_pretrained`. The default is the bundled demo model."""
+        mode); see :func:`ssa.hub.load_pretrained`. The default is the bundled demo model. ``config``
+        describes the network of an official ``.pth`` (default: the paper's)."""
         from ssa import hub
 
         return hub.load_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
                                    local_files_only=local_files_only, token=token, device=device,
-                                   dtype=dtype, strict=strict)
+                                   dtype=dtype, strict=strict, config=config)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
                     commit_message: str = "Upload SSA model", revision: str | None = None,
@@ -322,7 +324,8 @@ class SSAModel(nn.Module):
         features = frames.mask_features
         masks = torch.einsum("pnc,ptchw->pnthw", seq.mask_embed, features)  # (P, N, T, H/4, W/4)
         keep = self.training if with_frames is None else with_frames
-        aux_masks = [torch.einsum("pnc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed] if keep else []
+        aux_masks = ([torch.einsum("pnc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed]
+                     if keep else [])
         return SSAOutput(
             class_logits=seq.class_logits,
             mask_logits=masks,
@@ -336,6 +339,10 @@ class SSAModel(nn.Module):
             frames=frames if keep else None,
             aux_class_logits=list(seq.aux_class_logits) if keep else [],
             aux_mask_logits=aux_masks,
+            # in decoder order, where the frame-level matches index them (the official code embeds the
+            # re-ordered queries but indexes them by the frame matches of the decoder order)
+            frame_embed=self.video_decoder.sim_frame(self.sequence_proj(frames.queries)) if keep else None,
+            video_embed=self.video_decoder.sim_clip(seq.video_queries) if keep else None,
         )
 
     # -- all of it ------------------------------------------------------------------------------------

@@ -73,6 +73,8 @@ class SSAOutput:
     frames: FrameOutput | None = None  # per-frame predictions and deep supervision, when asked
     aux_class_logits: list[Tensor] = field(default_factory=list)  # video decoder, earlier layers
     aux_mask_logits: list[Tensor] = field(default_factory=list)  # (P, N, T, h, w) each
+    frame_embed: Tensor | None = None  # (P, T, N, C) similarity embeddings of the frame queries, when asked
+    video_embed: Tensor | None = None  # (P, N, C) similarity embeddings of the video queries, when asked
 
     @property
     def scores(self) -> Tensor:

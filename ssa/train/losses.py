@@ -69,8 +69,9 @@ class LossConfig:
     """Weight of the point-sampled dice loss."""
     no_object_weight: float = 0.1
     """Cross-entropy weight of the "no object" class (unmatched queries)."""
-    sim_weight: float = 0.5
-    """λ_sim of Eq. 8 (the paper uses 0.5-1.0)."""
+    sim_weight: float = 1.0
+    """λ_sim of Eq. 8. The official configs set 0.5, but under a key the code never reads, so the official
+    runs used 1.0; the paper gives 0.5-1.0."""
     sim_temperature: float = 0.1
     """τ of L_sim: logits are cos/τ, within ±10. With τ = 0.1 a pair reaches BCE < 0.05 once the cosine
     is above ≈ 0.3 (same object) or below ≈ −0.3 (different objects): a margin, not a collapse of all
@@ -456,11 +457,13 @@ class SSACriterion(nn.Module):
 
     # -- L_sim -----------------------------------------------------------------------------------------
     def _similarity(self, output: SSAOutput, frame: _Matches, video: _Matches) -> Tensor:
-        """L_sim: BCE of cos/τ between the matched frame and video query embeddings of each pair, target
+        """L_sim: BCE of cos/τ between the matched frame and video query embeddings of each pair (the video
+        decoder's ``sim_frame`` / ``sim_clip`` embeddings when the output has them), target
         1 for the same object; the mean over all (frame, video) match pairs of the batch (denominator
         averaged over DDP ranks). Clips of different pairs are not compared: they may show the same
         object under another expression, and a batch split over ranks gives the same loss."""
-        frame_queries, video_queries = output.frame_queries.float(), output.video_queries.float()
+        frame_queries = (output.frame_queries if output.frame_embed is None else output.frame_embed).float()
+        video_queries = (output.video_queries if output.video_embed is None else output.video_embed).float()
         zero = (frame_queries.sum() + video_queries.sum()) * 0.0  # connected, for DDP
         device = frame_queries.device
         total, count = zero, 0
