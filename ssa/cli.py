@@ -183,7 +183,8 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=96, help="frame height")
     p.add_argument("--width", type=int, default=128, help="frame width")
     p.add_argument("--mp4", action="store_true", help="also write OUT/videos/<video>.mp4 (H.264)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT written by ssa synth (and holding nothing else)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth)
 
@@ -209,7 +210,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--data", required=True, type=Path, help="the split directory (MeViS layout)")
-    p.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output directory: new, empty or an earlier evaluation's (holding nothing else)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="bundled name, Hub repo id or local checkpoint directory to run")
     source.add_argument("--predictions", type=Path, help="folder of predicted masks to score")
@@ -261,7 +263,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="preset name, checkpoint dir or Hub repo id")
     p.add_argument("--data", default=None, help="training split (MeViS layout)")
     p.add_argument("--val-data", default=None, help="validation split evaluated during training")
-    p.add_argument("--out", default=None, help="output directory")
+    p.add_argument("--out", default=None,
+                   help="output directory: new or empty (with --resume: an earlier run's, nothing else)")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="clips per step over all ranks")
     p.add_argument("--lr", type=float, default=None)
