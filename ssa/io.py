@@ -352,8 +352,11 @@ def _check_not_protected(path: Path, inputs: Iterable[PathLike]) -> None:
     target = _real(path)
     if target == Path(target.anchor):
         raise ValueError(f"refusing to write to {path}: it is the filesystem root")
-    places = [(Path.cwd(), "the current directory"), (Path.home(), "the home directory")]
-    places += [(Path(p), f"the input {p}") for p in inputs]
+    places: list[tuple[PathLike, str]] = []
+    for where, what in ((Path.cwd, "the current directory"), (Path.home, "the home directory")):
+        with contextlib.suppress(OSError, RuntimeError, KeyError):  # deleted cwd, no home: nothing to keep
+            places.append((where(), what))
+    places += [(p, f"the input {p}") for p in inputs]
     for place, what in places:
         real = _real(place)
         if real == target:

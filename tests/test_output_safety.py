@@ -361,3 +361,24 @@ def test_zip_submission_keeps_ids_starting_with_a_dot(tmp_path):
     with pytest.raises(ValueError, match="is the input"):
         zip_submission(root, png, overwrite=True)
     assert png.read_bytes() == before
+
+
+# -- the rule itself ---------------------------------------------------------------------------------------
+def test_check_output_dir_edges(ssa_output, tmp_path):
+    from ssa.io import SEGMENTATION_LAYOUT, check_output_dir
+
+    with pytest.raises(ValueError, match="filesystem root"):
+        check_output_dir("/", overwrite=True, layout=SEGMENTATION_LAYOUT)
+    out = shutil.copytree(ssa_output, tmp_path / "out")
+    (out / ".0.tmp-abcd1234").mkdir()  # what an interrupted ssa write leaves behind is ssa's too
+    assert check_output_dir(out, overwrite=True, layout=SEGMENTATION_LAYOUT) == out
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        check_output_dir(link, overwrite=True, layout=SEGMENTATION_LAYOUT)
+    with pytest.raises(FileExistsError, match="cannot tell"):
+        check_output_dir(out, overwrite=True)  # no layout: nothing non-empty is replaced
+    (out / "0" / "00000.png").unlink()
+    (out / "0" / "00000.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(FileExistsError, match=r"0/00000.png \(a symbolic link\)"):
+        check_output_dir(out, overwrite=True, layout=SEGMENTATION_LAYOUT)

@@ -399,7 +399,9 @@ def evaluate(
     dataset = _open_split(split_dir, frame_ext)
     out = None if out_dir is None else Path(out_dir)
     if out is not None:  # written into (resumed), as the rule for replacing allows: only ssa's own files
-        inputs = [split_dir] + ([Path(predictions)] if isinstance(predictions, (str, os.PathLike)) else [])
+        inputs = [split_dir]  # and the predictions folder or checkpoint directory (not a Hub id)
+        if isinstance(predictions, (str, os.PathLike)) and Path(predictions).exists():
+            inputs.append(Path(predictions))
         check_output_dir(out, overwrite=True, layout=EVALUATION_LAYOUT, inputs=inputs, verb="write into")
 
     with torchrun_group(device, objects=True) as dist:
