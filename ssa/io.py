@@ -268,7 +268,7 @@ def default_permissions(path: PathLike) -> None:
 
 
 # Leftovers of ssa's own atomic writes killed midway (mkdtemp / mkstemp / uuid names): owned anywhere.
-_LEFTOVER = re.compile(r"\..+\.(?:(?:ssa-)?tmp|old)-[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?|\..+\.[a-z0-9_]{8}\.tmp")
+_LEFTOVER = re.compile(r"\..+\.(?:(?:ssa-)?tmp|old)-\w+(?:\.[A-Za-z0-9]+)?|\..+\.\w{8}\.tmp")
 _SHOWN = 5  # foreign entries named in a refusal
 
 

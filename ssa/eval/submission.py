@@ -39,7 +39,7 @@ PREDICTIONS_LAYOUT = OutputLayout(
 """``<video>/<exp_id>/<frame>.png`` mask PNGs and nothing else."""
 
 # The temporary and backup folders of an interrupted ssa.io.atomic_output_dir (never a video or an id).
-_LEFTOVER = re.compile(r"\..+\.(?:tmp|old)-[a-z0-9_]{8}")
+_LEFTOVER = re.compile(r"\..+\.(?:tmp|old)-\w+")
 
 # A fixed timestamp makes the zip a function of the masks only (byte-identical for identical inputs).
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
