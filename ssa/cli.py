@@ -37,7 +37,8 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
             "frame), plus OUT/expressions.json listing the expressions and their object scores. "
             "With --manifest FILE.jsonl (no VIDEO, EXPRESSION or --out): segment every video it lists, "
             'one JSON object per line: {"video": PATH, "expressions": [...] or "...", "output": DIR} '
-            "plus optional fps/stride/start/end/max_frames (relative paths: from the manifest's folder). "
+            "plus optional fps/stride/start/end/max_frames (relative paths: from the manifest's folder; "
+            "an output outside that folder needs --allow-outside). "
             "Entries with a finished output are skipped (an interrupted run resumes); a failing entry "
             "is logged and the others go on (exit code 1 if any failed). Under torchrun entry i is done "
             "by rank i % WORLD_SIZE, each rank on cuda:LOCAL_RANK when CUDA is available. Every entry "
@@ -77,7 +78,12 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     _selection_options(p)
     p.add_argument("--chunk-size", type=int, default=16, help="frames per chunk (memory vs speed)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace existing outputs (with --manifest: redo finished entries too)")
+                   help="replace existing outputs (with --manifest: redo finished entries too); only "
+                        "folders ssa wrote (expressions.json and nothing else) are replaced, never the "
+                        "current or home directory or a folder holding an input")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="with --manifest: allow outputs outside the manifest's folder (absolute paths, "
+                        "'..', '~')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_segment)
 
@@ -99,6 +105,36 @@ def _check_segment_args(args: argparse.Namespace) -> None:
         raise ValueError("segment needs --out DIR (or --manifest FILE)")
     if args.log is not None:
         raise ValueError("--progress-log applies only to --manifest")
+    if args.allow_outside:
+        raise ValueError("--allow-outside applies only to --manifest")
+
+
+def _overlay_paths(overlay: Path, count: int) -> list[Path]:
+    """--overlay for ``count`` expressions: the path itself for one, NAME_<i>.mp4 for several."""
+    if count == 1:
+        return [overlay]
+    return [overlay.with_name(f"{overlay.stem}_{i}{overlay.suffix or '.mp4'}") for i in range(count)]
+
+
+def _check_segment_outputs(args: argparse.Namespace) -> None:
+    """Before any decoding or model loading: --out and --overlay are places ssa may write (ssa.io's rule:
+    its own outputs only, never the input video or a folder holding it, the current or home directory)."""
+    import os
+
+    from ssa.io import SEGMENTATION_LAYOUT, check_output_dir, check_output_file
+
+    hint = "pass --overwrite to replace it"
+    inputs = [Path(args.video)]
+    check_output_dir(args.out, overwrite=args.overwrite, layout=SEGMENTATION_LAYOUT, inputs=inputs, hint=hint)
+    if args.overlay is None:
+        return
+    out = Path(os.path.realpath(args.out))
+    for path in _overlay_paths(args.overlay, len(args.expressions)):
+        real = Path(os.path.realpath(path))
+        if real == out or out in real.parents:
+            raise ValueError(f"--overlay {path} lies inside --out {args.out}, which ssa writes (and "
+                             "replaces) as a whole; put the overlay elsewhere")
+        check_output_file(path, overwrite=args.overwrite, inputs=inputs, hint=hint)
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -110,23 +146,22 @@ def _segment(args: argparse.Namespace) -> int:
 
         summary = segment_manifest(
             args.manifest, args.model, log=args.log, overwrite=args.overwrite,
-            progress=not args.no_progress, device=args.device, precision=args.precision,
-            chunk_size=args.chunk_size, **call_options,
+            allow_outside=args.allow_outside, progress=not args.no_progress, device=args.device,
+            precision=args.precision, chunk_size=args.chunk_size, **call_options,
         )
         return 0 if summary.ok else 1
 
+    _check_segment_outputs(args)
     from ssa.io import write_segmentation
     from ssa.pipeline import SSAPipeline
 
     pipe = SSAPipeline.from_pretrained(args.model, device=args.device, precision=args.precision,
                                        chunk_size=args.chunk_size)
     results = pipe(args.video, list(args.expressions), progress=not args.no_progress, **call_options)
-    write_segmentation(results, args.out, overwrite=args.overwrite)
+    write_segmentation(results, args.out, overwrite=args.overwrite, inputs=[Path(args.video)])
     logger.info("wrote %d expression(s) to %s", len(results), args.out)
     if args.overlay is not None:
-        for i, result in enumerate(results):
-            path = args.overlay if len(results) == 1 else args.overlay.with_name(
-                f"{args.overlay.stem}_{i}{args.overlay.suffix or '.mp4'}")
+        for result, path in zip(results, _overlay_paths(args.overlay, len(results)), strict=True):
             result.save_overlay(path, overwrite=args.overwrite, progress=not args.no_progress)
             logger.info("wrote overlay %s", path)
     return 0
@@ -149,7 +184,8 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=96, help="frame height")
     p.add_argument("--width", type=int, default=128, help="frame width")
     p.add_argument("--mp4", action="store_true", help="also write OUT/videos/<video>.mp4 (H.264)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT written by ssa synth (and holding nothing else)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth)
 
@@ -175,7 +211,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--data", required=True, type=Path, help="the split directory (MeViS layout)")
-    p.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output directory: new, empty or an earlier evaluation's (holding nothing else)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="bundled name, Hub repo id or local checkpoint directory to run")
     source.add_argument("--predictions", type=Path, help="folder of predicted masks to score")
@@ -227,7 +264,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="preset name, checkpoint dir or Hub repo id")
     p.add_argument("--data", default=None, help="training split (MeViS layout)")
     p.add_argument("--val-data", default=None, help="validation split evaluated during training")
-    p.add_argument("--out", default=None, help="output directory")
+    p.add_argument("--out", default=None,
+                   help="output directory: new or empty (with --resume: an earlier run's, nothing else)")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="clips per step over all ranks")
     p.add_argument("--lr", type=float, default=None)

@@ -5,7 +5,9 @@
 * :func:`write_palette_png` / :func:`read_palette_png` — indexed PNGs with :data:`DAVIS_PALETTE`
   (DAVIS / MeViS / Ref-YouTube-VOS annotation format).
 * :func:`write_overlay_video` — masks tinted over the frames, H.264 MP4 via PyAV, written atomically.
-* :func:`prepare_output_dir` / :func:`atomic_output_dir` — overwrite protection for result folders.
+* :func:`check_output_dir` / :func:`check_output_file` — the one rule of what ssa may write or replace
+  (its own outputs only, never an input or the folders around them); :func:`prepare_output_dir` /
+  :func:`atomic_output_dir` apply it to result folders.
 * :func:`write_segmentation` — one video's results (PNGs, RLE JSON, ``expressions.json``), written
   atomically; :func:`is_segmentation_output` tells a finished one.
 """
@@ -17,10 +19,12 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,11 @@ __all__ = [
     "decode_rle",
     "write_palette_png",
     "read_palette_png",
+    "OutputLayout",
+    "MASKS_LAYOUT",
+    "SEGMENTATION_LAYOUT",
+    "check_output_dir",
+    "check_output_file",
     "prepare_output_dir",
     "atomic_output_dir",
     "write_overlay_video",
@@ -258,49 +267,222 @@ def default_permissions(path: PathLike) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
-def _check_dir_target(path: Path, overwrite: bool) -> None:
-    if path.exists() or path.is_symlink():
-        if not path.is_dir():
-            raise NotADirectoryError(f"output path {path} exists and is not a directory")
-        if not overwrite and any(path.iterdir()):
-            raise FileExistsError(
-                f"output directory {path} already exists and is not empty; pass overwrite=True to replace it"
-            )
+# Leftovers of ssa's own atomic writes killed midway (mkdtemp / mkstemp / uuid names): owned anywhere.
+_LEFTOVER = re.compile(r"\..+\.(?:(?:ssa-)?tmp|old)-\w+(?:\.[A-Za-z0-9]+)?|\..+\.\w{8}\.tmp")
+_SHOWN = 5  # foreign entries named in a refusal
 
 
-def prepare_output_dir(path: PathLike, overwrite: bool = False) -> Path:
-    """Create the output directory ``path`` (and its parents) and return it.
+@dataclass(frozen=True)
+class OutputLayout:
+    """What ssa writes into one kind of output folder: how it tells its own folders from anyone else's.
 
-    A non-empty existing directory raises FileExistsError unless ``overwrite`` is True; its contents are
-    then kept (files are overwritten as they are written; use :func:`atomic_output_dir` to replace a
-    directory wholesale). An existing file at ``path`` raises NotADirectoryError.
+    ``files`` and the keys of ``dirs`` are regular expressions matched against whole entry names; a
+    matching directory is checked against its nested layout (None: its contents are not looked at).
+    ``markers``: names of which one must be present for a folder to count as ssa's (none: a non-empty
+    folder of owned entries only counts). ``file_check``: an optional test of each owned file's content.
+    Symbolic links are never owned.
+    """
+
+    kind: str
+    markers: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    dirs: tuple[tuple[str, OutputLayout | None], ...] = ()
+    file_check: Callable[[Path], bool] | None = None
+
+    def foreign(self, folder: PathLike) -> list[str]:
+        """Paths (relative to ``folder``; folders end with "/") under ``folder`` that ssa does not write
+        there, sorted; a folder that is foreign as a whole is listed without its contents."""
+        return _foreign_entries(Path(folder), self, "")
+
+
+def _foreign_entries(folder: Path, layout: OutputLayout, prefix: str) -> list[str]:
+    found: list[str] = []
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        name = prefix + entry.name
+        if _LEFTOVER.fullmatch(entry.name):
+            continue
+        if entry.is_symlink():
+            found.append(f"{name} (a symbolic link)")
+        elif entry.is_dir(follow_symlinks=False):
+            sub = next((s for pattern, s in layout.dirs if re.fullmatch(pattern, entry.name)), False)
+            if sub is False:
+                found.append(name + "/")
+            elif sub is not None:
+                found += _foreign_entries(Path(entry.path), sub, name + "/")
+        elif not (entry.is_file(follow_symlinks=False)
+                  and any(re.fullmatch(pattern, entry.name) for pattern in layout.files)
+                  and (layout.file_check is None or layout.file_check(Path(entry.path)))):
+            found.append(name)
+    return found
+
+
+def _is_mask_png(path: Path) -> bool:
+    """A PNG whose header says grayscale or palette (colour type 0 or 3): what ssa's mask writers make."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False
+    return (len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+            and head[25] in (0, 3))
+
+
+MASKS_LAYOUT = OutputLayout("mask folder", files=(r".+\.png",), file_check=_is_mask_png)
+"""A folder of mask PNGs (``RVOSResult.save_pngs``, one expression of a submission): nothing else."""
+
+
+def _real(path: PathLike) -> Path:
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def _same(a: Path, b: Path) -> bool:
+    if _real(a) == _real(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_not_protected(path: Path, inputs: Iterable[PathLike]) -> None:
+    """Refuse an output folder that is, or contains, the current or home directory, the filesystem root
+    or one of ``inputs``."""
+    target = _real(path)
+    if target == Path(target.anchor):
+        raise ValueError(f"refusing to write to {path}: it is the filesystem root")
+    places: list[tuple[PathLike, str]] = []
+    for where, what in ((Path.cwd, "the current directory"), (Path.home, "the home directory")):
+        with contextlib.suppress(OSError, RuntimeError, KeyError):  # deleted cwd, no home: nothing to keep
+            places.append((where(), what))
+    places += [(p, f"the input {p}") for p in inputs]
+    for place, what in places:
+        real = _real(place)
+        if real == target:
+            raise ValueError(f"refusing to write to {path}: it is {what}; choose a new output folder")
+        if target in real.parents:
+            raise ValueError(f"refusing to write to {path}: it contains {what}; choose a new output folder")
+
+
+def check_output_dir(
+    path: PathLike,
+    *,
+    overwrite: bool = False,
+    layout: OutputLayout | None = None,
+    inputs: Iterable[PathLike] = (),
+    hint: str = "pass overwrite=True to replace it",
+    verb: str = "replace",
+) -> Path:
+    """Raise unless ssa may write the output folder ``path`` (replacing what is there); return it.
+
+    The one rule every ssa writer of a folder follows:
+
+    * never the current directory, the home directory, the filesystem root, or a folder that is or
+      contains one of ``inputs`` (the run's video, manifest, dataset, ...; also with ``overwrite``):
+      ``ValueError``;
+    * a missing or empty folder is fine; a file there raises ``NotADirectoryError``;
+    * a non-empty folder raises ``FileExistsError`` (saying ``hint``) unless ``overwrite``, and even
+      then unless it is recognisably ssa's own output of this ``layout`` (its marker present) holding
+      nothing else: the refusal names the foreign files. Without a ``layout`` ssa cannot tell, and a
+      symbolic link is not a folder ssa wrote: both are refused. ``verb`` says what ssa would do to
+      the folder in those messages (writers that add to a folder say "write into").
     """
     path = Path(path)
-    _check_dir_target(path, overwrite)
+    inputs = list(inputs)
+    _check_not_protected(path, inputs)
+    if not (path.exists() or path.is_symlink()):
+        return path
+    if not path.is_dir():
+        raise NotADirectoryError(f"output path {path} exists and is not a directory")
+    if not any(path.iterdir()):
+        return path
+    if not overwrite:
+        raise FileExistsError(f"output directory {path} already exists and is not empty; {hint}")
+    if path.is_symlink():
+        raise FileExistsError(f"output directory {path} is a symbolic link, not a folder ssa wrote; "
+                              f"refusing to {verb} it")
+    if layout is None:
+        raise FileExistsError(f"refusing to {verb} the non-empty directory {path}: no output layout was "
+                              "given, so ssa cannot tell whether it wrote it")
+    foreign = layout.foreign(path)
+    shown = ", ".join(foreign[:_SHOWN]) + (f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN
+                                           else "")
+    if layout.markers and not any((path / m).exists() for m in layout.markers):
+        raise FileExistsError(
+            f"refusing to {verb} {path}: it is not an ssa {layout.kind} (no {' or '.join(layout.markers)})"
+            + (f"; it holds {shown}" if foreign else ""))
+    if foreign:
+        raise FileExistsError(
+            f"refusing to {verb} {path}: it holds files ssa did not write there: {shown}; move them "
+            "away or choose another output folder")
+    return path
+
+
+def check_output_file(
+    path: PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[PathLike] = (),
+    hint: str = "pass overwrite=True to replace it",
+) -> Path:
+    """Raise unless ssa may write the file ``path``; return it.
+
+    A directory there raises ``IsADirectoryError``; one of ``inputs`` (the video an overlay is drawn
+    from, ...) ``ValueError``, also with ``overwrite``; an existing file ``FileExistsError`` (saying
+    ``hint``) unless ``overwrite``, and even then unless it is a regular file (not a link or device).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, expected a file path")
+    for source in inputs:
+        if _same(path, Path(source)):
+            raise ValueError(f"refusing to write {path}: it is the input {source}")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists; {hint}")
+        if path.is_symlink() or not path.is_file():
+            raise FileExistsError(f"refusing to replace {path}: it is not a regular file (a link or a "
+                                  "device), so ssa did not write it")
+    return path
+
+
+def prepare_output_dir(path: PathLike, overwrite: bool = False, *, layout: OutputLayout | None = None,
+                       inputs: Iterable[PathLike] = ()) -> Path:
+    """Create the output directory ``path`` (and its parents) and return it.
+
+    Checked by :func:`check_output_dir` (a non-empty one needs ``overwrite`` and a ``layout`` it
+    matches); its contents are kept (files are overwritten as they are written; use
+    :func:`atomic_output_dir` to replace a directory wholesale).
+    """
+    path = check_output_dir(path, overwrite=overwrite, layout=layout, inputs=inputs)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(path: PathLike, overwrite: bool = False, *, layout: OutputLayout | None = None,
+                      inputs: Iterable[PathLike] = (),
+                      hint: str = "pass overwrite=True to replace it") -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; on success it is renamed to ``path``.
 
-    Checks like :func:`prepare_output_dir` first. On success an existing ``path`` is replaced (only
-    allowed if it is empty or ``overwrite`` is True); if the block raises, the temporary directory is
-    removed and ``path`` is left untouched::
+    ``path`` is checked by :func:`check_output_dir` first and again just before the rename: an existing
+    non-empty one is replaced only with ``overwrite`` and when it is ssa's own output of ``layout``. If
+    the block raises, the temporary directory is removed and ``path`` is left untouched::
 
-        with atomic_output_dir("out/video1", overwrite=True) as tmp:
+        with atomic_output_dir("out/video1", overwrite=True, layout=MASKS_LAYOUT) as tmp:
             write_palette_png(tmp / "00000.png", labels)
     """
     path = Path(path)
-    _check_dir_target(path, overwrite)
+    inputs = list(inputs)
+    check_output_dir(path, overwrite=overwrite, layout=layout, inputs=inputs, hint=hint)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
         default_permissions(tmp)
-        _check_dir_target(path, overwrite)  # it may have appeared meanwhile
-        if path.exists():
+        check_output_dir(path, overwrite=overwrite, layout=layout, inputs=inputs, hint=hint)  # it may
+        if path.exists():  # have appeared or changed meanwhile
             backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, backup)
             try:
@@ -321,17 +503,26 @@ def atomic_output_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]
 
 SEGMENTATION_INDEX = "expressions.json"  # written last: its presence marks a finished output
 
+SEGMENTATION_LAYOUT = OutputLayout(
+    "segmentation output", markers=(SEGMENTATION_INDEX,), files=(re.escape(SEGMENTATION_INDEX), r"\d+\.json"),
+    dirs=((r"\d+", MASKS_LAYOUT),))
+"""What :func:`write_segmentation` writes: ``expressions.json``, ``<i>.json`` and ``<i>/<frame>.png``."""
 
-def write_segmentation(results: Sequence[Any], out: PathLike, *, overwrite: bool = False) -> Path:
+
+def write_segmentation(results: Sequence[Any], out: PathLike, *, overwrite: bool = False,
+                       inputs: Iterable[PathLike] = ()) -> Path:
     """Write one video's :class:`~ssa.RVOSResult` list (one per expression) to the directory ``out``.
 
     Per expression ``i``: ``out/<i>/<frame>.png`` (palette PNGs) and ``out/<i>.json`` (COCO RLE per
     frame); then ``out/expressions.json`` listing each expression, its object scores and frame count.
     The directory appears only when complete (:func:`atomic_output_dir`); an existing non-empty one is
-    refused unless ``overwrite``.
+    refused unless ``overwrite``, and even then unless it is an earlier :func:`write_segmentation`
+    output and nothing else (:func:`check_output_dir`). ``out`` may not be or contain ``inputs`` (the
+    results' source video files are added to them).
     """
     out = Path(out)
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    inputs = [*inputs, *(p for r in results for p in _result_inputs(r))]
+    with atomic_output_dir(out, overwrite=overwrite, layout=SEGMENTATION_LAYOUT, inputs=inputs) as tmp:
         summary = []
         for i, result in enumerate(results):
             result.save_pngs(tmp / str(i))
@@ -341,6 +532,13 @@ def write_segmentation(results: Sequence[Any], out: PathLike, *, overwrite: bool
                             "frames": len(result)})
         (tmp / SEGMENTATION_INDEX).write_text(json.dumps(summary, indent=2))
     return out
+
+
+def _result_inputs(result: Any) -> list[Path]:
+    """The source video file or frame folder of an :class:`~ssa.RVOSResult`, when it came from a path."""
+    source = getattr(result, "_source", None)
+    video = source[0] if isinstance(source, tuple) and source else None
+    return [Path(video)] if isinstance(video, (str, os.PathLike)) else []
 
 
 def is_segmentation_output(path: PathLike) -> bool:
@@ -444,6 +642,7 @@ def write_overlay_video(
     caption: str | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    inputs: Iterable[PathLike] = (),
 ) -> Path:
     """Write an MP4 of ``frames`` with ``masks`` tinted over them; returns the path.
 
@@ -456,6 +655,8 @@ def write_overlay_video(
         caption: text drawn on a dark band at the top (e.g. the expression; non-ASCII shown as "?").
         progress: show a tqdm "encoding" bar.
         overwrite: replace an existing file; otherwise FileExistsError.
+        inputs: files the video must not replace (e.g. the source video): ValueError, also with
+            ``overwrite`` (:func:`check_output_file`).
 
     H.264 (:func:`h264_encoder`), yuv420p; an odd width/height is padded by one black pixel on the
     right/bottom. The video is written to a temporary file in the same directory and renamed on success,
@@ -464,10 +665,8 @@ def write_overlay_video(
     import av
 
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory, expected a video file path")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    inputs = list(inputs)
+    check_output_file(path, overwrite=overwrite, inputs=inputs)
     try:
         fps_ok = float(fps) > 0 and np.isfinite(float(fps))
     except (TypeError, ValueError):
@@ -529,8 +728,7 @@ def write_overlay_video(
                 container.mux(packet)
         finally:
             container.close()
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        check_output_file(path, overwrite=overwrite, inputs=inputs)  # it may have appeared meanwhile
         default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -540,14 +738,12 @@ def write_overlay_video(
     return path
 
 
-def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
+def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False,
+                      inputs: Iterable[PathLike] = ()) -> Path:
     """Write ``text`` to ``path`` through a temporary sibling file renamed into place; an existing file
-    is refused unless ``overwrite`` is True."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory")
+    is refused unless ``overwrite`` is True, and always when it is a link or one of ``inputs``
+    (:func:`check_output_file`)."""
+    path = check_output_file(path, overwrite=overwrite, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -5,10 +5,12 @@ A manifest holds one JSON object per line (blank lines are ignored)::
     {"video": "clips/a.mp4", "expressions": ["the cat jumping away", "the dog"], "output": "out/a"}
     {"video": "clips/b.mp4", "expressions": "the red car", "output": "out/b", "fps": 6, "end": 30}
 
-``video`` and ``output`` are paths (relative ones resolve against the manifest's directory);
-``expressions`` is a string or a non-empty list of strings; ``fps``, ``stride``, ``start``, ``end`` and
-``max_frames`` optionally select frames for that entry. :func:`read_manifest` validates the whole file
-before anything runs.
+``video`` and ``output`` are paths (relative ones resolve against the manifest's directory, ``~`` is
+the home directory); an ``output`` must lie inside the manifest's directory unless ``allow_outside``
+(``..``, an absolute path or ``~`` leading elsewhere is refused otherwise), and is never that directory
+itself or one holding it. ``expressions`` is a string or a non-empty list of strings; ``fps``,
+``stride``, ``start``, ``end`` and ``max_frames`` optionally select frames for that entry.
+:func:`read_manifest` validates the whole file before anything runs.
 
 :func:`segment_manifest` runs entry ``i`` on rank ``i % world_size`` (``RANK`` / ``WORLD_SIZE`` from
 the environment, as torchrun sets them; no process group is needed), writes each entry's output with
@@ -33,7 +35,13 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from ssa.distributed import env_int
-from ssa.io import SEGMENTATION_INDEX, is_segmentation_output, write_segmentation
+from ssa.io import (
+    SEGMENTATION_INDEX,
+    SEGMENTATION_LAYOUT,
+    check_output_dir,
+    is_segmentation_output,
+    write_segmentation,
+)
 
 if TYPE_CHECKING:
     from ssa.modeling.model import SSAModel
@@ -158,12 +166,26 @@ def _resolve(base: Path, value: str) -> Path:
     return Path(os.path.abspath(path if path.is_absolute() else base / path))
 
 
-def read_manifest(manifest: PathLike) -> list[ManifestEntry]:
+def _output_problem(base: Path, value: str, output: Path, allow_outside: bool) -> str | None:
+    """Why ``output`` (``value`` resolved against the manifest's folder ``base``) may not be written."""
+    real_base, real_output = Path(os.path.realpath(base)), Path(os.path.realpath(output))
+    if output == base or real_output == real_base:
+        return f"output {value!r} is the manifest's own folder ({base})"
+    if output in base.parents or real_output in real_base.parents:
+        return f"output {value!r} ({output}) contains the manifest's folder"
+    if not allow_outside and not (base in output.parents and real_base in real_output.parents):
+        return (f"output {value!r} resolves to {output}, outside the manifest's folder {base}; pass "
+                "allow_outside=True (ssa segment --allow-outside) to write there")
+    return None
+
+
+def read_manifest(manifest: PathLike, *, allow_outside: bool = False) -> list[ManifestEntry]:
     """Read and validate a JSON Lines manifest; return its entries in order.
 
     Every line is checked before returning: invalid JSON, a line that is not an object, a missing or
-    unknown key, a wrong type, an empty expression list, bad frame options, and two entries writing to
-    the same output (or one inside another's) raise one ``ValueError`` listing each problem with its
+    unknown key, a wrong type, an empty expression list, bad frame options, two entries writing to
+    the same output (or one inside another's), and an output that is or contains the manifest's folder
+    or (unless ``allow_outside``) lies outside it raise one ``ValueError`` listing each problem with its
     line number. A missing file raises ``FileNotFoundError``.
     """
     path = Path(manifest)
@@ -208,6 +230,9 @@ def read_manifest(manifest: PathLike) -> list[ManifestEntry]:
                 problems += [f"line {line_no}: {p}" for p in line_problems]
                 continue
             output = _resolve(base, obj["output"])
+            if problem := _output_problem(base, obj["output"], output, allow_outside):
+                problems.append(f"line {line_no}: {problem}")
+                continue
             if output in outputs:
                 problems.append(f"line {line_no}: output {obj['output']!r} is also the output of line "
                                 f"{outputs[output]}")
@@ -283,20 +308,19 @@ def _finished_frames(output: Path) -> int:
 
 
 def _run_entry(pipe: SSAPipeline, entry: ManifestEntry, overwrite: bool,
-               options: dict[str, Any]) -> tuple[str, int]:
-    """Segment one entry: ("skipped", frames) for a finished output, else ("done", frames); raises."""
+               options: dict[str, Any], inputs: list[Path]) -> tuple[str, int]:
+    """Segment one entry: ("skipped", frames) for a finished output, else ("done", frames); raises.
+
+    The output is checked (:func:`ssa.io.check_output_dir`: ssa's own output only, never one of
+    ``inputs`` or a folder holding one) before the video is decoded."""
     out = entry.output
-    if not overwrite and (out.exists() or out.is_symlink()):
-        if is_segmentation_output(out):
-            return "skipped", _finished_frames(out)
-        if not out.is_dir():
-            raise NotADirectoryError(f"output {out} exists and is not a directory")
-        if any(out.iterdir()):
-            raise FileExistsError(
-                f"output directory {out} exists, is not empty and is not a finished output (no "
-                f"{SEGMENTATION_INDEX}); move it away or pass overwrite (--overwrite) to replace it")
+    if not overwrite and is_segmentation_output(out):
+        return "skipped", _finished_frames(out)
+    hint = (f"it is not a finished output (no {SEGMENTATION_INDEX}); move it away or pass overwrite "
+            "(--overwrite) to replace it")
+    check_output_dir(out, overwrite=overwrite, layout=SEGMENTATION_LAYOUT, inputs=inputs, hint=hint)
     results = pipe(entry.video, list(entry.expressions), progress=False, **options)
-    write_segmentation(results, out, overwrite=overwrite)
+    write_segmentation(results, out, overwrite=overwrite, inputs=inputs)
     return "done", len(results[0]) if results else 0
 
 
@@ -306,6 +330,7 @@ def segment_manifest(
     *,
     log: PathLike | None = None,
     overwrite: bool = False,
+    allow_outside: bool = False,
     progress: bool = True,
     rank: int | None = None,
     world_size: int | None = None,
@@ -326,9 +351,12 @@ def segment_manifest(
     call_options: ``mode``, ``threshold`` and the frame selection (``stride``, ``fps``, ``start``,
     ``end``, ``max_frames``) for every entry; an entry's own frame keys override them.
 
-    An entry whose output is finished (holds ``expressions.json``) is skipped unless ``overwrite``; an
-    existing non-empty folder that is not a finished output, or any error while segmenting an entry
-    (missing or corrupt video, ...), marks the entry failed and the run goes on. Each entry appends
+    An entry whose output is finished (holds ``expressions.json``) is skipped unless ``overwrite``;
+    ``overwrite`` replaces only such finished outputs holding nothing ssa did not write. An existing
+    non-empty folder that is not one, an output that is or holds an input (the manifest, a video, the
+    log), or any error while segmenting an entry (missing or corrupt video, ...) marks the entry failed
+    and the run goes on. ``allow_outside``: accept outputs outside the manifest's folder
+    (:func:`read_manifest`). Each entry appends
     ``{"time", "rank", "index", "video", "output", "status", "seconds", "frames", "error"}`` to ``log``
     (default :func:`default_log_path`), one atomic append per record, shared by all ranks.
     """
@@ -342,9 +370,11 @@ def segment_manifest(
     local_rank = env_int("LOCAL_RANK", 0)
     local_world_size = env_int("LOCAL_WORLD_SIZE", 1)
 
-    entries = read_manifest(manifest)
+    entries = read_manifest(manifest, allow_outside=allow_outside)
     mine = [e for e in entries if e.index % world_size == rank]
     log_path = Path(log) if log is not None else default_log_path(manifest)
+    # no output may be or hold the manifest, its folder, the log or any entry's video
+    inputs = [Path(manifest), Path(manifest).parent, log_path, *(e.video for e in entries)]
 
     from ssa.pipeline import SSAPipeline
 
@@ -372,7 +402,7 @@ def segment_manifest(
             started = time.perf_counter()
             error = None
             try:
-                status, frames = _run_entry(pipe, entry, overwrite, options)
+                status, frames = _run_entry(pipe, entry, overwrite, options, inputs)
             except Exception as e:  # one bad entry must not stop the others
                 status, frames, error = "failed", 0, f"{type(e).__name__}: {e}"
                 logger.error("rank %d: entry %d (line %d, %s) failed: %s", rank, entry.index, entry.line,

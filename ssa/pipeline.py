@@ -112,7 +112,7 @@ class RVOSResult:
 
     def save_rle(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write a JSON file with the expression, frame names/indices/timestamps and the RLE masks."""
-        from ssa.io import atomic_write_text
+        from ssa.io import _result_inputs, atomic_write_text
 
         payload = {
             "expression": self.expression,
@@ -123,18 +123,21 @@ class RVOSResult:
             "object_scores": [float(s) for s in self.object_scores],
             "masks": self.to_rle(),
         }
-        return atomic_write_text(Path(path), json.dumps(payload), overwrite=overwrite)
+        return atomic_write_text(Path(path), json.dumps(payload), overwrite=overwrite,
+                                 inputs=_result_inputs(self))
 
     def save_pngs(self, directory: str | Path, *, overwrite: bool = False, binary: bool = False) -> Path:
         """Write ``<directory>/<frame name>.png`` palette PNGs (MeViS/DAVIS layout).
 
         Pixel values are object labels (1..K, see :meth:`labels`), or 0/1 with ``binary=True``.
         The directory is written completely or not at all; an existing non-empty one is refused
-        unless ``overwrite=True``.
+        unless ``overwrite=True``, and even then unless it holds mask PNGs only
+        (:func:`ssa.io.check_output_dir`); it may not be or contain the source video.
         """
-        from ssa.io import atomic_output_dir, write_palette_png
+        from ssa.io import MASKS_LAYOUT, _result_inputs, atomic_output_dir, write_palette_png
 
-        with atomic_output_dir(Path(directory), overwrite=overwrite) as tmp:
+        with atomic_output_dir(Path(directory), overwrite=overwrite, layout=MASKS_LAYOUT,
+                               inputs=_result_inputs(self)) as tmp:
             for t, name in enumerate(self.frame_names):
                 labels = self.mask(t).astype(np.uint8) if binary else self.labels(t)
                 write_palette_png(tmp / f"{name}.png", labels)
@@ -142,8 +145,11 @@ class RVOSResult:
 
     def save_overlay(self, path: str | Path, *, fps: float | None = None, caption: bool = True,
                      overwrite: bool = False, progress: bool = False) -> Path:
-        """Write an H.264 MP4 of the frames with the masks tinted over them (re-reads the frames)."""
-        from ssa.io import write_overlay_video
+        """Write an H.264 MP4 of the frames with the masks tinted over them (re-reads the frames).
+
+        An existing file is replaced only with ``overwrite=True`` and only if it is a regular file that
+        is not the source video (:func:`ssa.io.check_output_file`)."""
+        from ssa.io import _result_inputs, write_overlay_video
         from ssa.video import iter_frames
 
         if self._source is None:
@@ -154,6 +160,7 @@ class RVOSResult:
         return write_overlay_video(
             Path(path), frames, labels, fps=fps or self.fps or 25.0,
             caption=self.expression if caption else None, progress=progress, overwrite=overwrite,
+            inputs=_result_inputs(self),
         )
 
 

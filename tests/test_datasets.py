@@ -269,6 +269,71 @@ def test_ref_ytvos_errors(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# names from meta_expressions.json never lead out of the split (issue 25)
+
+STOLEN = "../../../outside_img/stolen"  # from <split>/JPEGImages/<video>/ to <split>/../outside_img/
+
+
+def _split_reaching_outside(tmp_path: Path, field: str, value: str, masks: bool = False) -> Path:
+    """A split whose video 'v' (frames 00000, 00001) has ``value`` as a frame name, its video id or an
+    expression id; an image lies where a frame name ``STOLEN`` would lead."""
+    root = tmp_path / "split"
+    _write_frames(root, "v", ["00000", "00001"])
+    (tmp_path / "outside_img").mkdir()
+    Image.fromarray(np.full((H, W, 3), 7, np.uint8)).save(tmp_path / "outside_img" / "stolen.jpg")
+    frames = ["00000", value if field == "frame" else "00001"]
+    video = value if field == "video" else "v"
+    exp_id = value if field == "exp" else "0"
+    expression = {"exp": "the square", "obj_id": [1], "anno_id": [0]}
+    meta = {"videos": {video: {"frames": frames, "expressions": {exp_id: expression}}}}
+    (root / "meta_expressions.json").write_text(json.dumps(meta))
+    if masks:
+        (root / "mask_dict.json").write_text(json.dumps({"0": [encode_rle(_box(2, 8, 3, 9))] * 2}))
+    return root
+
+
+@pytest.mark.parametrize("cls", [MeViSDataset, RefYouTubeVOSDataset])
+@pytest.mark.parametrize("field, value", [
+    ("frame", STOLEN), ("frame", "/etc/passwd"), ("frame", "a\0b"), ("frame", ".."), ("frame", "sub\\x"),
+    ("video", "../outside_img"), ("video", "/tmp"), ("exp", "../0"),
+])
+def test_names_leading_out_of_the_split_are_refused(tmp_path: Path, monkeypatch, cls, field: str,
+                                                     value: str) -> None:
+    root = _split_reaching_outside(tmp_path, field, value)
+    outside = (tmp_path / "outside_img" / "stolen.jpg").read_bytes()
+    opened: list[str] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    what = {"frame": "frame name", "video": "video id", "exp": "expression id"}[field]
+    with pytest.raises(ValueError, match=rf"meta_expressions\.json.*{what} .*outside the split"):
+        cls(root)
+    assert not [p for p in opened if "outside_img" in p]  # nothing outside was read
+    assert (tmp_path / "outside_img" / "stolen.jpg").read_bytes() == outside
+
+
+def test_paths_asked_for_directly_stay_inside(tmp_path: Path) -> None:
+    root = _split_reaching_outside(tmp_path, "frame", "00001", masks=True)
+    ds = MeViSDataset(root)
+    assert len(ds.load_frames("v")) == 2
+    with pytest.raises(ValueError, match="frame name"):
+        ds.load_frames("v", [STOLEN])
+    with pytest.raises(ValueError, match="video id"):
+        ds.frame_path("../outside_img", "stolen")
+
+
+def test_train_refuses_a_split_reaching_outside(tmp_path: Path, caplog) -> None:
+    """`ssa train` used to train on the image outside the split, silently."""
+    from ssa.cli import main
+
+    root = _split_reaching_outside(tmp_path, "frame", STOLEN, masks=True)
+    rc = main(["train", "--model", "ssa-tiny", "--data", str(root), "--out", str(tmp_path / "run"),
+               "--iterations", "1", "--batch-size", "1", "--no-progress"])
+    assert rc == 2 and "frame name" in caplog.text and STOLEN in caplog.text
+    assert not (tmp_path / "run").exists()
+    assert (tmp_path / "outside_img" / "stolen.jpg").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------
 # ClipSampler
 
 

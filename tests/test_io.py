@@ -9,6 +9,7 @@ from PIL import Image
 
 from ssa.io import (
     DAVIS_PALETTE,
+    OutputLayout,
     atomic_output_dir,
     decode_rle,
     encode_rle,
@@ -232,6 +233,8 @@ def test_overlay_video_overwrite_and_atomicity(tmp_path):
 
 # -- output directories ------------------------------------------------------------------------------
 
+PNGS = OutputLayout("test folder", files=(r".+\.png",))  # any *.png file, whatever its content
+
 
 def test_prepare_output_dir(tmp_path):
     target = tmp_path / "a" / "b"
@@ -240,7 +243,10 @@ def test_prepare_output_dir(tmp_path):
     (target / "x.png").write_bytes(b"1")
     with pytest.raises(FileExistsError, match=r"b.*overwrite=True"):
         prepare_output_dir(target, overwrite=False)
-    assert prepare_output_dir(target, overwrite=True) == target
+    with pytest.raises(FileExistsError, match="cannot tell"):  # overwrite needs a layout to check against
+        prepare_output_dir(target, overwrite=True)
+    assert prepare_output_dir(target, overwrite=True, layout=PNGS) == target
+    assert (target / "x.png").read_bytes() == b"1"
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="file"):
         prepare_output_dir(tmp_path / "file", overwrite=True)
@@ -256,7 +262,7 @@ def test_atomic_output_dir_success_and_replace(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         with atomic_output_dir(target):
             pass
-    with atomic_output_dir(target, overwrite=True) as tmp:
+    with atomic_output_dir(target, overwrite=True, layout=PNGS) as tmp:
         (tmp / "00001.png").write_bytes(b"newer")
     assert sorted(p.name for p in target.iterdir()) == ["00001.png"]  # replaced wholesale
     assert sorted(p.name for p in target.parent.iterdir()) == ["video1"]
@@ -272,7 +278,7 @@ def test_atomic_output_dir_failure_leaves_nothing(tmp_path):
     target.mkdir()
     (target / "keep.png").write_bytes(b"old")
     with pytest.raises(RuntimeError, match="boom"):
-        with atomic_output_dir(target, overwrite=True) as tmp:
+        with atomic_output_dir(target, overwrite=True, layout=PNGS) as tmp:
             (tmp / "00000.png").write_bytes(b"partial")
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["video1"]

@@ -206,7 +206,11 @@ def test_foreign_output_folder_is_not_overwritten(tiny_checkpoint, videos, refer
     assert record["status"] == "failed"
     assert "not a finished output" in record["error"] and "overwrite" in record["error"]
     assert (mine / "notes.txt").read_text() == "keep"
-    assert run(manifest, tiny_checkpoint, "--overwrite") == 0
+    assert run(manifest, tiny_checkpoint, "--overwrite") == 1  # not ssa's folder: --overwrite keeps it too
+    assert "notes.txt" in read_log(manifest.parent / "videos.progress.jsonl")[-1]["error"]
+    assert (mine / "notes.txt").read_text() == "keep"
+    (mine / "notes.txt").unlink()  # an empty folder is fine
+    assert run(manifest, tiny_checkpoint) == 0
     assert tree(mine) == references["a"]
 
 
@@ -265,7 +269,9 @@ def test_valid_manifest_resolves_paths_against_its_folder(tmp_path):
     manifest.parent.mkdir()
     manifest.write_text(json.dumps(GOOD) + "\n   \n" + json.dumps(
         {"video": "/data/w.mp4", "expressions": "a b", "output": "../out", "fps": 2.5, "end": 4}) + "\n")
-    first, second = read_manifest(manifest)
+    with pytest.raises(ValueError, match=r"line 3: output '../out' resolves to .*outside the manifest"):
+        read_manifest(manifest)  # an output outside the manifest's folder must be asked for
+    first, second = read_manifest(manifest, allow_outside=True)
     assert (first.index, first.line, second.index, second.line) == (0, 1, 1, 3)
     assert first.video == manifest.parent / "v.mp4" and first.output == manifest.parent / "o1"
     assert second.video == Path("/data/w.mp4") and second.output == tmp_path / "out"

@@ -12,7 +12,10 @@ Each dataset item is one (video, expression) pair, returned as a :class:`Sample`
 loaded as ``(H, W, 3)`` uint8 RGB arrays and the ground truth as per-object ``(K, T, H, W)`` bool masks.
 The JSON files are read and checked in the constructor; frames and masks are checked as they are loaded.
 Problems raise ``ValueError`` / ``FileNotFoundError`` naming the file, video, expression or frame;
-nothing is guessed silently.
+nothing is guessed silently. Video ids, expression ids and frame names become path components, so each
+must be one plain name (not empty, ``.`` or ``..``, no ``/``, ``\\`` or NUL): a name that would lead out of
+the split's folders (``../../x``, ``/etc/x``) is a ``ValueError`` in the constructor, before any file is
+read.
 """
 
 from __future__ import annotations
@@ -92,6 +95,15 @@ def _as_int(value: Any, what: str) -> int:
     raise ValueError(f"{what}: expected an integer id, got {value!r}")
 
 
+def _check_component(value: str, what: str, where: str) -> str:
+    """``value`` as one path component that stays inside the folder it is joined to, else ValueError."""
+    if (not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value
+            or os.path.isabs(value)):
+        raise ValueError(f"{where}: {what} {value!r} is not a plain file or folder name (it would lead "
+                         "outside the split's folders)")
+    return value
+
+
 class _ReferringVideoDataset:
     """Shared parts: the meta_expressions.json index, frame loading and item assembly."""
 
@@ -112,6 +124,7 @@ class _ReferringVideoDataset:
         for video in sorted(meta["videos"], key=_natural_key):
             entry = meta["videos"][video]
             where = f"{self.meta_path}, video {video!r}"
+            _check_component(video, "video id", where)
             if not isinstance(entry, dict):
                 raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
             for key in ("frames", "expressions"):
@@ -120,6 +133,8 @@ class _ReferringVideoDataset:
             frames = entry["frames"]
             if not isinstance(frames, list) or not frames or not all(isinstance(f, str) for f in frames):
                 raise ValueError(f"{where}: 'frames' must be a non-empty list of frame names")
+            for frame in frames:
+                _check_component(frame, "frame name", where)
             if not isinstance(entry["expressions"], dict):
                 raise ValueError(f"{where}: 'expressions' must be an object keyed by expression id")
             self._frames[video] = list(frames)
@@ -127,6 +142,7 @@ class _ReferringVideoDataset:
             for exp_id in sorted(entry["expressions"], key=_natural_key):
                 exp = entry["expressions"][exp_id]
                 ewhere = f"{where}, expression {exp_id!r}"
+                _check_component(exp_id, "expression id", ewhere)
                 if not isinstance(exp, dict):
                     raise ValueError(f"{ewhere}: expected an object, got {type(exp).__name__}")
                 if "exp" not in exp:
@@ -197,8 +213,10 @@ class _ReferringVideoDataset:
         return [(v, e, self._expressions[(v, e)]["exp"]) for v, e in self._index]
 
     def frame_path(self, video: str, frame: str) -> Path:
-        """Where frame ``frame`` of ``video`` is expected on disk."""
-        return self.root / "JPEGImages" / video / f"{frame}{self.frame_ext}"
+        """Where frame ``frame`` of ``video`` is expected on disk (ValueError for a name leading out)."""
+        where = f"{self.root}, video {video!r}"
+        return (self.root / "JPEGImages" / _check_component(video, "video id", where)
+                / f"{_check_component(frame, 'frame name', where)}{self.frame_ext}")
 
     def load_frames(self, video: str, frame_names: Sequence[str] | None = None) -> list[np.ndarray]:
         """Load frames of ``video`` (all listed ones by default) as ``(H, W, 3)`` uint8 RGB arrays."""
@@ -459,7 +477,9 @@ class RefYouTubeVOSDataset(_ReferringVideoDataset):
 
     def annotation_path(self, video: str, frame: str) -> Path:
         """Where the palette mask of frame ``frame`` of ``video`` is expected."""
-        return self.annotations_dir / video / f"{frame}.png"
+        where = f"{self.root}, video {video!r}"
+        return (self.annotations_dir / _check_component(video, "video id", where)
+                / f"{_check_component(frame, 'frame name', where)}.png")
 
     def _read_labels(self, video: str, frame_names: list[str], size: tuple[int, int]) -> np.ndarray:
         """(T, H, W) palette indices of ``frame_names``, checked against the frame size."""

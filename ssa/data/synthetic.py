@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ssa.io import OutputLayout
+
 __all__ = [
     "COLORS",
     "SHAPES",
@@ -53,11 +55,20 @@ __all__ = [
     "generate_videos",
     "write_split",
     "score_breakdown",
+    "SPLIT_LAYOUT",
 ]
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
+
+SPLIT_LAYOUT = OutputLayout(
+    "synthetic split", markers=("synthetic.json",),
+    files=(r"meta_expressions\.json", r"mask_dict\.json", r"synthetic\.json"),
+    dirs=(("JPEGImages", OutputLayout("frame folders",
+                                      dirs=((r".+", OutputLayout("frames", files=(r".+\.jpg",))),))),
+          ("videos", OutputLayout("videos", files=(r".+\.mp4",)))))
+"""What :func:`write_split` writes; ``overwrite`` replaces only a folder holding this and nothing else."""
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -399,8 +410,10 @@ def write_split(root: str | os.PathLike, num_videos: int = 200, seed: int = 0, *
                 stories: Sequence[str] | None = None) -> Path:
     """Write a synthetic split in the MeViS layout (module docstring) to ``root`` and return it.
 
-    ``root`` must not exist or be empty (unless ``overwrite``); the split is written to a temporary
-    sibling directory and renamed into place, so an interrupted run leaves nothing half-written.
+    ``root`` must not exist or be empty; ``overwrite`` replaces only an earlier :func:`write_split`
+    output holding nothing else (:data:`SPLIT_LAYOUT`, :func:`ssa.io.check_output_dir`). The split is
+    written to a temporary sibling directory and renamed into place, so an interrupted run leaves
+    nothing half-written.
     ``stories`` restricts the stories (cycled with the video index).
     """
     from PIL import Image
@@ -417,7 +430,7 @@ def write_split(root: str | os.PathLike, num_videos: int = 200, seed: int = 0, *
     meta: dict[str, dict] = {}
     mask_dict: dict[str, list] = {}
     next_anno = 0
-    with atomic_output_dir(root, overwrite=overwrite) as tmp:
+    with atomic_output_dir(root, overwrite=overwrite, layout=SPLIT_LAYOUT) as tmp:
         for index in tqdm(range(int(num_videos)), desc="synth", unit="video", disable=not progress):
             video = generate_video(seed, index, num_frames=num_frames, height=height, width=width,
                                    story=stories[index % len(stories)])

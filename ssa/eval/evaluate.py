@@ -9,7 +9,9 @@ Scores follow DESIGN.md §6: per expression, J and F are means over its frames o
 :func:`ssa.eval.j_score` / :func:`ssa.eval.f_score` against the union of the expression's ``anno_id``
 masks; the dataset's J and F are means over expressions, J&F = (J + F) / 2.
 
-Files written to ``out_dir`` (other files there are never touched):
+Files written to ``out_dir``, which must be new, empty or an earlier evaluation's folder holding nothing
+else (:data:`EVALUATION_LAYOUT`, checked by :func:`ssa.io.check_output_dir`: a folder with other files,
+the current or home directory, or one holding the split or the predictions is refused):
 
 * ``per_expression.csv`` — columns :data:`CSV_COLUMNS`, one row per expression in dataset order;
 * ``summary.json`` — ``{"J", "F", "J&F"}`` (fractions in [0, 1]) and the counts ``"videos"``,
@@ -34,6 +36,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,8 +50,8 @@ from tqdm.auto import tqdm
 from ssa.data.datasets import MeViSDataset
 from ssa.distributed import ProcessGroup, torchrun_group
 from ssa.eval.metrics import jf, summarize
-from ssa.eval.submission import read_prediction, write_prediction
-from ssa.io import atomic_write_text
+from ssa.eval.submission import PREDICTIONS_LAYOUT, read_prediction, write_prediction
+from ssa.io import OutputLayout, atomic_write_text, check_output_dir
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +59,7 @@ if TYPE_CHECKING:
     from ssa.modeling.model import SSAModel
     from ssa.pipeline import SSAPipeline
 
-__all__ = ["evaluate", "ExpressionScore", "EvaluationSummary", "CSV_COLUMNS"]
+__all__ = ["evaluate", "ExpressionScore", "EvaluationSummary", "CSV_COLUMNS", "EVALUATION_LAYOUT"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,13 @@ PARTIAL_DIRNAME = ".partial"
 PREDICTIONS_DIRNAME = "predictions"
 CSV_NAME = "per_expression.csv"
 SUMMARY_NAME = "summary.json"
+
+EVALUATION_LAYOUT = OutputLayout(
+    "evaluation output", markers=(SUMMARY_NAME, CSV_NAME, PARTIAL_DIRNAME, PREDICTIONS_DIRNAME),
+    files=(re.escape(CSV_NAME), re.escape(SUMMARY_NAME)),
+    dirs=((re.escape(PARTIAL_DIRNAME), OutputLayout("progress records", files=(r".+\.json",))),
+          (PREDICTIONS_DIRNAME, PREDICTIONS_LAYOUT)))
+"""What :func:`evaluate` writes into ``out_dir``; the only files an existing ``out_dir`` may hold."""
 
 
 @dataclass(frozen=True)
@@ -375,7 +385,9 @@ def evaluate(
     Raises:
         FileNotFoundError: a missing split or predictions folder, or a missing prediction PNG (naming the
             video, expression and frame). ValueError: a split that is not in the MeViS layout or has no
-            ground truth (no ``mask_dict.json``), a prediction of the wrong size.
+            ground truth (no ``mask_dict.json``), a prediction of the wrong size, an ``out_dir`` that is
+            the current or home directory or holds the split or the predictions. FileExistsError: an
+            ``out_dir`` holding files an evaluation does not write (named in the message).
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
@@ -386,8 +398,11 @@ def evaluate(
     split_dir = Path(split_dir)
     dataset = _open_split(split_dir, frame_ext)
     out = None if out_dir is None else Path(out_dir)
-    if out is not None and out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output path {out} exists and is not a directory")
+    if out is not None:  # written into (resumed), as the rule for replacing allows: only ssa's own files
+        inputs = [split_dir]  # and the predictions folder or checkpoint directory (not a Hub id)
+        if isinstance(predictions, (str, os.PathLike)) and Path(predictions).exists():
+            inputs.append(Path(predictions))
+        check_output_dir(out, overwrite=True, layout=EVALUATION_LAYOUT, inputs=inputs, verb="write into")
 
     with torchrun_group(device, objects=True) as dist:
         pred_dir, pipe, source = _resolve(predictions, _default_device(device, dist), precision)

@@ -8,7 +8,8 @@ official evaluation servers read; on reading, any non-zero pixel is foreground (
 * :func:`write_prediction` / :func:`read_prediction` — one expression's (T, H, W) masks.
 * :func:`zip_submission` — the zip to upload, entries ``[prefix/]<video>/<exp_id>/<frame>.png``.
 
-Nothing that already exists is replaced unless ``overwrite=True`` is passed.
+Nothing that already exists is replaced unless ``overwrite=True`` is passed, and then only what ssa
+wrote (:func:`ssa.io.check_output_dir` / :func:`ssa.io.check_output_file`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -23,13 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ssa.io import atomic_output_dir, default_permissions
+from ssa.io import MASKS_LAYOUT, OutputLayout, atomic_output_dir, check_output_file, default_permissions
 
-__all__ = ["prediction_path", "write_prediction", "read_prediction", "read_mask_png", "zip_submission"]
+__all__ = ["prediction_path", "write_prediction", "read_prediction", "read_mask_png", "zip_submission",
+           "PREDICTIONS_LAYOUT"]
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+
+PREDICTIONS_LAYOUT = OutputLayout(
+    "predictions folder", dirs=((r".+", OutputLayout("video's predictions", dirs=((r".+", MASKS_LAYOUT),))),))
+"""``<video>/<exp_id>/<frame>.png`` mask PNGs and nothing else."""
+
+# The temporary and backup folders of an interrupted ssa.io.atomic_output_dir (never a video or an id).
+_LEFTOVER = re.compile(r"\..+\.(?:tmp|old)-\w+")
 
 # A fixed timestamp makes the zip a function of the masks only (byte-identical for identical inputs).
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -66,7 +76,7 @@ def write_prediction(
 
     ``masks`` is (T, H, W) bool (or 0/1 integers), one per entry of ``frame_names``. The expression's
     folder is written completely or not at all; an existing non-empty one raises FileExistsError unless
-    ``overwrite`` is True. Returns the folder.
+    ``overwrite`` is True and it holds mask PNGs only. Returns the folder.
     """
     from PIL import Image
 
@@ -85,7 +95,7 @@ def write_prediction(
     if masks.dtype != bool and not np.issubdtype(masks.dtype, np.integer):
         raise TypeError(f"masks must be bool (or integer, non-zero = foreground), got {masks.dtype}")
     folder = prediction_path(root, video, exp_id, "x").parent
-    with atomic_output_dir(folder, overwrite=overwrite) as tmp:
+    with atomic_output_dir(folder, overwrite=overwrite, layout=MASKS_LAYOUT) as tmp:
         for name, mask in zip(names, masks, strict=True):  # mask: (H, W)
             pixels = np.where(mask != 0, 255, 0).astype(np.uint8)
             Image.fromarray(pixels).save(tmp / f"{name}.png", format="PNG")  # uint8 (H, W): mode "L"
@@ -148,13 +158,34 @@ def read_prediction(
     return out
 
 
+def _inside(path: Path, real_root: Path) -> Path:
+    """``path`` with symbolic links resolved; ValueError when that leaves ``real_root``."""
+    real = Path(os.path.realpath(path))
+    if real != real_root and real_root not in real.parents:
+        raise ValueError(f"{path} is a symbolic link to {real}, outside the predictions folder {real_root}; "
+                         "refusing to zip it (copy the file in instead)")
+    return real
+
+
 def _submission_files(root: Path) -> list[tuple[Path, str]]:
-    """(file, ``video/exp_id/frame.png``) for every PNG three levels below ``root``, sorted."""
+    """(file, ``video/exp_id/frame.png``) for every PNG three levels below ``root``, sorted.
+
+    Names starting with "." are ids like any other (only the temporary folders of an interrupted write
+    are skipped); a symbolic link leading outside ``root`` raises ValueError."""
+    real_root = Path(os.path.realpath(root))
+
+    def children(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if not _LEFTOVER.fullmatch(p.name))
+
     found = []
-    for video in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for exp in sorted(p for p in video.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for png in sorted(exp.iterdir()):
-                if png.is_file() and png.suffix.lower() == ".png" and not png.name.startswith("."):
+    for video in children(root):
+        if not _inside(video, real_root).is_dir():
+            continue
+        for exp in children(video):
+            if not _inside(exp, real_root).is_dir():
+                continue
+            for png in children(exp):
+                if png.suffix.lower() == ".png" and _inside(png, real_root).is_file():
                     found.append((png, f"{video.name}/{exp.name}/{png.name}"))
     return found
 
@@ -166,23 +197,24 @@ def zip_submission(
 
     Entries are ``<video>/<exp_id>/<frame>.png`` (MeViS), or ``<prefix>/<video>/<exp_id>/<frame>.png``
     with ``prefix`` (e.g. ``"Annotations"`` for the Ref-YouTube-VOS server). Only PNGs exactly three
-    levels below ``root`` are included; hidden files and folders (starting with ".") and anything else
-    are left out. The zip is written to a temporary file next to ``zip_path`` and renamed into place; an
-    existing ``zip_path`` raises FileExistsError unless ``overwrite`` is True.
+    levels below ``root`` are included (ids starting with "." too); anything else is left out. A symbolic
+    link under ``root`` that leads outside it raises ValueError (nothing from outside ``root`` is read).
+    The zip is written to a temporary file next to ``zip_path`` and renamed into place; an existing
+    ``zip_path`` raises FileExistsError unless ``overwrite`` is True, and is never replaced when it is not
+    a regular file or is one of the PNGs zipped.
     """
     root = Path(root)
     zip_path = Path(zip_path)
     if not root.is_dir():
         raise FileNotFoundError(f"predictions directory not found: {root}")
-    if zip_path.is_dir():
-        raise IsADirectoryError(f"{zip_path} is a directory, expected a .zip file path")
-    if zip_path.exists() and not overwrite:
-        raise FileExistsError(f"{zip_path} already exists; pass overwrite=True to replace it")
+    check_output_file(zip_path, overwrite=overwrite)
     prefix = prefix.strip("/")
     if prefix:
         for part in prefix.split("/"):
             _check_name(part, "prefix component")
     files = _submission_files(root)
+    if zip_path.exists():  # replaced only if it is not one of the masks it would hold
+        check_output_file(zip_path, overwrite=overwrite, inputs=[path for path, _ in files])
     if not files:
         raise ValueError(f"no predictions found under {root} (expected <video>/<exp_id>/<frame>.png)")
     zip_path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,8 +227,7 @@ def zip_submission(
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, path.read_bytes())
-        if zip_path.exists() and not overwrite:  # it may have appeared meanwhile
-            raise FileExistsError(f"{zip_path} already exists; pass overwrite=True to replace it")
+        check_output_file(zip_path, overwrite=overwrite)  # it may have appeared meanwhile
         default_permissions(tmp_name)
         os.replace(tmp_name, zip_path)
     except BaseException:

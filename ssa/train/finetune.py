@@ -32,18 +32,27 @@ from tqdm.auto import tqdm
 
 from ssa.config import PRESETS, SSAConfig
 from ssa.distributed import ProcessGroup, torchrun_group
-from ssa.io import default_permissions
+from ssa.eval.evaluate import EVALUATION_LAYOUT
+from ssa.io import OutputLayout, check_output_dir, default_permissions
 from ssa.modeling.model import SSAModel
 from ssa.train.data import ReferringClips, batch_keys, collate_clips
 from ssa.train.losses import LossConfig, SSACriterion
 
-__all__ = ["TrainConfig", "finetune", "latest_checkpoint"]
+__all__ = ["TrainConfig", "finetune", "latest_checkpoint", "TRAINING_LAYOUT"]
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "training_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+TRAINING_LAYOUT = OutputLayout(
+    "training output", markers=(TRAIN_CONFIG_NAME,), files=(re.escape(TRAIN_CONFIG_NAME), r"log\.jsonl"),
+    dirs=(("checkpoints", OutputLayout("checkpoints", dirs=((r"step-\d+", None),))),
+          ("eval", OutputLayout("evaluations", dirs=((r"step-\d+", EVALUATION_LAYOUT),))),
+          ("model", OutputLayout("model", files=(r"config\.json", r"model\.safetensors", r"README\.md")))))
+"""What :func:`finetune` writes into ``output_dir``; ``resume`` continues only in a folder holding this
+and nothing else."""
 
 
 @dataclass
@@ -314,7 +323,10 @@ def finetune(
             checkpoint directory or a Hub repo id.
         train_data: a MeViS-layout directory (e.g. from ``ssa synth``) or an ``ssa.data`` dataset.
         output_dir: where checkpoints (``checkpoints/step-N``), the log (``log.jsonl``), evaluations
-            and the final model (``model/``) go. Must be new or empty unless ``resume``.
+            and the final model (``model/``) go. Must be new or empty unless ``resume``, which continues
+            only in an earlier run's folder holding nothing else (:data:`TRAINING_LAYOUT`); never the
+            current or home directory or a folder holding the data or the model
+            (:func:`ssa.io.check_output_dir`).
         iterations, batch_size, num_frames, lr, **overrides: :class:`TrainConfig` fields (override
             ``config``). ``batch_size`` is the global number of clips per optimiser step.
         val_data: a MeViS-layout split evaluated every ``eval_every`` steps and at the end (rank 0).
@@ -349,12 +361,10 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
             f"batch_size {cfg.batch_size} is not divisible by world size {d.world_size} x grad_accum "
             f"{cfg.grad_accum}"
         )
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"output_dir {output_dir} is a file")
-    if not resume and output_dir.is_dir() and any(output_dir.iterdir()):
-        raise FileExistsError(
-            f"output_dir {output_dir} is not empty; choose a new directory or pass resume=True to continue"
-        )
+    inputs = [Path(p) for p in (model_or_name, train_data, val_data)
+              if isinstance(p, str | os.PathLike) and Path(p).exists()]
+    check_output_dir(output_dir, overwrite=resume, layout=TRAINING_LAYOUT, inputs=inputs,
+                     hint="choose a new directory or pass resume=True to continue", verb="continue in")
     dev = _pick_device(device, d)
     precision = cfg.precision if cfg.precision != "auto" else ("fp16" if dev.type == "cuda" else "fp32")
     if precision == "fp16" and dev.type != "cuda":
