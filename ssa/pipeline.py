@@ -15,8 +15,9 @@ How a call runs, with memory bounded in the video's length:
 2. the sequence stages (trajectories, temporal enhancement, ensemble, video decoder) run once over the
    whole video and pick the referred queries;
 3. masks are made chunk by chunk for the selected queries only, upsampled as the official code does
-   (padded input size → crop → original size, logit > 0) and stored bit-packed; when the mask features did not fit the budget they are recomputed in a
-   second pass over the video (decoding again).
+   (padded input size → crop → original size, logit > 0) and stored bit-packed; when the mask
+   features did not fit the budget they are recomputed in a second pass over the video (decoding
+   again).
 
 ``pipe.stream(video, expressions)`` runs the same steps but yields the masks frame by frame from a
 second pass, so that memory stays flat however long the video is.
@@ -448,7 +449,8 @@ class SSAPipeline:
         threshold = self.config.threshold if threshold is None else threshold
         if mode not in ("multi", "single"):
             raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                or not 0.0 <= threshold <= 1.0):
             raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
         if short_side == "config":
             short_side = self.config.image_size
@@ -458,7 +460,8 @@ class SSAPipeline:
                              f"'config', got {short_side!r}")
         if output_size is not None:
             if (not isinstance(output_size, (tuple, list)) or len(output_size) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in output_size)):
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                               for v in output_size)):
                 raise ValueError(f"output_size must be (H, W) of two positive ints, got {output_size!r}")
             output_size = (int(output_size[0]), int(output_size[1]))
         options = {"stride": stride, "fps": fps, "start": start, "end": end, "max_frames": max_frames}

@@ -56,13 +56,14 @@ def make_output(frame_cls: torch.Tensor, frame_masks: torch.Tensor, video_cls: t
     frames = FrameOutput(
         queries=frame_queries, sentences=torch.zeros(p, t, frame_queries.shape[-1]),
         mask_features=torch.zeros(p, t, 1, *frame_masks.shape[-2:]), class_logits=frame_cls,
-        mask_logits=frame_masks, mask_embed=torch.zeros(p, t, n, 1), aux_class_logits=[frame_cls] * aux,
+        mask_logits=frame_masks, aux_class_logits=[frame_cls] * aux,
         aux_mask_logits=[frame_masks] * aux,
     )
     return SSAOutput(
         class_logits=video_cls, mask_logits=video_masks, frame_queries=frame_queries,
         trajectory_order=torch.arange(n).expand(p, t, n), ensemble_weights=torch.full((p, t, n), 1 / t),
-        video_queries=video_queries, clip_index=torch.zeros(p, dtype=torch.long), expressions=["x"] * p,
+        video_queries=video_queries, trajectories=frame_queries,
+        clip_index=torch.zeros(p, dtype=torch.long), expressions=["x"] * p,
         frames=frames, aux_class_logits=[video_cls] * aux, aux_mask_logits=[video_masks] * aux,
     )
 
@@ -240,7 +241,7 @@ def test_perfect_predictions_give_near_zero_mask_and_class_loss() -> None:
     expected_sim = math.log(2) * f0 / (2 * f0 + f1)
     assert perfect["loss_sim"] == pytest.approx(expected_sim, abs=1e-3)
     assert math.isclose(float(perfect["loss"]), float(perfect["loss_frame"] + perfect["loss_video"]
-                                                      + 0.5 * perfect["loss_sim"]), rel_tol=1e-5)
+                                                      + 1.0 * perfect["loss_sim"]), rel_tol=1e-5)
 
 
 def test_similarity_loss_hand_computed() -> None:

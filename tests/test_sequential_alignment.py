@@ -1,6 +1,4 @@
-import math
 
-import pytest
 import torch
 
 from ssa.modeling.sequential_alignment import (

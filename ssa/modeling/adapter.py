@@ -52,7 +52,8 @@ class SemanticAlignmentAdapter(nn.Module):
         order [sentence, words, residual]."""
         b, c, h, w = visual.shape
         if c != self.visual_dim:
-            raise ValueError(f"adapter built for {self.visual_dim} channels, got features {tuple(visual.shape)}")
+            raise ValueError(f"adapter built for {self.visual_dim} channels, got features "
+                             f"{tuple(visual.shape)}")
         residual = F.relu(self.conv2(F.relu(self.conv1(visual)))) + visual  # f_mr
         tokens = self.linear_v(visual).flatten(2).transpose(1, 2)  # (B, HW, D_a)
         pos = sine_position_2d(h, w, self.dim, device=visual.device, dtype=tokens.dtype, normalize=False)
@@ -66,6 +67,7 @@ class SemanticAlignmentAdapter(nn.Module):
         def to_map(x: Tensor) -> Tensor:  # (B, HW, D_a) → (B, C_v, H, W)
             return self.up_v(x).transpose(1, 2).reshape(b, c, h, w)
 
-        streams = torch.stack([to_map(sentence_stream), to_map(word_stream), residual], dim=1)  # (B, 3, C_v, H, W)
+        # (B, 3, C_v, H, W)
+        streams = torch.stack([to_map(sentence_stream), to_map(word_stream), residual], dim=1)
         weights = self.gate(streams.mean(dim=(-2, -1)).flatten(1)).softmax(dim=-1)  # (B, 3), Eq. 4
         return torch.einsum("bs,bschw->bchw", weights, streams), weights

@@ -9,9 +9,9 @@ end-of-text token of the full context, i.e. exactly ``CLIP.encode_text``).
 
 CLIP is frozen: its parameters never require grad and it stays in eval mode whatever ``.train()`` is
 called with (the ConvNeXt trunk has drop-path). The text pass and the stem run under ``torch.no_grad``;
-stages 1-3 record the graph when gradients are enabled, so that the adapters before them train. Fine-tuning can unfreeze
-it, or its visual tower only (:meth:`FrozenCLIP.unfreeze`, used for the tiny demo model, whose CLIP has
-no pretrained weights).
+stages 1-3 record the graph when gradients are enabled, so that the adapters before them train.
+Fine-tuning can unfreeze it, or its visual tower only (:meth:`FrozenCLIP.unfreeze`, used for the tiny
+demo model, whose CLIP has no pretrained weights).
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ class FrozenCLIP(nn.Module):
         self.text_dim: int = int(self.clip.text_projection.shape[1])
         self.max_words = config.max_words
         if self.max_words > self.clip.context_length:
-            raise ValueError(f"max_words ({self.max_words}) exceeds CLIP's context ({self.clip.context_length})")
+            raise ValueError(f"max_words ({self.max_words}) exceeds CLIP's context "
+                             f"({self.clip.context_length})")
         self.visual_frozen = True
         self.text_frozen = True
         for p in self.clip.parameters():

@@ -111,7 +111,8 @@ class TrainConfig:
                 f"TrainConfig.unfreeze_clip must be False, True or 'visual', got {self.unfreeze_clip!r}"
             )
         if not (self.adapter_lr_mult > 0 and math.isfinite(self.adapter_lr_mult)):
-            raise ValueError(f"TrainConfig.adapter_lr_mult must be a positive number, got {self.adapter_lr_mult!r}")
+            raise ValueError(f"TrainConfig.adapter_lr_mult must be a positive number, "
+                             f"got {self.adapter_lr_mult!r}")
         if self.weight_decay < 0 or self.grad_clip < 0 or not 0 < self.lr_gamma <= 1:
             raise ValueError("TrainConfig: weight_decay and grad_clip must be >= 0, lr_gamma in (0, 1]")
         if any(not 0 < f < 1 for f in self.lr_drops):
@@ -189,7 +190,8 @@ def _load_dataset(data: Any) -> Any:
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """AdamW groups: weight decay on >= 2-D parameters only; the adapters at ``adapter_lr_mult`` x lr."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(a, d): [] for a in (False, True) for d in (True, False)}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {
+        (adapter, decay): [] for adapter in (False, True) for decay in (True, False)}
     for name, p in model.named_parameters():
         if p.requires_grad:
             groups[(name.startswith("adapters."), p.dim() >= 2)].append(p)
