@@ -22,9 +22,11 @@ logger = logging.getLogger("ssa")
 
 def _selection_options(p: argparse.ArgumentParser) -> None:
     """--mode and --threshold: which objects a model's result keeps (SSAPipeline's options)."""
-    p.add_argument("--mode", choices=["multi", "single"], default="multi",
-                   help="multi: every object scoring above --threshold (MeViS); single: the best one")
-    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of --mode multi")
+    p.add_argument("--mode", choices=["multi", "single"], default=None,
+                   help="multi: every object scoring above --threshold (MeViS); single: the best one "
+                        "(Ref-YouTube-VOS, Ref-DAVIS); default: the model's own (its config.selection)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="score threshold of --mode multi (default: the model's, 0.5 for the official models)")
 
 
 def _segment_parser(sub: argparse._SubParsersAction) -> None:

@@ -82,8 +82,7 @@ def test_two_expressions_one_visual_pass_same_masks(pipe, video_file):
         assert np.allclose(a.scores, b.scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("switches", [{}, {"trajectory_masks": True},
-                                      {"trajectory_masks": True, "query_positions": True}])
+@pytest.mark.parametrize("switches", [{}, {"trajectory": False}])
 def test_chunking_and_recompute_give_the_same_masks(switches):
     model = build("ssa-tiny", **switches)
     frames = moving_square_frames(12)

@@ -352,8 +352,8 @@ def evaluate(
     progress: bool = True,
     resume: bool = True,
     device: str | torch.device | None = None,
-    mode: Mode = "multi",
-    threshold: float = 0.5,
+    mode: Mode | None = None,
+    threshold: float | None = None,
     precision: str | None = None,
     frame_ext: str = ".jpg",
 ) -> EvaluationSummary:
@@ -375,7 +375,8 @@ def evaluate(
         device, precision: for a model given as an SSAModel or a name (default: CUDA when available —
             the rank's ``LOCAL_RANK`` GPU under torchrun — else CPU); ignored for an SSAPipeline.
         mode, threshold: the pipeline's query selection ("multi": every query scoring above
-            ``threshold``; "single": the best one).
+            ``threshold``; "single": the best one); None: the model's own (``config.selection``,
+            ``config.threshold``).
         frame_ext: extension of the frame files.
 
     Returns:
@@ -391,9 +392,9 @@ def evaluate(
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    if mode not in ("multi", "single"):
+    if mode not in ("multi", "single", None):
         raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
-    if not 0.0 <= threshold <= 1.0:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     split_dir = Path(split_dir)
     dataset = _open_split(split_dir, frame_ext)
@@ -408,6 +409,8 @@ def evaluate(
         pred_dir, pipe, source = _resolve(predictions, _default_device(device, dist), precision)
         fingerprint: dict[str, Any] = {"split": str(split_dir.resolve()), "source": source}
         if pipe is not None:
+            mode = pipe.config.selection if mode is None else mode
+            threshold = pipe.config.threshold if threshold is None else threshold
             fingerprint.update(mode=mode, threshold=threshold)
         ctx = _Context(
             dataset, _index_expressions(dataset), predictions=pred_dir, pipeline=pipe, mode=mode,
