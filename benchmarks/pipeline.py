@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from ssa import SSAConfig, SSAModel, SSAPipeline
-from ssa.pipeline import preprocess_frames
+from ssa.preprocessing import preprocess_frames, resized_size
 from ssa.profiling import STAGES, PeakMemory, StageFlops, StageTimer
 from ssa.video import read_frames
 
@@ -135,13 +135,15 @@ def clip_alone(pipe: SSAPipeline, video: str, max_frames: int | None) -> float:
     """Seconds of the frozen CLIP visual pass alone over the video's frames, in the pipeline's chunks."""
     model = pipe.model
     frames = [f.image for f in read_frames(video, max_frames=max_frames)]
-    pixels = preprocess_frames(frames, pipe.config, model.backbone.pixel_mean, model.backbone.pixel_std)
+    pixels = preprocess_frames(frames, pipe.config.image_size, pipe.config.max_size)
+    h, w = pixels.shape[-2:]
+    pixels = torch.nn.functional.pad(pixels, (0, -w % 32, 0, -h % 32))
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     with torch.no_grad(), pipe._autocast():
         sync()
         start = time.perf_counter()
         for s in range(0, len(pixels), pipe.chunk_size):
-            model.encode_video(pixels[s:s + pipe.chunk_size].to(pipe.device))
+            model.backbone.encode_image(pixels[s:s + pipe.chunk_size].to(pipe.device))  # no adapters
         sync()
     return time.perf_counter() - start
 
@@ -150,7 +152,8 @@ def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
     pipe = build_pipeline(args)
     report: dict[str, Any] = {
         "preset": args.preset, "device": str(pipe.device), "precision": pipe.precision,
-        "model_size": list(pipe._model_size(_video_size(video))), "video": video,
+        "model_size": list(resized_size(*_video_size(video), pipe.config.image_size, pipe.config.max_size)),
+        "video": video,
         "chunk_size": pipe.chunk_size, "stream": args.stream, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "runs": {},
     }

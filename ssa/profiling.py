@@ -106,7 +106,6 @@ class StageTimer:
         for adapter in model.adapters or []:
             self._hook("adapters", adapter)
         self._hook("pixel_decoder", model.pixel_decoder)
-        self._hook("frame_decoder", model.query_generator)
         self._hook("frame_decoder", model.frame_decoder)
         self._hook("video_decoder", model.video_decoder)
         self.pipe.timer = self

@@ -42,7 +42,8 @@ def test_stage_report(tmp_path):
         assert run["peak_bytes"] > 0
     assert report["clip_alone"] > 0
     one, two = report["runs"]["1"]["flops"], report["runs"]["2"]["flops"]
-    assert one["clip_visual"] == two["clip_visual"] > 0  # one visual pass for every expression
+    # stem and stage 0 run once for every expression; stages 1-3 follow an adapter: once per expression
+    assert 0 < one["clip_visual"] < two["clip_visual"] < 2 * one["clip_visual"]
     assert two["pixel_decoder"] == 2 * one["pixel_decoder"] > 0
     md = (tmp_path / "report.md").read_text()
     assert "end to end" in md and "clip_visual" in md and "FLOPs of the whole run" in md
@@ -60,7 +61,7 @@ def test_stage_flops_agree_with_torch_flop_counter(tiny_checkpoint):
     from torch.utils.flop_counter import FlopCounterMode
 
     from ssa import SSAPipeline
-    from ssa.pipeline import preprocess_frames
+    from ssa.preprocessing import preprocess_frames
     from ssa.profiling import StageFlops
 
     pipe = SSAPipeline.from_pretrained(tiny_checkpoint, device="cpu")
@@ -69,11 +70,12 @@ def test_stage_flops_agree_with_torch_flop_counter(tiny_checkpoint):
         pipe(frames, "a red square", progress=False)
     flops = counter.stages()
     model = pipe.model
-    pixels = preprocess_frames(list(frames), pipe.config, model.backbone.pixel_mean, model.backbone.pixel_std)
+    pixels = preprocess_frames(list(frames), pipe.config.image_size, pipe.config.max_size)
+    pixels = torch.nn.functional.pad(pixels, (0, -pixels.shape[-1] % 32, 0, -pixels.shape[-2] % 32))
     with torch.no_grad(), FlopCounterMode(display=False) as reference:
-        model.encode_video(pixels)
+        model.backbone.encode_image(pixels)  # the four stages; with one expression, each runs once
     assert flops["clip_visual"] == reference.get_total_flops() > 0
-    for stage in ("text", "adapters", "pixel_decoder", "query_generation+frame_decoder", "video_decoder"):
+    for stage in ("text", "adapters", "pixel_decoder", "frame_decoder", "video_decoder"):
         assert flops[stage] > 0, stage
     assert flops["decode"] == flops["preprocess"] == 0  # wall-time reports of the pipeline are not FLOPs
 
