@@ -112,14 +112,13 @@ def test_recipe_refuses_to_describe_a_run_by_another_schedule(tmp_path, monkeypa
     assert not (tmp_path / "eval").exists()
 
 
-def _shipped_prior(path: Path, *, iterations: list[int], motion_features: bool = False, **recipe) -> Path:
+def _shipped_prior(path: Path, *, iterations: list[int], num_queries: int = 8, **recipe) -> Path:
     """A model directory as the recipe ships it (weights, results.json with the recipe it was made by)."""
     torch.manual_seed(0)
-    config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128, motion_features=motion_features)
+    config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128, num_queries=num_queries)
     SSAModel(config).half().save_pretrained(path)
     recipe = {"train_videos": 3, "val_videos": 1, "train_stories": list(ssa.data.synthetic.STORIES),
-              "batch_size": 2, "trajectory_masks": False, "query_positions": False, "motion_features": False,
-              "visual_pretraining": False, "all_instances": False, "empty_unmatched": False,
+              "batch_size": 2, "visual_pretraining": False, "all_instances": False, "empty_unmatched": False,
               "video_positive_iou": 0.0, **recipe}
     (path / "results.json").write_text(json.dumps({"heldout": {}, "train_minutes": 1.5,
                                                    "iterations": iterations, "recipe": recipe}))
@@ -165,11 +164,8 @@ def test_recipe_refuses_to_continue_another_run(tmp_path, monkeypatch):
         _run_recipe(monkeypatch, *work, "--train-videos", "4", "--init-from", str(prior),
                     "--iterations", "2", "4", "6")
     assert not (tmp_path / "work").exists()  # refused before writing anything
-    # a results.json that says motion features, weights without them
-    prior = _shipped_prior(tmp_path / "liar", iterations=[2], motion_features=False)
-    results = json.loads((prior / "results.json").read_text())
-    results["recipe"]["motion_features"] = True
-    (prior / "results.json").write_text(json.dumps(results))
+    # a results.json of this recipe, weights of another network
+    prior = _shipped_prior(tmp_path / "liar", iterations=[2], num_queries=4)
     with pytest.raises(SystemExit, match="config differs"):
-        _run_recipe(monkeypatch, *work, "--train-videos", "3", "--motion-features", "--init-from", str(prior),
+        _run_recipe(monkeypatch, *work, "--train-videos", "3", "--init-from", str(prior),
                     "--iterations", "2", "3")

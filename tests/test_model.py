@@ -15,6 +15,7 @@ def test_tiny_forward_backward_shapes_and_frozen_clip():
     for m in out.aux_mask_logits:
         loss = loss + m.mean()
     loss = loss + out.frames.mask_logits.mean() + sum(x.mean() for x in out.frames.aux_class_logits)
+    loss = loss + out.frame_embed.mean() + out.video_embed.mean()  # the similarity heads (training only)
     loss.backward()
     n, c = cfg.num_queries, cfg.hidden_dim
     assert out.class_logits.shape == (1, n, 2)
