@@ -270,6 +270,7 @@ def convert_official(path: str | os.PathLike[str], config: SSAConfig | None = No
     tensor of the checkpoint must be used and every tensor of the network filled, shapes equal, else an
     :class:`OfficialCheckpointError` lists the keys. Returns the model in eval mode, on the CPU.
     """
+    from ssa.hub import expected_shapes
     from ssa.modeling.model import SSAModel
 
     if config is None:
@@ -283,9 +284,7 @@ def convert_official(path: str | os.PathLike[str], config: SSAConfig | None = No
         config = dataclasses.replace(config, image_size=release.image_size, selection=release.selection)
     official, extra = read_official(path)
     has_clip = any(k.startswith("backbone.clip_model.") for k in official)
-    with torch.device("meta"):
-        skeleton = SSAModel(dataclasses.replace(config, clip_pretrained=None))
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    expected = expected_shapes(config)
     if not has_clip:  # a stripped checkpoint: CLIP comes from open_clip's weights
         if not config.clip_pretrained:
             raise OfficialCheckpointError(
@@ -318,7 +317,6 @@ def _compare_clip(model: Any, config: SSAConfig) -> None:
         hf_hub = (pretrained or {}).get("hf_hub", "")
         from huggingface_hub import try_to_load_from_cache
 
-        repo, _, _ = hf_hub.rstrip("/").partition("/")
         repo_id = hf_hub.rstrip("/")
         cached = None
         for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):

@@ -674,7 +674,7 @@ def _checkpoint_kind(metadata: Mapping[str, str], shapes: Mapping[str, tuple[int
     return "full" if any(k.startswith(BACKBONE_PREFIX) for k in shapes) else "trainable"
 
 
-def _expected_shapes(config: SSAConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: SSAConfig) -> dict[str, tuple[int, ...]]:
     """State-dict shapes of the network the config describes, from a meta-device model (no memory,
     no download)."""
     from ssa.modeling.model import SSAModel
@@ -693,7 +693,7 @@ def _validate_against_config(
     weights_file: Path,
     config_file: Path,
 ) -> None:
-    expected = _expected_shapes(config)
+    expected = expected_shapes(config)
     if kind == "trainable":
         expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIX)}
     missing = [k for k in expected if k not in shapes]

@@ -262,13 +262,6 @@ class FrozenCLIP(nn.Module):
             features.append(x)
         return features
 
-    @property
-    def pixel_mean(self) -> tuple[float, float, float]:
-        return tuple(open_clip.OPENAI_DATASET_MEAN)
-
-    @property
-    def pixel_std(self) -> tuple[float, float, float]:
-        return tuple(open_clip.OPENAI_DATASET_STD)
 
 
 def convnext_trunk(depths: Sequence[int], dims: Sequence[int], ls_init_value: float = 1e-6) -> str:
