@@ -88,6 +88,10 @@ class SSAConfig:
     # -- video query decoder ----------------------------------------------------------------------------
     video_decoder_layers: int = 6
     video_decoder_ffn_dim: int = 2048
+    train_frame_layers: int = 3
+    """In training, the sequence stages and the video decoder run on the frame queries of this many last
+    frame-decoder predictions (the official ``LAST_LAYER_NUM`` 3), each supervised by L_v and L_sim;
+    inference uses the last one only."""
 
     # -- test-time behaviour (the pipeline's defaults) --------------------------------------------------
     selection: str = "multi"
@@ -111,6 +115,7 @@ class SSAConfig:
             "adapter_dim", "adapter_heads", "pixel_decoder_layers", "pixel_decoder_heads",
             "pixel_decoder_points", "pixel_decoder_ffn_dim", "fusion_dim", "fusion_heads",
             "frame_decoder_layers", "frame_decoder_ffn_dim", "video_decoder_layers", "video_decoder_ffn_dim",
+            "train_frame_layers",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -127,6 +132,9 @@ class SSAConfig:
         for name in ("dropout", "adapter_dropout", "text_dropout", "fusion_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"SSAConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.train_frame_layers > self.frame_decoder_layers + 1:
+            raise ValueError(f"SSAConfig.train_frame_layers ({self.train_frame_layers}) exceeds the frame "
+                             f"decoder's {self.frame_decoder_layers + 1} predictions (initial + per layer)")
         if self.max_size < self.image_size:
             raise ValueError(f"SSAConfig.max_size ({self.max_size}) < image_size ({self.image_size})")
         if self.selection not in ("multi", "single"):

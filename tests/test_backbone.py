@@ -157,15 +157,37 @@ def test_convnext_trunk_with_a_decimal_layer_scale():
     torch.testing.assert_close(gamma, torch.full_like(gamma, 0.1))
 
 
-def test_clip_is_frozen_and_stays_in_eval(tiny_model):
+def test_clip_is_frozen_its_text_tower_stays_in_eval(tiny_model):
     tiny_model.train()
     try:
-        assert not tiny_model.backbone.clip.training
-        assert all(not m.training for m in tiny_model.backbone.clip.modules())
+        clip = tiny_model.backbone.clip
+        assert clip.visual.training  # the official training leaves the frozen trunk in train mode
+        assert not any(m.training for m in [clip.transformer, clip.token_embedding, clip.ln_final])
         assert tiny_model.pixel_decoder.training
         assert all(not p.requires_grad for p in tiny_model.backbone.parameters())
     finally:
         tiny_model.eval()
+    assert not any(m.training for m in tiny_model.backbone.clip.modules())
+
+
+def test_frozen_trunk_drop_path_is_active_in_training_only():
+    # the paper preset's trunk has open_clip's timm_drop_path 0.1, active in the official training
+    from ssa import SSAConfig
+    from ssa.modeling.model import SSAModel
+
+    base = SSAConfig.from_preset("ssa-tiny")
+    clip_config = {**base.clip_config, "vision_cfg": {**base.clip_config["vision_cfg"], "timm_drop_path": 0.5}}
+    model = SSAModel(SSAConfig.from_dict({**base.to_dict(), "clip_config": clip_config}))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model.backbone.encode_image(x)[-1], model.backbone.encode_image(x)[-1])
+        model.train()
+        torch.manual_seed(0)
+        a = model.backbone.encode_image(x)[-1]
+        b = model.backbone.encode_image(x)[-1]
+    assert not torch.allclose(a, b)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
 
 
 def test_unfreezing_the_visual_tower_only():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import build, random_frames
 
-from ssa.modeling.outputs import FrameOutput, SSAOutput
+from ssa.modeling.outputs import FrameOutput, SSAOutput, VideoPredictions
 from ssa.train.losses import LossConfig, SSACriterion
 from ssa.train.matcher import (
     HungarianMatcher,
@@ -209,7 +209,7 @@ def test_loss_config_json_and_validation() -> None:
     assert LossConfig().to_dict()["num_points"] == 12544
     with pytest.raises(ValueError, match="bogus"):
         LossConfig.from_dict({"bogus": 1})
-    for field, value in [("num_points", 0), ("no_object_weight", 0.0), ("sim_temperature", -1.0),
+    for field, value in [("num_points", 0), ("no_object_weight", 0.0), ("no_object_weight", -1.0),
                          ("mask_weight", float("nan")), ("importance_sample_ratio", 1.5),
                          ("oversample_ratio", 0.5), ("deep_supervision", 1),
                          ("frame_all_instances", "yes"), ("video_positive_iou", 1.5),
@@ -234,18 +234,24 @@ def test_perfect_predictions_give_near_zero_mask_and_class_loss() -> None:
             assert per_layer < (1e-3 if name == "class" else 0.03), (level, name, perfect)
             assert float(rand[f"loss_{level}_{name}"]) / (2 * weight) > 0.1
     assert perfect["loss"] < rand["loss"]
-    # Orthogonal embeddings: positives at cos 1 (BCE ≈ 0), negatives at cos 0 (BCE log 2). Within a
-    # pair each matched frame query meets every matched video query of that pair: pair 0 has two
-    # objects (one negative per frame match), pair 1 one (no negative).
-    f0, f1 = (int(x.flatten(2).any(-1).sum()) for x in low)  # frame matches = visible (object, frame)
-    expected_sim = math.log(2) * f0 / (2 * f0 + f1)
-    assert perfect["loss_sim"] == pytest.approx(expected_sim, abs=1e-3)
+    # One-hot embeddings per object: within a pair, every matched frame and video embedding meets every
+    # other (itself included); the same object gives dot product 1 (BCE softplus(-1)), another object 0
+    # (BCE log 2). Members per object: its visible frames (frame matches) + 1 (its tube's video match).
+    same, diff = 0, 0
+    for x in low:
+        members = [int(obj.flatten(1).any(-1).sum()) + int(obj.any()) for obj in x]
+        same += sum(m * m for m in members)
+        diff += sum(members) ** 2 - sum(m * m for m in members)
+    expected_sim = (same * F.softplus(torch.tensor(-1.0)) + diff * math.log(2)) / (same + diff)
+    assert perfect["loss_sim"] == pytest.approx(float(expected_sim), abs=1e-4)
     assert math.isclose(float(perfect["loss"]), float(perfect["loss_frame"] + perfect["loss_video"]
                                                       + 1.0 * perfect["loss_sim"]), rel_tol=1e-5)
 
 
 def test_similarity_loss_hand_computed() -> None:
-    # One pair, one frame, two objects; frame query k and video query k carry object k.
+    # One pair, one frame, two objects: frame embeddings f0 = (1, 0), f1 = (0, 1) and video embeddings
+    # v0 = (1, 0), v1 = (2, 2) carry objects 0, 1. Every member meets every member, itself included:
+    # the logit is the dot product, the target 1 for the same object.
     low = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
     low[0, 0, :4], low[1, 0, 4:] = True, True
     out = perfect_output([low], n=2, c=2)
@@ -255,29 +261,53 @@ def test_similarity_loss_hand_computed() -> None:
     fq[0, 0, q[0]], fq[0, 0, q[1]] = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     vq[0, q[0]], vq[0, q[1]] = torch.tensor([1.0, 0.0]), torch.tensor([2.0, 2.0])
     out.frame_queries, out.video_queries = fq, vq
-    loss = SSACriterion(LossConfig(num_points=256, sim_temperature=0.1))(out, [low])["loss_sim"]
-    r = math.sqrt(0.5)
+    loss = SSACriterion(LossConfig(num_points=256))(out, [low])["loss_sim"]
     sp = F.softplus
-    expected = (sp(torch.tensor(-10.0)) + sp(torch.tensor(10 * r))  # frame 0 vs videos 0 (same), 1
-                + sp(torch.tensor(0.0)) + sp(torch.tensor(-10 * r))) / 4  # frame 1 vs videos 0, 1 (same)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    # rows f0, f1, v0, v1; (dot product, same object)
+    table = [[(1, 1), (0, 0), (1, 1), (2, 0)],
+             [(0, 0), (1, 1), (0, 0), (2, 1)],
+             [(1, 1), (0, 0), (1, 1), (2, 0)],
+             [(2, 0), (2, 1), (2, 0), (8, 1)]]
+    expected = sum(float(sp(torch.tensor(-x if same else x, dtype=torch.float)))
+                   for row in table for x, same in row) / 16
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
 def test_similarity_compares_queries_within_a_pair_only() -> None:
-    # Two pairs, one object each, all embeddings along the same direction: each pair's frame query
-    # meets only its own video query (a positive), never the other pair's (which could be the same
-    # object under another expression); a batch split over DDP ranks gives the same L_sim.
+    # Two pairs, one object each, all embeddings (1, 1): each pair's frame and video embedding meet each
+    # other and themselves (4 positives of logit 2 per pair), never the other pair's members (which could
+    # be the same object under another expression); a batch split over DDP ranks gives the same L_sim.
     low = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
     low[0, 0, :4] = True
     out = perfect_output([low, low], n=2, c=2)
     out.frame_queries = torch.ones_like(out.frame_queries)
     out.video_queries = torch.ones_like(out.video_queries)
-    loss = SSACriterion(LossConfig(num_points=256, sim_temperature=0.1))(out, [low, low])["loss_sim"]
-    assert float(loss) == pytest.approx(float(F.softplus(torch.tensor(-10.0))), rel=1e-5)
-    out.video_queries[1] = -out.video_queries[1]  # pair 1's positive now points away
-    loss = SSACriterion(LossConfig(num_points=256, sim_temperature=0.1))(out, [low, low])["loss_sim"]
-    expected = (F.softplus(torch.tensor(-10.0)) + F.softplus(torch.tensor(10.0))) / 2
+    sp = F.softplus
+    loss = SSACriterion(LossConfig(num_points=256))(out, [low, low])["loss_sim"]
+    assert float(loss) == pytest.approx(float(sp(torch.tensor(-2.0))), rel=1e-5)
+    out.video_queries[1] = -out.video_queries[1]  # pair 1's video embedding now points away
+    loss = SSACriterion(LossConfig(num_points=256))(out, [low, low])["loss_sim"]
+    expected = (6 * sp(torch.tensor(-2.0)) + 2 * sp(torch.tensor(2.0))) / 8
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_video_loss_is_the_mean_over_the_frame_decoders_last_layers() -> None:
+    # The official training runs the video stage on the last frame-decoder layers' queries too; L_v and
+    # L_sim are their mean: a perfect last version plus a random earlier one lands half-way.
+    low = [rect_masks(2, 3, 16, 16, seed=4), rect_masks(1, 3, 16, 16, seed=5)]
+    crit = SSACriterion(LossConfig(num_points=4096))
+    perfect, rand = perfect_output(low, logit=50.0), random_output(2, 3, 6, 16, 16)
+    alone = crit(perfect, low, generator=torch.Generator().manual_seed(0))
+    bad = crit(rand, low, generator=torch.Generator().manual_seed(0))
+    perfect.earlier_layers = [VideoPredictions(
+        class_logits=rand.class_logits, mask_logits=rand.mask_logits, frame_embed=rand.frame_queries,
+        video_embed=rand.video_queries, aux_class_logits=rand.aux_class_logits,
+        aux_mask_logits=rand.aux_mask_logits)]
+    both = crit(perfect, low, generator=torch.Generator().manual_seed(0))
+    for key in ("loss_video_class", "loss_video_mask", "loss_video_dice"):
+        assert float(both[key]) == pytest.approx((float(alone[key]) + float(bad[key])) / 2, rel=0.05), key
+    assert float(both["loss_frame"]) == pytest.approx(float(alone["loss_frame"]), rel=1e-3)
+    assert float(both["loss_sim"]) > float(alone["loss_sim"]) + 0.1
 
 
 def test_per_pair_generators_make_a_pair_independent_of_its_batch() -> None:
@@ -447,13 +477,15 @@ def test_other_instances_get_masks_and_the_not_referred_class() -> None:
     out = _instances_output(referred, others)
     out.frames.class_logits[0, :, q] = torch.tensor([50.0, -50.0])
     assert float(on(out, [referred], [others])["loss_frame_class"]) > 1.0
-    # video level and L_sim: the other object's frame matches are negatives of the referred video query
-    # (orthogonal embeddings: cos 0, BCE log 2), 3 of the 6 frame matches
+    # video level and L_sim: the other object's 3 frame matches join the set as another object
+    # (orthogonal one-hot embeddings: dot 0, BCE log 2) beside the referred object's 3 frame matches and
+    # its video match (dot 1 among themselves, BCE softplus(-1))
     out = _instances_output(referred, others)
     for r in (good_on, good_off):  # the video level is unchanged: it matches the referred object only
         assert float(r["loss_video_mask"]) < 0.05 and float(r["loss_video_class"]) < 1e-3
-    assert float(good_on["loss_sim"]) == pytest.approx(math.log(2) / 2, abs=1e-3)
-    assert float(good_off["loss_sim"]) < 1e-3
+    same = float(F.softplus(torch.tensor(-1.0)))
+    assert float(good_on["loss_sim"]) == pytest.approx((25 * same + 24 * math.log(2)) / 49, abs=1e-4)
+    assert float(good_off["loss_sim"]) == pytest.approx(same, abs=1e-4)
 
 
 def test_cost_matrix_class_term_follows_the_target_class() -> None:

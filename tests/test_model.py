@@ -226,3 +226,31 @@ def test_expressions_change_the_visual_pass_from_stage_one(tiny_model):
     with torch.no_grad():
         plain, none = without.encode_stages(rows, text.words[pair], text.word_mask[pair], text.sentence[pair])
     assert none is None and torch.equal(plain[3][:2], plain[3][2:])
+
+
+@pytest.mark.parametrize("layers", [1, 3, 4])
+def test_training_runs_the_video_stage_on_the_last_frame_decoder_layers(layers):
+    # the official LAST_LAYER_NUM: the video stage also decodes the frame queries of earlier predictions
+    model = build("ssa-tiny", train_frame_layers=layers).train()
+    frames = random_frames(3, 64, 64)
+    out = model(frames, ["the red square", "the circle"])
+    assert len(out.earlier_layers) == layers - 1
+    aux = out.frames.aux_queries
+    assert len(aux) == model.config.frame_decoder_layers
+    for i, version in enumerate(out.earlier_layers):  # latest first
+        model.eval()  # the same stage, deterministic: compare with a direct decode of that layer
+        direct = model.decode_sequence(aux[-1 - i], out.frames.sentences)
+        model.train()
+        torch.testing.assert_close(version.class_logits, direct.class_logits)
+        assert version.mask_logits.shape == out.mask_logits.shape
+        assert version.frame_embed.shape == out.frame_embed.shape
+        assert len(version.aux_class_logits) == model.config.video_decoder_layers - 1
+    with torch.no_grad():
+        assert model.eval()(frames, "the red square").earlier_layers == []
+
+
+def test_train_frame_layers_is_checked():
+    with pytest.raises(ValueError, match="train_frame_layers"):
+        SSAConfig.from_preset("ssa-tiny", train_frame_layers=5)  # 3 layers: 4 predictions
+    with pytest.raises(ValueError, match="train_frame_layers"):
+        SSAConfig.from_preset("ssa-tiny", train_frame_layers=0)

@@ -520,3 +520,29 @@ def test_cli_convert_bad_checkpoint(tmp_path, config_json, caplog):
     assert ssa.cli.main(["convert", str(bad), "--out", str(out), "--config", str(config_json)]) == 2
     assert "not of the official SSA network" in caplog.text
     assert not (tmp_path / "o").exists()
+
+
+def test_finetune_continues_from_the_official_checkpoint(tmp_path):
+    # Loading the authors' checkpoint and training on: the converted network trains with the official
+    # recipe's losses (L_v on the last frame-decoder layers), the frozen CLIP stays bit-identical, the
+    # trainable tensors move, and the result saves and reloads.
+    from ssa.data.synthetic import write_split
+    from ssa.train import finetune
+
+    data = write_split(tmp_path / "split", num_videos=2, seed=3, num_frames=6, height=64, width=64,
+                       progress=False)
+    model = convert_official(CHECKPOINT, tiny_official_config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    trained = finetune(model, data, output_dir=tmp_path / "run", iterations=2, batch_size=1,
+                       num_frames=3, scales=[64], log_every=1, warmup_iters=1, lr=1e-3,
+                       loss={"num_points": 256}, progress=False)
+    after = trained.state_dict()
+    frozen = [k for k in before if k.startswith("backbone.")]
+    moved = [k for k in before if not k.startswith("backbone.") and not torch.equal(before[k], after[k])]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(k.startswith("frame_decoder.") for k in moved) and any(k.startswith("adapters.") for k in moved)
+    assert any(k.startswith("video_decoder.") for k in moved)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    assert _same_state(SSAModel.from_pretrained(tmp_path / "run" / "model"), trained)

@@ -246,3 +246,24 @@ def test_periodic_evaluation_on_a_validation_split(data, tmp_path):
         assert 0.0 <= e["eval"]["J&F"] <= 1.0 and e["eval"]["expressions"] > 0
     summary = json.loads((out / "eval" / "step-0000002" / "summary.json").read_text())
     assert summary["J&F"] == evals[-1]["eval"]["J&F"]
+
+
+def test_optimiser_groups_follow_the_official_weight_decay_rule():
+    # WEIGHT_DECAY_NORM 0 and WEIGHT_DECAY_EMBED 0; biases, layer scales and level_embed keep the decay
+    from ssa.modeling.model import SSAModel
+    from ssa.train.finetune import _param_groups
+
+    model = SSAModel(SSAConfig.from_preset("ssa-tiny"))
+    cfg = TrainConfig(lr=1e-4, adapter_lr_mult=0.1, weight_decay=0.05)
+    groups = _param_groups(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for g in groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert decay | no_decay == trainable and not decay & no_decay
+    assert "frame_decoder.query_pos.weight" in no_decay and "frame_decoder.decoder_norm.weight" in no_decay
+    assert "frame_decoder.decoder_norm.bias" in no_decay
+    assert "pixel_decoder.level_embed" in decay and "frame_decoder.class_head.bias" in decay
+    assert any(".gamma_l" in n for n in decay)
+    adapter_lrs = {g["lr"] for g in groups for p in g["params"] if names[id(p)].startswith("adapters.")}
+    assert adapter_lrs == {1e-5}

@@ -7,8 +7,10 @@ tower gives per-token features F_w (projected into the joint CLIP space) for the
 token positions, masked where the token is padding (id 0), and the sentence feature F_s (the projected
 end-of-text token of the full context, i.e. exactly ``CLIP.encode_text``).
 
-CLIP is frozen: its parameters never require grad and it stays in eval mode whatever ``.train()`` is
-called with (the ConvNeXt trunk has drop-path). The text pass and the stem run under ``torch.no_grad``;
+CLIP is frozen: its parameters never require grad. As in the official training, the frozen visual
+trunk follows ``.train()``, so its stochastic depth (open_clip's ``timm_drop_path``: 0.1 for the paper
+preset, none for ``ssa-tiny``) is active in training; ConvNeXt has no batch norm, so nothing else
+changes. The frozen text tower stays in eval mode. The text pass and the stem run under ``torch.no_grad``;
 stages 1-3 record the graph when gradients are enabled, so that the adapters before them train.
 Fine-tuning can unfreeze it, or its visual tower only (:meth:`FrozenCLIP.unfreeze`, used for the tiny
 demo model, whose CLIP has no pretrained weights).
@@ -141,11 +143,10 @@ class FrozenCLIP(nn.Module):
         return params + [self.clip.positional_embedding, self.clip.text_projection]
 
     def train(self, mode: bool = True) -> FrozenCLIP:
-        """A frozen tower stays in eval mode (no drop-path, fixed norms) whatever ``mode`` says."""
+        """The visual tower follows ``mode`` (the official training keeps the frozen trunk's drop-path
+        active); a frozen text tower stays in eval mode."""
         super().train(mode)
-        if self.frozen:
-            self.clip.eval()
-        elif self.text_frozen:
+        if self.text_frozen:
             for m in self._text_modules():
                 m.eval()
         return self

@@ -34,6 +34,7 @@ class FrameDecoderOutput:
     mask_embed: Tensor  # (B, N, mask_dim) final mask embeddings: mask_logits = mask_embed · mask_features
     aux_class_logits: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, 2)
     aux_mask_logits: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, H4, W4)
+    aux_queries: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, C), normed
 
 
 def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int], num_heads: int) -> Tensor:
@@ -147,10 +148,12 @@ class FrameQueryDecoder(nn.Module):
 
         class_preds: list[Tensor] = []
         mask_preds: list[Tensor] = []
+        query_preds: list[Tensor] = []
         x = queries
         normed, class_logits, mask_logits, mask_embed = self._predict(x, mask_features)
         class_preds.append(class_logits)
         mask_preds.append(mask_logits)
+        query_preds.append(normed)
         for i in range(self.num_layers):
             level = i % self.num_levels
             attn_mask = attention_mask_from_logits(mask_logits, sizes[level], self.num_heads)
@@ -163,6 +166,7 @@ class FrameQueryDecoder(nn.Module):
             normed, class_logits, mask_logits, mask_embed = self._predict(x, mask_features)
             class_preds.append(class_logits)
             mask_preds.append(mask_logits)
+            query_preds.append(normed)
 
         return FrameDecoderOutput(
             queries=normed,
@@ -171,4 +175,5 @@ class FrameQueryDecoder(nn.Module):
             mask_embed=mask_embed,
             aux_class_logits=class_preds[:-1],
             aux_mask_logits=mask_preds[:-1],
+            aux_queries=query_preds[:-1],
         )

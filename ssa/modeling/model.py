@@ -31,7 +31,7 @@ from ssa.modeling.adapter import SemanticAlignmentAdapter
 from ssa.modeling.backbone import FrozenCLIP, TextFeatures
 from ssa.modeling.frame_decoder import FrameDecoderOutput, FrameQueryDecoder
 from ssa.modeling.fusion import TextResizer
-from ssa.modeling.outputs import FrameOutput, SequenceOutput, SSAOutput, VisualFeatures
+from ssa.modeling.outputs import FrameOutput, SequenceOutput, SSAOutput, VideoPredictions, VisualFeatures
 from ssa.modeling.pixel_decoder import PixelDecoder, PixelDecoderOutput
 from ssa.modeling.sequential_alignment import (
     TemporalEnhancement,
@@ -189,6 +189,7 @@ class SSAModel(nn.Module):
             queries=cat("queries"), sentences=cat("sentences"), mask_features=cat("mask_features"),
             class_logits=cat("class_logits"), mask_logits=cat("mask_logits"),
             aux_class_logits=cat_list("aux_class_logits"), aux_mask_logits=cat_list("aux_mask_logits"),
+            aux_queries=cat_list("aux_queries"),
             adapter_weights=cat("adapter_weights") if parts[0].adapter_weights is not None else None,
         )
 
@@ -278,6 +279,7 @@ class SSAModel(nn.Module):
             mask_logits=per_pair(dec.mask_logits),
             aux_class_logits=[per_pair(x) for x in dec.aux_class_logits],
             aux_mask_logits=[per_pair(x) for x in dec.aux_mask_logits],
+            aux_queries=[per_pair(x) for x in dec.aux_queries],
             adapter_weights=None if adapter_weights is None else per_pair(adapter_weights),
         )
 
@@ -312,20 +314,30 @@ class SSAModel(nn.Module):
                      *, with_frames: bool | None = None) -> SSAOutput:
         """Sequence stages (:meth:`decode_sequence`) and masks = Q_emb · F_mask^video, for P pairs.
 
-        ``with_frames`` keeps the per-frame predictions and the video decoder's earlier layers (deep
-        supervision) in the output; default: when training.
+        ``with_frames`` keeps what training needs in the output (default: when training): the per-frame
+        predictions, the video decoder's earlier layers (deep supervision), the similarity embeddings,
+        and the video stage run again on the frame queries of the frame decoder's earlier predictions
+        (``SSAConfig.train_frame_layers``, the official ``LAST_LAYER_NUM``).
         """
-        seq = self.decode_sequence(frames.queries, frames.sentences)
         p = frames.queries.shape[0]
         if len(text) != p:
             raise ValueError(f"{len(text)} expressions for {p} frame-stage pairs")
         if clip_index is None:
             clip_index = torch.zeros(p, dtype=torch.long)
-        features = frames.mask_features
-        masks = torch.einsum("pnc,ptchw->pnthw", seq.mask_embed, features)  # (P, N, T, H/4, W/4)
         keep = self.training if with_frames is None else with_frames
-        aux_masks = ([torch.einsum("pnc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed]
-                     if keep else [])
+        seq = self.decode_sequence(frames.queries, frames.sentences)
+        masks, aux_masks = self._video_masks(seq, frames.mask_features, keep)
+        earlier = []
+        if keep:
+            for queries in frames.aux_queries[::-1][: self.config.train_frame_layers - 1]:
+                layer = self.decode_sequence(queries, frames.sentences)
+                layer_masks, layer_aux = self._video_masks(layer, frames.mask_features, True)
+                earlier.append(VideoPredictions(
+                    class_logits=layer.class_logits, mask_logits=layer_masks,
+                    frame_embed=self._frame_embed(queries),
+                    video_embed=self.video_decoder.sim_clip(layer.video_queries),
+                    aux_class_logits=list(layer.aux_class_logits), aux_mask_logits=layer_aux,
+                ))
         return SSAOutput(
             class_logits=seq.class_logits,
             mask_logits=masks,
@@ -339,11 +351,24 @@ class SSAModel(nn.Module):
             frames=frames if keep else None,
             aux_class_logits=list(seq.aux_class_logits) if keep else [],
             aux_mask_logits=aux_masks,
-            # in decoder order, where the frame-level matches index them (the official code embeds the
-            # re-ordered queries but indexes them by the frame matches of the decoder order)
-            frame_embed=self.video_decoder.sim_frame(self.sequence_proj(frames.queries)) if keep else None,
+            frame_embed=self._frame_embed(frames.queries) if keep else None,
             video_embed=self.video_decoder.sim_clip(seq.video_queries) if keep else None,
+            earlier_layers=earlier,
         )
+
+    @staticmethod
+    def _video_masks(seq: SequenceOutput, features: Tensor, with_aux: bool) -> tuple[Tensor, list[Tensor]]:
+        """Mask logits (P, N, T, H/4, W/4) of the video queries on the video mask features (P, T, Cm, H/4,
+        W/4), and those of the video decoder's earlier layers when ``with_aux``."""
+        masks = torch.einsum("pnc,ptchw->pnthw", seq.mask_embed, features)
+        aux = [torch.einsum("pnc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed] if with_aux else []
+        return masks, aux
+
+    def _frame_embed(self, queries: Tensor) -> Tensor:
+        """Similarity embeddings of frame queries (P, T, N, C), in decoder order, where the frame-level
+        matches index them (the official code embeds the re-ordered queries but indexes them by the
+        frame matches of the decoder order)."""
+        return self.video_decoder.sim_frame(self.sequence_proj(queries))
 
     # -- all of it ------------------------------------------------------------------------------------
     def forward(self, frames: Tensor, expressions: Expressions, *, frame_chunk: int | None = None,
@@ -397,6 +422,7 @@ def _cat_rows(outputs: list[FrameDecoderOutput]) -> FrameDecoderOutput:
         mask_logits=cat(o.mask_logits for o in outputs), mask_embed=cat(o.mask_embed for o in outputs),
         aux_class_logits=[cat(x) for x in zip(*(o.aux_class_logits for o in outputs), strict=True)],
         aux_mask_logits=[cat(x) for x in zip(*(o.aux_mask_logits for o in outputs), strict=True)],
+        aux_queries=[cat(x) for x in zip(*(o.aux_queries for o in outputs), strict=True)],
     )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-__all__ = ["VisualFeatures", "FrameOutput", "SequenceOutput", "SSAOutput"]
+__all__ = ["VisualFeatures", "FrameOutput", "SequenceOutput", "VideoPredictions", "SSAOutput"]
 
 
 @dataclass
@@ -39,6 +39,7 @@ class FrameOutput:
     mask_logits: Tensor  # (P, T, N, H_pad/4, W_pad/4) frame-level mask logits (frame-level F_mask)
     aux_class_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, 2)
     aux_mask_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, h, w)
+    aux_queries: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, C), normed
     adapter_weights: Tensor | None = None  # (P, T, 4, 3) stream weights W_α per stage [s, w, r], or None
 
 
@@ -55,6 +56,19 @@ class SequenceOutput:
     ensemble_weights: Tensor  # (P, T, N)
     aux_class_logits: list[Tensor] = field(default_factory=list)  # (P, N, 2) per earlier layer
     aux_mask_embed: list[Tensor] = field(default_factory=list)  # (P, N, mask_dim) per earlier layer
+
+
+@dataclass
+class VideoPredictions:
+    """The video stage's predictions from the frame queries of one earlier frame-decoder layer (training
+    only: L_v and L_sim are averaged over the last ``SSAConfig.train_frame_layers`` layers)."""
+
+    class_logits: Tensor  # (P, N, 2)
+    mask_logits: Tensor  # (P, N, T, H_pad/4, W_pad/4)
+    frame_embed: Tensor  # (P, T, N, C) similarity embeddings of that layer's frame queries
+    video_embed: Tensor  # (P, N, C)
+    aux_class_logits: list[Tensor] = field(default_factory=list)  # video decoder, earlier layers
+    aux_mask_logits: list[Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -75,6 +89,9 @@ class SSAOutput:
     aux_mask_logits: list[Tensor] = field(default_factory=list)  # (P, N, T, h, w) each
     frame_embed: Tensor | None = None  # (P, T, N, C) similarity embeddings of the frame queries, when asked
     video_embed: Tensor | None = None  # (P, N, C) similarity embeddings of the video queries, when asked
+    earlier_layers: list[VideoPredictions] = field(default_factory=list)
+    """The video stage run on the frame queries of the frame decoder's earlier predictions (latest first,
+    ``SSAConfig.train_frame_layers`` − 1 of them), when asked; empty at inference."""
 
     @property
     def scores(self) -> Tensor:

@@ -71,7 +71,7 @@ class TrainConfig:
     window: int = 10  # clip frames within ±window of a reference frame
     lr: float = 5e-5
     adapter_lr_mult: float = 0.1  # the adapters' lr is lr x this (the official BACKBONE_MULTIPLIER)
-    weight_decay: float = 0.05  # not applied to 1-D parameters (norms, biases, embeddings' scales)
+    weight_decay: float = 0.05  # not applied to norm layers and embeddings (the official groups)
     warmup_iters: int = 100  # linear warm-up from lr/100
     lr_drops: list[float] = field(default_factory=lambda: [55 / 75, 70 / 75])  # fractions of `iterations`
     lr_gamma: float = 0.1  # step decay factor at each drop
@@ -188,13 +188,22 @@ def _load_dataset(data: Any) -> Any:
     )
 
 
+_NO_DECAY = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.Embedding,
+             nn.modules.batchnorm._NormBase)
+
+
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: weight decay on >= 2-D parameters only; the adapters at ``adapter_lr_mult`` x lr."""
+    """AdamW groups as the official recipe: no weight decay on the parameters of norm layers and of
+    ``nn.Embedding`` (``WEIGHT_DECAY_NORM`` / ``WEIGHT_DECAY_EMBED`` 0), ``weight_decay`` on every other
+    parameter (biases, layer scales and free parameters such as ``level_embed`` included); the adapters
+    at ``adapter_lr_mult`` x lr."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {
         (adapter, decay): [] for adapter in (False, True) for decay in (True, False)}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups[(name.startswith("adapters."), p.dim() >= 2)].append(p)
+    for module_name, module in model.named_modules():
+        decay = not isinstance(module, _NO_DECAY)
+        for name, p in module.named_parameters(prefix=module_name, recurse=False):
+            if p.requires_grad:
+                groups[(name.startswith("adapters."), decay)].append(p)
     return [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
              "lr": cfg.lr * (cfg.adapter_lr_mult if adapter else 1.0)}
             for (adapter, decay), params in groups.items()]

@@ -12,16 +12,20 @@
   least one nonempty frame). A tube's mask terms cover all T frames, ``num_points`` points per frame
   (so a frame of a tube is sampled as densely as a frame of L_f); the dice is over the tube as one
   mask, the BCE the mean over its T · num_points points.
-- **L_sim**: matched frame-query embeddings (last frame-decoder layer's matching) against matched
-  video-query embeddings of the same pair: cosine / τ between every such frame and video embedding,
-  target 1 when both were matched to the same object, else 0; BCE-with-logits, the mean over all these
-  (frame, video) couples of the batch.
+- **L_sim** (VITA-style, as the official code): per pair, the similarity embeddings of the matched frame
+  queries (last frame-decoder layer's matching) and of the matched video queries (last video-decoder
+  layer's matching) form one set; the logit of two members is their dot product, the target 1 when
+  both were matched to the same object, else 0 (each member with itself included); BCE-with-logits, the
+  mean over all these couples of the batch. Members of different pairs are not compared.
 
 Both L_f and L_v are summed over the decoder layers when ``deep_supervision`` (each earlier layer is
-matched on its own). Mask terms are normalised by the number of targets in the batch (averaged over
-DDP ranks when torch.distributed is initialised, at least 1); the class term is the weighted mean of
-the cross-entropy over all queries. Every mean's denominator is averaged over DDP ranks the same way, so
-with per-pair generators a batch split over ranks gives exactly the gradients of the whole batch.
+matched on its own). As in the official training, the video stage also runs on the frame queries of the
+frame decoder's earlier predictions (``SSAConfig.train_frame_layers``, ``output.earlier_layers``): L_v
+and L_sim are the mean over these versions. Mask terms are normalised by the number of targets in the
+batch (averaged over DDP ranks when torch.distributed is initialised, at least 1); the class term is the
+weighted mean of the cross-entropy over all queries. Every mean's denominator is averaged over DDP ranks
+the same way, so with per-pair generators a batch split over ranks gives exactly the gradients of the
+whole batch.
 
 Point sampling (DESIGN.md §5): matching uses uniform random points; the loss uses importance sampling
 (``oversample_ratio`` × points drawn uniformly, the ``importance_sample_ratio`` share with the least
@@ -72,10 +76,6 @@ class LossConfig:
     sim_weight: float = 1.0
     """λ_sim of Eq. 8. The official configs set 0.5, but under a key the code never reads, so the official
     runs used 1.0; the paper gives 0.5-1.0."""
-    sim_temperature: float = 0.1
-    """τ of L_sim: logits are cos/τ, within ±10. With τ = 0.1 a pair reaches BCE < 0.05 once the cosine
-    is above ≈ 0.3 (same object) or below ≈ −0.3 (different objects): a margin, not a collapse of all
-    embeddings of an object onto one direction."""
     num_points: int = 12544
     """Points per mask (per frame for tubes), for matching and for the loss; 112² at paper scale."""
     oversample_ratio: float = 3.0
@@ -108,10 +108,9 @@ class LossConfig:
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"LossConfig.{name} must be a finite number >= 0, got {value!r}")
-        for name in ("no_object_weight", "sim_temperature"):
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"LossConfig.{name} must be a finite number > 0, got {value!r}")
+        value = self.no_object_weight
+        if not _is_real(value) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"LossConfig.no_object_weight must be a finite number > 0, got {value!r}")
         if not isinstance(self.num_points, int) or isinstance(self.num_points, bool) or self.num_points <= 0:
             raise ValueError(f"LossConfig.num_points must be a positive integer, got {self.num_points!r}")
         if not _is_real(self.oversample_ratio) or not 1.0 <= self.oversample_ratio < math.inf:
@@ -247,24 +246,33 @@ class SSACriterion(nn.Module):
 
         # L_f over the frame decoder's layers, the last one last (its matching feeds L_sim).
         frame_layers = list(zip(frames.aux_class_logits, frames.aux_mask_logits, strict=True))
-        video_layers = list(zip(output.aux_class_logits, output.aux_mask_logits, strict=True))
         if not c.deep_supervision:
-            frame_layers, video_layers = [], []
+            frame_layers = []
         frame_layers.append((frames.class_logits, frames.mask_logits))
-        video_layers.append((output.class_logits, output.mask_logits))
-
         frame_terms = torch.zeros(3, device=device)
         for cls_logits, mask_logits in frame_layers:
             terms, frame_matches = self._frame_layer(cls_logits, mask_logits, frame_masks, num_referred,
                                                      visible, num_frame, generator)
             frame_terms = frame_terms + terms
-        video_terms = torch.zeros(3, device=device)
-        for cls_logits, mask_logits in video_layers:
-            terms, video_matches = self._video_layer(cls_logits, mask_logits, masks, tubes, num_video,
-                                                     generator)
-            video_terms = video_terms + terms
 
-        loss_sim = self._similarity(output, frame_matches, video_matches)
+        # L_v and L_sim for the video stage of each of the frame decoder's last predictions, averaged
+        frame_embed = output.frame_queries if output.frame_embed is None else output.frame_embed
+        video_embed = output.video_queries if output.video_embed is None else output.video_embed
+        versions = [(output.class_logits, output.mask_logits, output.aux_class_logits,
+                     output.aux_mask_logits, frame_embed, video_embed)]
+        versions += [(v.class_logits, v.mask_logits, v.aux_class_logits, v.aux_mask_logits, v.frame_embed,
+                      v.video_embed) for v in output.earlier_layers]
+        video_terms = torch.zeros(3, device=device)
+        loss_sim = torch.zeros((), device=device)
+        for cls_last, mask_last, cls_aux, mask_aux, f_embed, v_embed in versions:
+            video_layers = list(zip(cls_aux, mask_aux, strict=True)) if c.deep_supervision else []
+            video_layers.append((cls_last, mask_last))
+            for cls_logits, mask_logits in video_layers:
+                terms, video_matches = self._video_layer(cls_logits, mask_logits, masks, tubes, num_video,
+                                                         generator)
+                video_terms = video_terms + terms / len(versions)
+            sim = self._similarity(f_embed, v_embed, frame_matches, video_matches)
+            loss_sim = loss_sim + sim / len(versions)
         loss_frame, loss_video = frame_terms.sum(), video_terms.sum()
         total = loss_video + loss_frame + c.sim_weight * loss_sim  # Eq. 8
         out = {"loss": total, "loss_frame": loss_frame.detach(), "loss_video": loss_video.detach(),
@@ -456,29 +464,29 @@ class SSACriterion(nn.Module):
         return bce.sum() / num_targets, dice.sum() / num_targets
 
     # -- L_sim -----------------------------------------------------------------------------------------
-    def _similarity(self, output: SSAOutput, frame: _Matches, video: _Matches) -> Tensor:
-        """L_sim: BCE of cos/τ between the matched frame and video query embeddings of each pair (the video
-        decoder's ``sim_frame`` / ``sim_clip`` embeddings when the output has them), target
-        1 for the same object; the mean over all (frame, video) match pairs of the batch (denominator
-        averaged over DDP ranks). Clips of different pairs are not compared: they may show the same
-        object under another expression, and a batch split over ranks gives the same loss."""
-        frame_queries = (output.frame_queries if output.frame_embed is None else output.frame_embed).float()
-        video_queries = (output.video_queries if output.video_embed is None else output.video_embed).float()
-        zero = (frame_queries.sum() + video_queries.sum()) * 0.0  # connected, for DDP
-        device = frame_queries.device
-        total, count = zero, 0
-        for p in range(frame_queries.shape[0]):
+    def _similarity(self, frame_embed: Tensor, video_embed: Tensor, frame: _Matches, video: _Matches
+                    ) -> Tensor:
+        """L_sim of one version: per pair, the matched frame embeddings (from ``frame_embed`` (P, T, N, C))
+        and video embeddings (from ``video_embed`` (P, N, C)) as one set; BCE-with-logits of every
+        member's dot product with every member (itself included), target 1 when both carry the same
+        object; the mean over all these couples of the batch (denominator averaged over DDP ranks).
+        Members of different pairs are not compared: they may be the same object under another
+        expression, and a batch split over ranks gives the same loss."""
+        frame_embed, video_embed = frame_embed.float(), video_embed.float()
+        total = (frame_embed.sum() + video_embed.sum()) * 0.0  # connected, for DDP
+        count = 0
+        for p in range(frame_embed.shape[0]):
             fm, vm = frame.pair == p, video.pair == p
-            if not bool(fm.any()) or not bool(vm.any()):
+            members = torch.cat([frame_embed[p, frame.frame[fm], frame.query[fm]],
+                                 video_embed[p, video.query[vm]]])  # (M_f + M_v, C)
+            if members.shape[0] == 0:
                 continue
-            f = F.normalize(frame_queries[p, frame.frame[fm], frame.query[fm]], dim=-1)  # (M_f, C)
-            v = F.normalize(video_queries[p, video.query[vm]], dim=-1)  # (M_v, C)
-            logits = f @ v.T / self.config.sim_temperature  # (M_f, M_v)
-            same = frame.target[fm][:, None] == video.target[vm][None]
-            target = same.to(device=device, dtype=logits.dtype)
+            ids = torch.cat([frame.target[fm], video.target[vm]]).to(members.device)
+            logits = members @ members.T  # (M, M)
+            target = (ids[:, None] == ids[None]).to(logits.dtype)
             total = total + F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
             count += logits.numel()
-        return total / _num_targets(count, device)
+        return total / _num_targets(count, frame_embed.device)
 
 
 def _cat(*lists: list[Tensor]) -> tuple[Tensor, ...]:
