@@ -1,7 +1,7 @@
 """A synthetic motion-referring benchmark: small videos of moving shapes with referring expressions.
 
 Deterministic (seeded) and written in the MeViS layout, so the real readers, trainer and evaluator run
-on it unchanged (DESIGN.md §8). Every video is built around one *story* that guarantees a kind of
+on it unchanged (docs/design.md §8). Every video is built around one *story* that guarantees a kind of
 expression, plus random distractors:
 
 - ``twins``: two shapes of identical appearance (colour, shape, size) that differ only in motion

@@ -5,7 +5,7 @@
     summary = evaluate("org/ssa-tiny-mevis", "mevis/valid_u", out_dir="runs/eval") # or a model
     summary["J&F"], summary.rows[0].j
 
-Scores follow DESIGN.md §6: per expression, J and F are means over its frames of
+Scores follow docs/design.md §6: per expression, J and F are means over its frames of
 :func:`ssa.eval.j_score` / :func:`ssa.eval.f_score` against the union of the expression's ``anno_id``
 masks; the dataset's J and F are means over expressions, J&F = (J + F) / 2.
 

@@ -1,4 +1,4 @@
-"""Training clips (DESIGN.md §5): 8 frames within ±10 of a reference frame, resized, cropped, flipped.
+"""Training clips (docs/design.md §5): 8 frames within ±10 of a reference frame, resized, cropped, flipped.
 
 Every random choice of a clip comes from a generator seeded with ``(seed, epoch, index)``, so a clip
 does not depend on the process that draws it, on data-loader workers or on what was drawn before: a

@@ -1,4 +1,4 @@
-"""``finetune()``: train SSA on a referring dataset (DESIGN.md §5) on a CPU, one GPU or many (torchrun).
+"""``finetune()``: train SSA on a referring dataset (docs/design.md §5) on a CPU, one GPU or many (torchrun).
 
 The recipe: AdamW (lr 5e-4, weight decay 0.05) on the trainable parameters only, linear warm-up then
 step decay, full-model gradient-norm clipping, gradient accumulation, AMP on CUDA (fp16 with a grad

@@ -27,7 +27,7 @@ weighted mean of the cross-entropy over all queries. Every mean's denominator is
 the same way, so with per-pair generators a batch split over ranks gives exactly the gradients of the
 whole batch.
 
-Point sampling (DESIGN.md §5): matching uses uniform random points; the loss uses importance sampling
+Point sampling (docs/design.md §5): matching uses uniform random points; the loss uses importance sampling
 (``oversample_ratio`` × points drawn uniformly, the ``importance_sample_ratio`` share with the least
 certain predicted logit kept, the rest fresh uniform points; ``importance_sample_ratio=0`` gives plain
 uniform sampling). All randomness comes from an optional ``torch.Generator`` (or one per pair) passed
