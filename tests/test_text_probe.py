@@ -1,4 +1,4 @@
-"""benchmarks/text_probe.py: minimal pairs and the probe's figures."""
+"""experiments/text_probe.py: minimal pairs and the probe's figures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from conftest import build
 
 _SPEC = importlib.util.spec_from_file_location(
-    "text_probe", Path(__file__).resolve().parent.parent / "benchmarks" / "text_probe.py")
+    "text_probe", Path(__file__).resolve().parent.parent / "experiments" / "text_probe.py")
 text_probe = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(text_probe)
 

@@ -4,7 +4,7 @@ SSA reads a *frozen, pretrained* CLIP text tower (Eq. 2): every word of an expre
 adapters and the query generation through F_w and F_s. A text tower trained from scratch together
 with the segmentation losses does not learn that: on the synthetic benchmark it settles on the
 cheapest cue (colour) and maps expressions that differ in shape or motion onto one vector
-(``benchmarks/text_probe.py``). :func:`pretrain_text_tower` stands in for CLIP's pretraining: a short
+(``experiments/text_probe.py``). :func:`pretrain_text_tower` stands in for CLIP's pretraining: a short
 self-supervised run on the training expressions, after which the tower is frozen
 (``finetune(..., unfreeze_clip="visual")``). Three objectives, on the tower's own outputs:
 

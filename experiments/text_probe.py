@@ -6,8 +6,8 @@ their CLIP sentence features F_s (in ssa's text side, the end-of-text token's F_
 cosine near 1 means the model cannot use that factor: whatever the rest of the network does, "the red
 square moving left" and "the red square that stops moving" reach it as one sentence.
 
-    python benchmarks/text_probe.py                       # the bundled demo model
-    python benchmarks/text_probe.py runs/tiny/model --json
+    python experiments/text_probe.py                       # the bundled demo model
+    python experiments/text_probe.py runs/tiny/model --json
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ sequential alignment (Hungarian trajectories, temporal enhancement, ensemble) an
 and prints J, F, J&F overall and on the motion-only expressions as a Markdown table (and JSON with
 ``--json``).
 
-    python benchmarks/ablation_synthetic.py --work /tmp/ssa-ablation --iterations 1000
+    python experiments/ablation_synthetic.py --work /tmp/ssa-ablation --iterations 1000
 """
 
 from __future__ import annotations
