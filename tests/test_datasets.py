@@ -185,29 +185,6 @@ def test_mevis_anno_length_mismatch(tmp_path: Path) -> None:
         MeViSDataset(tmp_path)
 
 
-def test_mevis_other_objects_from_expressions_and_objects_entry(tmp_path: Path) -> None:
-    masks = _make_mevis(tmp_path)
-    ds = MeViSDataset(tmp_path)
-    s = ds.load(0, other_objects=True)  # video 'a', "the red square": object 0; object 1 is another's
-    assert s.object_ids == [0] and s.other_object_ids == [1]
-    np.testing.assert_array_equal(s.other_masks[0], _dense(masks[1]))
-    assert ds.load(1, other_objects=True).other_masks.shape == (0, 3, H, W)  # refers to both
-    assert ds.load(0).other_masks is None
-    # an "objects" entry adds objects that no expression refers to (and does not repeat referred ones)
-    extra = [_box(0, 2, 0, 2), None, None, _box(3, 4, 3, 4)]
-    _edit_json(tmp_path / "mask_dict.json", lambda d: d.update({"7": [None if m is None else encode_rle(m)
-                                                                       for m in extra]}))
-    _edit_json(tmp_path / "meta_expressions.json",
-               lambda d: d["videos"]["b"].update({"objects": {"3": 2, "9": 7}}))
-    s = MeViSDataset(tmp_path).load(2, [1, 3], other_objects=True)
-    assert s.object_ids == [3] and s.other_object_ids == [9]
-    np.testing.assert_array_equal(s.other_masks[0], _dense(extra)[[1, 3]])
-    _edit_json(tmp_path / "meta_expressions.json",
-               lambda d: d["videos"]["b"].update({"objects": {"9": 8}}))
-    with pytest.raises(ValueError, match=r"'b'.*objects.*anno_id 8 not found"):
-        MeViSDataset(tmp_path)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Ref-YouTube-VOS / Ref-DAVIS
 
@@ -244,13 +221,6 @@ def test_ref_ytvos_selects_object_id(tmp_path: Path, cls) -> None:
         s = ds[i]
         assert s.object_ids == [obj] and s.masks.shape == (1, 3, H, W)
         np.testing.assert_array_equal(s.union, labels == obj)
-
-
-def test_ref_ytvos_other_objects_are_the_other_palette_indices(tmp_path: Path) -> None:
-    labels = np.stack(_make_ytvos(tmp_path))
-    s = RefYouTubeVOSDataset(tmp_path).load(1, [0, 2], other_objects=True)  # "a dog": object 2
-    assert s.object_ids == [2] and s.other_object_ids == [1]
-    np.testing.assert_array_equal(s.other_masks[0], labels[[0, 2]] == 1)
 
 
 def test_ref_ytvos_errors(tmp_path: Path) -> None:

@@ -163,6 +163,11 @@ def test_recipe_refuses_to_continue_another_run(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="another recipe.*train_videos"):
         _run_recipe(monkeypatch, *work, "--train-videos", "4", "--init-from", str(prior),
                     "--iterations", "2", "4", "6")
+    # a model made with a retired option on (experiments/retired.md) is not a model of this recipe
+    retired = _shipped_prior(tmp_path / "retired", iterations=[2], visual_pretraining=True)
+    with pytest.raises(SystemExit, match="another recipe.*visual_pretraining"):
+        _run_recipe(monkeypatch, *work, "--train-videos", "3", "--init-from", str(retired),
+                    "--iterations", "2", "4")
     assert not (tmp_path / "work").exists()  # refused before writing anything
     # a results.json of this recipe, weights of another network
     prior = _shipped_prior(tmp_path / "liar", iterations=[2], num_queries=4)

@@ -212,8 +212,7 @@ def test_loss_config_json_and_validation() -> None:
     for field, value in [("num_points", 0), ("no_object_weight", 0.0), ("no_object_weight", -1.0),
                          ("mask_weight", float("nan")), ("importance_sample_ratio", 1.5),
                          ("oversample_ratio", 0.5), ("deep_supervision", 1),
-                         ("frame_all_instances", "yes"), ("video_positive_iou", 1.5),
-                         ("video_positive_iou", -0.1), ("frame_empty_unmatched", 1)]:
+                         ("deep_supervision", "yes")]:
         with pytest.raises(ValueError, match=field):
             LossConfig(**{field: value})
 
@@ -341,54 +340,6 @@ def test_class_loss_is_the_no_object_weighted_cross_entropy() -> None:
     assert float(losses["loss_video_class"]) == pytest.approx(2.0 * float(video), rel=1e-5)
 
 
-@pytest.mark.parametrize("iou", [0.0, 0.6])
-def test_video_positive_iou_labels_duplicate_tubes_referred(iou: float) -> None:
-    low = [rect_masks(1, 3, 16, 16, seed=4)]
-    out = perfect_output(low, n=5)
-    slot = int(out.class_logits[0, :, 0].argmax())  # the query holding the referred tube
-    dup, half = (slot + 1) % 5, (slot + 2) % 5
-    video_masks = out.mask_logits.clone()
-    video_masks[0, dup] = video_masks[0, slot]  # a second trajectory on the same object
-    video_masks[0, half] = video_masks[0, slot]
-    video_masks[0, half, 0] = -50.0  # the same object in 2 of 3 frames only: IoU < 0.6 ...
-    video_masks[0, half, 1] = -50.0  # ... (1 of 3 frames)
-    g = torch.Generator().manual_seed(0)
-    video_cls = torch.randn(1, 5, 2, generator=g)
-    video_cls[0, slot], video_cls[0, dup] = torch.tensor([2.0, -2.0]), torch.tensor([-1.0, 1.0])  # match slot
-    out = make_output(out.frames.class_logits, out.frames.mask_logits, video_cls, video_masks,
-                      out.frame_queries, out.video_queries, aux=0)
-    crit = SSACriterion(LossConfig(num_points=256, video_positive_iou=iou))
-    losses = crit(out, [upsample(x, 2) for x in low])
-    labels = torch.ones(5, dtype=torch.long)
-    labels[slot] = 0
-    if iou > 0:
-        labels[dup] = 0  # the duplicate is "referred" too; the partial tube is not
-    expected = F.cross_entropy(video_cls[0], labels, weight=torch.tensor([1.0, 0.1]))
-    assert float(losses["loss_video_class"]) == pytest.approx(2.0 * float(expected), rel=1e-5)
-
-
-def test_frame_empty_unmatched_trains_unmatched_masks_toward_empty() -> None:
-    low = [rect_masks(2, 3, 16, 16, seed=5)]
-    out = perfect_output(low, n=5)  # matched queries perfect, unmatched masks at -50 (empty)
-    frame_masks = out.frames.mask_logits.clone()
-    targets = [upsample(x, 2) for x in low]
-    unmatched = out.frames.class_logits[0, :, :, 0] < 0  # (T, N): the "no object" slots
-    frame_masks[0][unmatched] = 0.0  # unmatched masks now at logit 0: BCE toward empty = log 2 per pixel
-    frame_masks.requires_grad_()
-    out = make_output(out.frames.class_logits, frame_masks, out.class_logits, out.mask_logits,
-                      out.frame_queries, out.video_queries, aux=0)
-    g = torch.Generator
-    plain = SSACriterion(LossConfig(num_points=256))(out, targets, generator=g().manual_seed(0))
-    crit = SSACriterion(LossConfig(num_points=256, frame_empty_unmatched=True))
-    empty = crit(out, targets, generator=g().manual_seed(0))
-    extra = 5.0 * math.log(2) * int(unmatched.sum()) / int(unmatched.sum())  # mask_weight × mean BCE
-    assert float(empty["loss_frame_mask"] - plain["loss_frame_mask"]) == pytest.approx(extra, rel=1e-4)
-    grad = torch.autograd.grad(empty["loss"], frame_masks)[0][0]
-    before = torch.autograd.grad(plain["loss"], frame_masks)[0][0]
-    assert (grad[unmatched] > 0).all() and not before[unmatched].any()  # descent lowers them, only now
-    assert torch.allclose(grad[~unmatched], before[~unmatched])  # the matched masks: as without
-
-
 def test_nothing_referred_pushes_every_query_to_no_object() -> None:
     out = random_output(2, 3, 5, 8, 8)
     targets = [torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, 3, 8, 8, dtype=torch.bool)]
@@ -432,87 +383,6 @@ def test_bad_targets_raise_value_error() -> None:
     out.frames = None
     with pytest.raises(ValueError, match="with_frames=True"):
         crit(out, [good, good])
-
-
-# -- frame-level supervision of every instance (LossConfig.frame_all_instances) -------------------------
-def _instances_output(referred: torch.Tensor, others: torch.Tensor, logit: float = 50.0) -> SSAOutput:
-    """One pair whose frame queries segment every instance (class: referred or not) and whose video
-    queries segment the referred objects only; slot i holds object i of cat(referred, others)."""
-    k = referred.shape[0]
-    every = torch.cat([referred, others])
-    out = perfect_output([every], n=every.shape[0] + 2, c=16, logit=logit)
-    slot = []  # the query slot of object i: the one whose frame mask covers its first pixel
-    for x in every:
-        t, y, xx = x.nonzero()[0].tolist()
-        slot.append(int((out.frames.mask_logits[0, t, :, y, xx] > 0).nonzero()[0, 0]))
-    for i in slot[k:]:
-        out.frames.class_logits[0, :, i] = torch.tensor([-logit, logit])  # seen, not referred
-        out.class_logits[0, i] = torch.tensor([-logit, logit])
-        out.mask_logits[0, i] = -logit
-    return out
-
-
-def test_other_instances_get_masks_and_the_not_referred_class() -> None:
-    referred = rect_masks(1, 3, 32, 32, seed=3)
-    others = torch.zeros(1, 3, 32, 32, dtype=torch.bool)
-    others[0, :, 20:30, 20:30] = True
-    referred[:, :, 20:30, 20:30] = False  # disjoint objects
-    out = _instances_output(referred, others)
-    on = SSACriterion(LossConfig(num_points=1024, frame_all_instances=True))
-    off = SSACriterion(FAST)
-    gen = torch.Generator
-    good_on = on(out, [referred], [others], generator=gen().manual_seed(0))
-    good_off = off(out, [referred], generator=gen().manual_seed(0))
-    for r in (good_on, good_off):  # segmenting the other object as "not referred" is right either way
-        assert float(r["loss_frame_class"]) < 1e-3 and float(r["loss_frame_mask"]) < 0.3
-    # the other object's frame query loses its mask: only frame_all_instances notices
-    q = int((out.frames.mask_logits[0, 0, :, 25, 25] > 0).nonzero()[0])
-    out.frames.mask_logits[0, :, q] = -50.0
-    bad_on = on(out, [referred], [others], generator=gen().manual_seed(0))
-    bad_off = off(out, [referred], generator=gen().manual_seed(0))
-    assert float(bad_off["loss_frame_mask"]) == pytest.approx(float(good_off["loss_frame_mask"]), rel=1e-4)
-    # 3 of the 6 frame targets lose their mask (dice 1 each): + 5 (weight) · 2 (layers) · 3 / 6 ≈ 5
-    assert float(bad_on["loss_frame_dice"]) > float(good_on["loss_frame_dice"]) + 4.0
-    # the other object segmented but called "referred": a class error only with frame_all_instances
-    out = _instances_output(referred, others)
-    out.frames.class_logits[0, :, q] = torch.tensor([50.0, -50.0])
-    assert float(on(out, [referred], [others])["loss_frame_class"]) > 1.0
-    # video level and L_sim: the other object's 3 frame matches join the set as another object
-    # (orthogonal one-hot embeddings: dot 0, BCE log 2) beside the referred object's 3 frame matches and
-    # its video match (dot 1 among themselves, BCE softplus(-1))
-    out = _instances_output(referred, others)
-    for r in (good_on, good_off):  # the video level is unchanged: it matches the referred object only
-        assert float(r["loss_video_mask"]) < 0.05 and float(r["loss_video_class"]) < 1e-3
-    same = float(F.softplus(torch.tensor(-1.0)))
-    assert float(good_on["loss_sim"]) == pytest.approx((25 * same + 24 * math.log(2)) / 49, abs=1e-4)
-    assert float(good_off["loss_sim"]) == pytest.approx(same, abs=1e-4)
-
-
-def test_cost_matrix_class_term_follows_the_target_class() -> None:
-    g = torch.Generator().manual_seed(0)
-    cls, pred, tgt = torch.randn(4, 2, generator=g), torch.randn(4, 64, generator=g), torch.rand(3, 64) > 0.5
-    m = HungarianMatcher(class_weight=2.0)
-    base = m.cost_matrix(cls, pred, tgt.float())
-    mixed = m.cost_matrix(cls, pred, tgt.float(), torch.tensor([0, 1, 1]))
-    prob = cls.softmax(-1)
-    torch.testing.assert_close(mixed[:, 0], base[:, 0])
-    torch.testing.assert_close(mixed[:, 1:], base[:, 1:] + 2.0 * (prob[:, :1] - prob[:, 1:2]))
-
-
-def test_frame_all_instances_needs_others_and_checks_them() -> None:
-    out = random_output(2, 3, 5, 8, 8)
-    good = torch.zeros(1, 3, 8, 8, dtype=torch.bool)
-    with pytest.raises(ValueError, match="frame_all_instances needs"):
-        SSACriterion(LossConfig(num_points=64, frame_all_instances=True))(out, [good, good])
-    with pytest.raises(ValueError, match="only used with"):
-        SSACriterion(FAST)(out, [good, good], [good, good])
-    crit = SSACriterion(LossConfig(num_points=64, frame_all_instances=True))
-    with pytest.raises(ValueError, match=r"others\[1\] has 2 frames"):
-        crit(out, [good, good], [good, torch.zeros(1, 2, 8, 8)])
-    with pytest.raises(ValueError, match=r"others\[0\] is \(9, 8\).*targets\[0\] is \(8, 8\)"):
-        crit(out, [good, good], [torch.zeros(1, 3, 9, 8), good])
-    r = crit(out, [good, torch.zeros(0, 3, 8, 8)], [torch.zeros(0, 3, 8, 8), good])  # empty sides
-    assert torch.isfinite(r["loss"])
 
 
 def test_same_seed_same_loss() -> None:

@@ -143,37 +143,6 @@ def test_schedule_and_flip():
     assert flip_expression("the leftover cake") == "the leftover cake"
 
 
-def test_clips_carry_the_other_objects_through_the_same_transforms(data):
-    from ssa.data import MeViSDataset
-    from ssa.train.data import ReferringClips, collate_clips
-
-    ds = MeViSDataset(data)
-    common = dict(num_frames=4, scales=(48, 80), crop=40, seed=5)
-    plain = ReferringClips(ds, hflip=False, other_objects=True, **common)
-    flip = ReferringClips(ds, hflip=True, other_objects=True, **common)
-    flipped = 0
-    for i in range(len(ds)):
-        a, b = plain[(0, i)], flip[(0, i)]
-        assert a["others"].shape[1:] == a["masks"].shape[1:] and a["others"].shape[0] >= 1
-        assert not (a["others"] & a["masks"].any(0)).any()  # instances are disjoint
-        mirrored = a["expression"] != b["expression"] or not torch.equal(a["frames"], b["frames"])
-        flipped += mirrored
-        for key in ("masks", "others"):  # the same draws; a flipped clip flips every object
-            assert torch.equal(b[key], a[key].flip(-1) if mirrored else a[key])
-    assert 0 < flipped < len(ds)
-    batch = collate_clips([plain[(0, i)] for i in range(3)])
-    assert len(batch.others) == 3 and all(o.shape[1:] == batch.targets[0].shape[1:] for o in batch.others)
-    assert collate_clips([ReferringClips(ds, **common)[(0, 0)]]).others is None
-
-
-def test_finetune_with_frame_level_supervision_of_every_object(data, tmp_path):
-    fast = {**FAST, "loss": {**FAST["loss"], "frame_all_instances": True}}
-    finetune("ssa-tiny", data, output_dir=tmp_path / "all", iterations=2, batch_size=2, progress=False,
-             **fast)
-    log = [json.loads(line) for line in (tmp_path / "all" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2] and all(r["loss_frame_mask"] > 0 for r in log)
-
-
 def test_batches_do_not_depend_on_the_number_of_ranks():
     one = batch_keys(10, 4, rank=0, world_size=1, seed=3)
     two = [batch_keys(10, 2, rank=r, world_size=2, seed=3) for r in range(2)]

@@ -34,7 +34,7 @@ from ssa.data import MeViSDataset
 from ssa.data.synthetic import STORIES, score_breakdown, write_split
 from ssa.eval import evaluate
 from ssa.modeling.model import SSAModel
-from ssa.train import finetune, latest_checkpoint, pretrain_text_tower, pretrain_visual_tower
+from ssa.train import finetune, latest_checkpoint, pretrain_text_tower
 
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger("recipe")
@@ -52,10 +52,12 @@ RECIPE = {
     "loss": {"num_points": 2048},
 }
 TEXT_PRETRAINING = {"steps": 300, "batch_size": 64, "lr": 1e-3}
-VISUAL_PRETRAINING = {"steps": 500, "batch_size": 48, "lr": 1e-3}
 # command-line options that make the recipe; a run continued with --init-from must repeat them
-RECIPE_ARGS = ("train_videos", "val_videos", "train_stories", "batch_size", "visual_pretraining",
-               "all_instances", "empty_unmatched", "video_positive_iou")
+RECIPE_ARGS = ("train_videos", "val_videos", "train_stories", "batch_size")
+# options of earlier versions of this recipe, retired (experiments/retired.md), and their "off" values:
+# a model made with them off is a model of this recipe
+RETIRED_ARGS = {"visual_pretraining": False, "all_instances": False, "empty_unmatched": False,
+                "video_positive_iou": 0.0}
 
 
 def main() -> None:
@@ -70,18 +72,6 @@ def main() -> None:
                         "schedule restarted at each (warm restarts)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--visual-pretraining", action="store_true",
-                   help="pretrain the CLIP visual trunk on the training split's single-object expressions "
-                        "before fine-tuning (ssa.train.pretrain_visual_tower; an experiment)")
-    p.add_argument("--all-instances", action="store_true",
-                   help="LossConfig.frame_all_instances=True: L_f supervises every object of a clip, the "
-                        "ones not referred to as 'not referred' (an experiment)")
-    p.add_argument("--empty-unmatched", action="store_true",
-                   help="LossConfig.frame_empty_unmatched=True: L_f trains unmatched frame queries' masks to "
-                        "be empty (an experiment)")
-    p.add_argument("--video-positive-iou", type=float, default=0.0,
-                   help="LossConfig.video_positive_iou: L_v also labels 'referred' the video queries whose "
-                        "tube overlaps a referred one this much (an experiment)")
     p.add_argument("--train-stories", nargs="+", choices=STORIES, default=list(STORIES), metavar="STORY",
                    help="stories of the training split, cycled with the video index; repeat one to "
                         "oversample it (e.g. twins group twins stop twins enter_leave twins occlusion)")
@@ -125,18 +115,13 @@ def main() -> None:
             pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
                                 **TEXT_PRETRAINING)
         checkpoint = latest_checkpoint(run) if args.resume else None
-        if args.visual_pretraining and checkpoint is None and not args.init_from:  # else trained already
-            pretrain_visual_tower(model, train, **VISUAL_PRETRAINING)
-        recipe = {**RECIPE, "loss": {**RECIPE["loss"], "frame_all_instances": args.all_instances,
-                                     "video_positive_iou": args.video_positive_iou,
-                                     "frame_empty_unmatched": args.empty_unmatched}}
         reached = int(checkpoint.name.removeprefix("step-")) if checkpoint else 0
         for phase, iterations in enumerate(local_schedule):
             if phase + 1 < len(local_schedule) and iterations <= reached:
                 continue  # done in an earlier process; a later phase resumes from its checkpoint
             model = finetune(model, train, output_dir=run, iterations=iterations,
                              batch_size=args.batch_size, val_data=val, resume=args.resume or phase > 0,
-                             **recipe)
+                             **RECIPE)
     # the final model as finetune() saved it, loaded as users load it (CLIP frozen as the config says): the
     # shipped card and weights are the same whether this process trained it or --eval-only
     model = SSAModel.from_pretrained(run / "model")
@@ -157,15 +142,6 @@ def main() -> None:
     logger.info("held-out J&F: %s", json.dumps(table))
 
     model.half().save_pretrained(args.out, weights="full", overwrite=True)
-    variant = "".join(text for on, text in ((args.visual_pretraining, ", CLIP visual trunk pretrained on "
-                                             "the training regions (`pretrain_visual_tower`)"),
-                                            (args.all_instances, ", L_f on every object of a clip "
-                                             "(`frame_all_instances=True`)"),
-                                            (args.empty_unmatched, ", unmatched frame masks trained "
-                                             "empty (`frame_empty_unmatched=True`)"),
-                                            (args.video_positive_iou > 0, ", L_v labels overlapping tubes "
-                                             f"referred (`video_positive_iou={args.video_positive_iou}`)"))
-                      if on)
     def start(n: int) -> int:  # the step the run that trained up to n began at
         return max([0, *(s for s in fresh_starts if s < n)])
 
@@ -185,7 +161,6 @@ def main() -> None:
         iterations += (f"; the phases to {_and(fresh)} are fresh runs, each from the fp16 weights of the "
                        f"model before it (new optimiser state, {RECIPE['warmup_iters']} warm-up steps)")
     iterations += "," if len(schedule) > 1 else ""
-    scratch = "" if args.visual_pretraining else " from scratch"
     stories = ", ".join(f"{s} {args.train_stories.count(s)}/{len(args.train_stories)}"
                         for s in dict.fromkeys(args.train_stories))
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
@@ -199,9 +174,9 @@ no pretrained weights) trained on the synthetic
 motion-referring benchmark (`ssa synth`, {args.train_videos} videos, seed 0, stories
 {stories}): the CLIP text tower pretrained
 on the training expressions (`ssa.train.pretrain_text_tower`, {TEXT_PRETRAINING['steps']} steps) and then
-frozen; the CLIP visual tower trained{scratch} with the rest by `ssa.train.finetune`, {iterations}
+frozen; the CLIP visual tower trained from scratch with the rest by `ssa.train.finetune`, {iterations}
 of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn from 72-120,
-flips); inference at short side 96{variant}.
+flips); inference at short side 96.
 Recipe: `weights/train_ssa_tiny_synthetic.py`.
 Weights stored in fp16 (loaded as fp32).
 Training time: {train_minutes:.1f} min on {platform.processor() or platform.machine()}
@@ -243,7 +218,8 @@ def _prior_run(model_dir: Path, schedule: list[int], recipe_args: dict) -> dict:
                          f"--iterations must continue that schedule, got {' '.join(map(str, schedule))}")
     if "recipe" not in prior:
         raise SystemExit(f"--init-from {model_dir}: its results.json does not state its recipe")
-    differs = {k: (v, recipe_args.get(k)) for k, v in prior["recipe"].items() if recipe_args.get(k) != v}
+    ours = {**RETIRED_ARGS, **recipe_args}
+    differs = {k: (v, ours.get(k)) for k, v in prior["recipe"].items() if ours.get(k) != v}
     if differs:
         raise SystemExit(f"--init-from {model_dir} was trained with another recipe (theirs, yours): "
                          f"{differs}")

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,7 @@ class Sample:
     """One (video, expression) pair with its frames and ground-truth masks.
 
     ``masks`` is ``(K, T, H, W)`` bool, one row per object (``object_ids[k]``); ``K == 0`` when the
-    split has no ground truth (see :attr:`has_masks`). ``other_masks`` (``(K', T, H, W)``, with
-    ``other_object_ids``) holds the video's other annotated objects, the ones the expression does not
-    refer to, when they were asked for (``load(..., other_objects=True)``); otherwise None.
+    split has no ground truth (see :attr:`has_masks`).
     """
 
     video: str
@@ -57,8 +55,6 @@ class Sample:
     frames: list[np.ndarray]
     masks: np.ndarray
     object_ids: list[int]
-    other_masks: np.ndarray | None = None
-    other_object_ids: list[int] = field(default_factory=list)
 
     @property
     def union(self) -> np.ndarray:
@@ -138,7 +134,6 @@ class _ReferringVideoDataset:
             if not isinstance(entry["expressions"], dict):
                 raise ValueError(f"{where}: 'expressions' must be an object keyed by expression id")
             self._frames[video] = list(frames)
-            self._parse_video(video, entry, where)
             for exp_id in sorted(entry["expressions"], key=_natural_key):
                 exp = entry["expressions"][exp_id]
                 ewhere = f"{where}, expression {exp_id!r}"
@@ -161,9 +156,6 @@ class _ReferringVideoDataset:
 
     # -- hooks -------------------------------------------------------------------------------------
 
-    def _parse_video(self, video: str, entry: dict, where: str) -> None:
-        """Validate the per-video part of a meta_expressions.json entry (before its expressions)."""
-
     def _parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict[str, Any]:
         """Validate one expression entry; returns what :meth:`_read_masks` needs (at least ``"exp"``)."""
         raise NotImplementedError
@@ -173,12 +165,6 @@ class _ReferringVideoDataset:
     ) -> tuple[np.ndarray, list[int]]:
         """Per-object ``(K, T, H, W)`` bool masks and object ids for the given frames of a split that
         has ground truth; ``size`` is the (uniform) frame size."""
-        raise NotImplementedError
-
-    def _read_other_masks(
-        self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
-    ) -> tuple[np.ndarray, list[int]]:
-        """Like :meth:`_read_masks`, for the video's annotated objects that ``exp_id`` does not refer to."""
         raise NotImplementedError
 
     def _load_masks(
@@ -274,23 +260,13 @@ class _ReferringVideoDataset:
                 raise IndexError(f"video {video!r}: frame index {i} out of range (0..{len(names) - 1})")
         return [names[int(i)] for i in frame_indices]
 
-    def load(self, index: int, frame_indices: Sequence[int] | None = None, *,
-             other_objects: bool = False) -> Sample:
-        """Item ``index`` on ``frame_indices`` (positions in the video's frame list; all frames if None).
-
-        ``other_objects``: also load the masks of the video's other annotated objects (those the
-        expression does not refer to) into :attr:`Sample.other_masks`; needs ground truth.
-        """
+    def load(self, index: int, frame_indices: Sequence[int] | None = None) -> Sample:
+        """Item ``index`` on ``frame_indices`` (positions in the video's frame list; all frames if None)."""
         video, exp_id = self._resolve(index)
         names = self._select(video, frame_indices)
         frames = self.load_frames(video, names)
         sizes = [(f.shape[0], f.shape[1]) for f in frames]
         masks, object_ids = self._load_masks(video, exp_id, names, sizes)
-        others, other_ids = None, []
-        if other_objects:
-            if not self.has_masks:
-                raise ValueError(f"{self!r} has no ground-truth masks: no other objects to load")
-            others, other_ids = self._read_other_masks(video, exp_id, names, sizes[0])
         return Sample(
             video=video,
             expression_id=exp_id,
@@ -299,8 +275,6 @@ class _ReferringVideoDataset:
             frames=frames,
             masks=masks,
             object_ids=object_ids,
-            other_masks=others,
-            other_object_ids=other_ids,
         )
 
     def __getitem__(self, index: int) -> Sample:
@@ -334,10 +308,6 @@ class MeViSDataset(_ReferringVideoDataset):
     ``(0, T, H, W)`` masks. With it, every expression must list ``anno_id`` (and ``obj_id`` of the same
     length); each anno_id is one object, and the expression's ground truth is their union. A ``null``
     RLE is an empty mask for that frame.
-
-    A video's annotated objects (for :meth:`load` with ``other_objects=True``) are the objects its
-    expressions refer to, plus those of an optional ``"objects": {obj_id: anno_id}`` entry of the video
-    (written by :func:`ssa.data.synthetic.write_split`, which knows objects no expression refers to).
     """
 
     mask_filename = "mask_dict.json"
@@ -347,7 +317,6 @@ class MeViSDataset(_ReferringVideoDataset):
         self.mask_path = root / self.mask_filename
         self.has_masks = self.mask_path.is_file()
         self._mask_dict: dict[str, list] = {}
-        self._objects: dict[str, dict[int, str]] = {}  # video -> {obj_id: anno_id}
         if self.has_masks:
             mask_dict = _read_json(self.mask_path)
             if not isinstance(mask_dict, dict):
@@ -378,15 +347,6 @@ class MeViSDataset(_ReferringVideoDataset):
                 )
         return key
 
-    def _parse_video(self, video: str, entry: dict, where: str) -> None:
-        objects = self._objects.setdefault(video, {})
-        if not self.has_masks or "objects" not in entry:
-            return
-        if not isinstance(entry["objects"], dict):
-            raise ValueError(f"{where}: 'objects' must map obj_id to anno_id, got {entry['objects']!r:.80}")
-        for obj, anno in entry["objects"].items():
-            objects[_as_int(obj, f"{where}, objects")] = self._check_anno(video, anno, f"{where}, objects")
-
     def _parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict[str, Any]:
         parsed: dict[str, Any] = {"exp": exp["exp"], "anno_ids": [], "obj_ids": []}
         if not self.has_masks:
@@ -402,8 +362,6 @@ class MeViSDataset(_ReferringVideoDataset):
             )
         parsed["anno_ids"] = [self._check_anno(video, a, where) for a in exp["anno_id"]]
         parsed["obj_ids"] = [_as_int(o, f"{where}, obj_id") for o in exp["obj_id"]]
-        for obj, anno in zip(parsed["obj_ids"], parsed["anno_ids"], strict=True):
-            self._objects[video].setdefault(obj, anno)
         return parsed
 
     def _read_masks(
@@ -411,15 +369,6 @@ class MeViSDataset(_ReferringVideoDataset):
     ) -> tuple[np.ndarray, list[int]]:
         parsed = self._expressions[(video, exp_id)]
         return self._decode(video, parsed["anno_ids"], frame_names, size), list(parsed["obj_ids"])
-
-    def _read_other_masks(
-        self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
-    ) -> tuple[np.ndarray, list[int]]:
-        parsed = self._expressions[(video, exp_id)]
-        objs, annos = set(parsed["obj_ids"]), set(parsed["anno_ids"])
-        others = {o: a for o, a in self._objects[video].items() if o not in objs and a not in annos}
-        ids = sorted(others)
-        return self._decode(video, [others[o] for o in ids], frame_names, size), ids
 
     def _decode(self, video: str, anno_ids: list[str], frame_names: list[str], size: tuple[int, int]
                 ) -> np.ndarray:
@@ -503,16 +452,6 @@ class RefYouTubeVOSDataset(_ReferringVideoDataset):
     ) -> tuple[np.ndarray, list[int]]:
         obj = self._expressions[(video, exp_id)]["obj_id"]
         return (self._read_labels(video, frame_names, size) == obj)[None], [obj]
-
-    def _read_other_masks(
-        self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
-    ) -> tuple[np.ndarray, list[int]]:
-        """Every other palette index present in the clip's annotations is another object."""
-        obj = self._expressions[(video, exp_id)]["obj_id"]
-        labels = self._read_labels(video, frame_names, size)
-        ids = [int(v) for v in np.unique(labels) if v not in (0, obj)]
-        masks = np.stack([labels == v for v in ids]) if ids else np.zeros((0, *labels.shape), dtype=bool)
-        return masks, ids
 
 
 class RefDAVISDataset(RefYouTubeVOSDataset):

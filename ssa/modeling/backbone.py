@@ -253,8 +253,7 @@ class FrozenCLIP(nn.Module):
             return self._encode_image(images)
 
     def _encode_image(self, images: Tensor) -> list[Tensor]:
-        """:meth:`encode_image` recording gradients as the caller's mode says, frozen or not (for
-        pretraining a tower without weights, :mod:`ssa.train.visual_pretraining`)."""
+        """:meth:`encode_image` recording gradients as the caller's mode says, frozen or not."""
         trunk = self.clip.visual.trunk
         x = trunk.stem(images)
         features = []

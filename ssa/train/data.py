@@ -39,21 +39,16 @@ def flip_expression(text: str) -> str:
 @dataclass
 class TrainBatch:
     """B clips: frames (B, T, 3, H, W) CLIP-normalised, zero-padded to a common size; targets[b] the
-    (K_b, T, H, W) bool masks of the referred objects (padding False); the expressions; others[b] the
-    (K'_b, T, H, W) masks of the clip's other annotated objects, when the clips were built with
-    ``other_objects=True`` (else None)."""
+    (K_b, T, H, W) bool masks of the referred objects (padding False); the expressions."""
 
     frames: Tensor
     targets: list[Tensor]
     expressions: list[str]
     keys: list[tuple[int, int]]  # (epoch, index) of each clip
-    others: list[Tensor] | None = None
 
     def to(self, device: torch.device | str) -> TrainBatch:
         targets = [t.to(device, non_blocking=True) for t in self.targets]
-        others = None if self.others is None else [t.to(device, non_blocking=True) for t in self.others]
-        return TrainBatch(self.frames.to(device, non_blocking=True), targets, self.expressions, self.keys,
-                          others)
+        return TrainBatch(self.frames.to(device, non_blocking=True), targets, self.expressions, self.keys)
 
 
 class ReferringClips(torch.utils.data.Dataset):
@@ -62,14 +57,12 @@ class ReferringClips(torch.utils.data.Dataset):
     Items are addressed by ``(epoch, index)``. ``scales``: short sides to resize to (one drawn per clip;
     the long side is capped at ``max_size``); ``crop``: random crop of at most ``crop × crop`` pixels
     (re-drawn to keep a target pixel when there is one) or None; ``hflip``: flip half of the clips,
-    swapping "left" and "right" in their expressions. ``other_objects``: items also carry the masks of
-    the video's other annotated objects (``"others"``, transformed with the frames), for frame-level
-    supervision of every instance (:class:`~ssa.train.losses.LossConfig` ``frame_all_instances``).
+    swapping "left" and "right" in their expressions.
     """
 
     def __init__(self, dataset: _ReferringVideoDataset, *, num_frames: int = 8, window: int = 10,
                  scales: Sequence[int] = (448,), max_size: int = 1333, crop: int | None = None,
-                 hflip: bool = True, seed: int = 0, other_objects: bool = False) -> None:
+                 hflip: bool = True, seed: int = 0) -> None:
         if not dataset.has_masks:
             raise ValueError(f"{dataset!r} has no ground-truth masks: it cannot be used for training")
         if len(dataset) == 0:
@@ -83,7 +76,6 @@ class ReferringClips(torch.utils.data.Dataset):
         self.scales = tuple(int(s) for s in scales)
         self.max_size, self.crop, self.hflip = int(max_size), crop, hflip
         self.seed = int(seed)
-        self.other_objects = bool(other_objects)
         self._visible: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -100,12 +92,9 @@ class ReferringClips(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, int(epoch), int(index)])
         visible = self._visibility(index)
         clip = ClipSampler(self.num_frames, self.window, rng=rng).sample(len(visible), visible)
-        sample = self.dataset.load(index, clip, other_objects=self.other_objects)
+        sample = self.dataset.load(index, clip)
         frames = np.stack(sample.frames)  # (T, H, W, 3) uint8
-        k_referred = sample.masks.shape[0]
-        masks = sample.masks  # (K, T, H, W) bool: the referred objects, then the others
-        if sample.other_masks is not None:
-            masks = np.concatenate([masks, sample.other_masks])
+        masks = sample.masks  # (K, T, H, W) bool: the referred objects
         h0, w0 = frames.shape[1:3]
         h, w = resized_size(h0, w0, int(rng.choice(self.scales)), self.max_size)
         if (h, w) != (h0, w0):  # the official resize, as at inference (ssa.preprocessing)
@@ -120,7 +109,7 @@ class ReferringClips(torch.utils.data.Dataset):
             ch, cw = min(h, self.crop), min(w, self.crop)
             for _ in range(10):
                 y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-                if not masks[:k_referred].any() or masks[:k_referred, :, y:y + ch, x:x + cw].any():
+                if not masks.any() or masks[:, :, y:y + ch, x:x + cw].any():
                     break
             frames, masks = frames[:, y:y + ch, x:x + cw], masks[:, :, y:y + ch, x:x + cw]
         expression = sample.expression
@@ -131,12 +120,10 @@ class ReferringClips(torch.utils.data.Dataset):
         masks = torch.from_numpy(np.ascontiguousarray(masks))
         item = {
             "frames": x.contiguous(),
-            "masks": masks[:k_referred],  # (K, T, h, w)
+            "masks": masks,  # (K, T, h, w)
             "expression": expression,
             "key": (int(epoch), int(index)),
         }
-        if self.other_objects:
-            item["others"] = masks[k_referred:]  # (K', T, h, w)
         return item
 
 
@@ -156,9 +143,7 @@ def collate_clips(items: list[dict]) -> TrainBatch:
         fh, fw = it["frames"].shape[-2:]
         frames[b, :, :, :fh, :fw] = it["frames"]
     targets = [pad(it["masks"]) for it in items]
-    others = [pad(it["others"]) for it in items] if all("others" in it for it in items) else None
-    return TrainBatch(frames, targets, [it["expression"] for it in items], [it["key"] for it in items],
-                      others)
+    return TrainBatch(frames, targets, [it["expression"] for it in items], [it["key"] for it in items])
 
 
 def batch_keys(num_items: int, micro_batch: int, *, rank: int, world_size: int, seed: int,

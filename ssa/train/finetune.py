@@ -209,12 +209,10 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
             for (adapter, decay), params in groups.items()]
 
 
-def pad_masks(masks: list[Tensor] | None, grid: Sequence[int]) -> list[Tensor] | None:
+def pad_masks(masks: list[Tensor], grid: Sequence[int]) -> list[Tensor]:
     """Masks (K, T, h, w) zero-padded bottom/right to the frames' padded size, 4x the stride-4 ``grid``
     of the predictions (as the model pads the frames), so that predictions and targets cover the same
     pixels."""
-    if masks is None:
-        return None
     hp, wp = 4 * int(grid[0]), 4 * int(grid[1])
     return [F.pad(m, (0, max(0, wp - m.shape[-1]), 0, max(0, hp - m.shape[-2]))) for m in masks]
 
@@ -390,8 +388,7 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
     scales = cfg.scales or sorted({max(32, round(mc.image_size * f / 8) * 8)
                                    for f in (0.75, 0.875, 1.0, 1.125, 1.25)})
     clips = ReferringClips(dataset, num_frames=cfg.num_frames, window=cfg.window, scales=scales,
-                           max_size=mc.max_size, crop=cfg.crop, hflip=cfg.hflip, seed=cfg.seed,
-                           other_objects=cfg.loss.frame_all_instances)
+                           max_size=mc.max_size, crop=cfg.crop, hflip=cfg.hflip, seed=cfg.seed)
     criterion = SSACriterion(cfg.loss)
     params = _param_groups(model, cfg)
     if not any(g["params"] for g in params):
@@ -442,8 +439,7 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
                 output = ddp(batch.frames, [[e] for e in batch.expressions], with_frames=True)
                 generators = _clip_generators(cfg.seed, step, k, batch.keys)
                 grid = output.mask_logits.shape[-2:]  # masks cover the frames padded to 32: pad the targets
-                losses = criterion(output, pad_masks(batch.targets, grid), pad_masks(batch.others, grid),
-                                   generator=generators)
+                losses = criterion(output, pad_masks(batch.targets, grid), generator=generators)
             loss = losses["loss"] / cfg.grad_accum
             if not torch.isfinite(loss):
                 terms = {name: float(v) for name, v in losses.items()}

@@ -3,11 +3,7 @@
 - **L_f** (frame level): per pair p and frame t, the N frame queries are Hungarian-matched
   (:class:`~ssa.train.matcher.HungarianMatcher`) to the referred objects visible in frame t (mask
   nonempty at t). Matched queries are supervised as "referred" (class 0) with BCE + dice on their
-  masks; every other query as "no object" (class 1, weight ``no_object_weight``). With
-  ``frame_all_instances`` (not in the paper) the clip's other annotated objects are matched too, as
-  "not referred" (class 1) with their masks: each frame query then segments one instance, also when
-  one frame cannot tell the referred object from a look-alike (only motion can), and the trajectories
-  follow instances.
+  masks; every other query as "no object" (class 1, weight ``no_object_weight``).
 - **L_v** (video level): the same for the N video queries against whole tubes (objects with at
   least one nonempty frame). A tube's mask terms cover all T frames, ``num_points`` points per frame
   (so a frame of a tube is sampled as densely as a frame of L_f); the dice is over the tube as one
@@ -84,20 +80,6 @@ class LossConfig:
     """Loss point sampling: share of points taken from the most uncertain candidates (0 = uniform)."""
     deep_supervision: bool = True
     """Also supervise every earlier decoder layer (frame and video decoders), summed."""
-    frame_all_instances: bool = False
-    """L_f also matches the clip's other annotated objects, as "not referred" with mask targets (not in
-    the paper; the criterion then needs ``others``, and ``finetune`` loads them)."""
-    frame_empty_unmatched: bool = False
-    """L_f also trains the masks of the unmatched frame queries to be empty (BCE toward 0, the mean
-    over their pixels, weighted by ``mask_weight``), so that a frame has one nonempty mask per object
-    and duplicates are empty: a trajectory of duplicates then has nothing to segment. Not in the paper
-    (Mask2Former-style decoders leave unmatched masks unsupervised)."""
-    video_positive_iou: float = 0.0
-    """L_v's class term also labels "referred" every unmatched video query whose predicted tube (mask
-    logits > 0, at the predictions' resolution) has IoU >= this with a referred tube; 0 = off (the
-    paper's one-to-one labels). Meant for ``SSAConfig.trajectory_masks``, where the masks are fixed by
-    the trajectories and several trajectories can hold one object: one-to-one labels would train
-    identical trajectories as both referred and not. Not in the paper."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,12 +101,8 @@ class LossConfig:
         if not _is_real(self.importance_sample_ratio) or not 0.0 <= self.importance_sample_ratio <= 1.0:
             raise ValueError(f"LossConfig.importance_sample_ratio must be in [0, 1], "
                              f"got {self.importance_sample_ratio!r}")
-        if not _is_real(self.video_positive_iou) or not 0.0 <= self.video_positive_iou <= 1.0:
-            raise ValueError(f"LossConfig.video_positive_iou must be in [0, 1], "
-                             f"got {self.video_positive_iou!r}")
-        for name in ("deep_supervision", "frame_all_instances", "frame_empty_unmatched"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"LossConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.deep_supervision, bool):
+            raise ValueError(f"LossConfig.deep_supervision must be a bool, got {self.deep_supervision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,14 +147,12 @@ class _Matches:
 class SSACriterion(nn.Module):
     """L_train = L_v + L_f + λ_sim · L_sim (Eq. 8) of an :class:`~ssa.modeling.outputs.SSAOutput`.
 
-    ``forward(output, targets, others=None)``: ``output`` from the model in training mode (or
-    ``with_frames=True``), ``targets[p]`` the (K_p, T, H, W) bool/uint8/float masks of the objects
-    referred to by pair p at any spatial size (K_p = 0: nothing referred), ``others[p]`` the (K'_p, T,
-    H, W) masks of the clip's other annotated objects (with ``frame_all_instances`` only, and then
-    needed). Returns a dict of scalar tensors: ``"loss"`` (the total, with gradient) and, detached for
-    logging, ``loss_frame`` / ``loss_video`` (L_f, L_v: weighted, summed over layers), their weighted
-    components ``loss_{frame,video}_{class,mask,dice}``, and ``loss_sim`` (L_sim, before λ_sim). The
-    criterion has no parameters.
+    ``forward(output, targets)``: ``output`` from the model in training mode (or ``with_frames=True``),
+    ``targets[p]`` the (K_p, T, H, W) bool/uint8/float masks of the objects referred to by pair p at any
+    spatial size (K_p = 0: nothing referred). Returns a dict of scalar tensors: ``"loss"`` (the total,
+    with gradient) and, detached for logging, ``loss_frame`` / ``loss_video`` (L_f, L_v: weighted,
+    summed over layers), their weighted components ``loss_{frame,video}_{class,mask,dice}``, and
+    ``loss_sim`` (L_sim, before λ_sim). The criterion has no parameters.
     """
 
     def __init__(self, config: LossConfig | None = None) -> None:
@@ -192,7 +168,7 @@ class SSACriterion(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
 
     # -- entry point -----------------------------------------------------------------------------------
-    def forward(self, output: SSAOutput, targets: list[Tensor], others: list[Tensor] | None = None, *,
+    def forward(self, output: SSAOutput, targets: list[Tensor], *,
                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> dict[str, Tensor]:
         """The losses of Eq. 8 for P pairs; see the class docstring.
 
@@ -208,15 +184,10 @@ class SSACriterion(nn.Module):
             generators = list(generator)
             if len(generators) != num_pairs:
                 raise ValueError(f"got {len(generators)} generators for {num_pairs} pairs")
-        if self.config.frame_all_instances and others is None:
-            raise ValueError("LossConfig.frame_all_instances needs the masks of the clips' other objects: "
-                             "pass others=[(K', T, H, W) per pair]")
-        if others is not None and not self.config.frame_all_instances:
-            raise ValueError("others= is only used with LossConfig.frame_all_instances=True")
         with torch.autocast(device_type=device.type, enabled=False):
-            return self._forward(output, targets, others, generators)
+            return self._forward(output, targets, generators)
 
-    def _forward(self, output: SSAOutput, targets: list[Tensor], others: list[Tensor] | None,
+    def _forward(self, output: SSAOutput, targets: list[Tensor],
                  generator: list[torch.Generator | None]) -> dict[str, Tensor]:
         c = self.config
         frames = output.frames
@@ -228,18 +199,7 @@ class SSACriterion(nn.Module):
         p, t, n = frames.class_logits.shape[:3]
         masks = self._check_targets(targets, p, t, output.class_logits.device)
         tubes = [(m.flatten(1) > 0).any(-1) for m in masks]  # per pair (K,): object anywhere in the clip
-        # L_f's targets: the referred objects (class 0), then the others (class 1) if given
-        frame_masks, num_referred = masks, [m.shape[0] for m in masks]
-        if others is not None:
-            other = self._check_targets(others, p, t, output.class_logits.device, name="others")
-            frame_masks = []
-            for i, (m, o) in enumerate(zip(masks, other, strict=True)):
-                if o.shape[-2:] != m.shape[-2:] and o.shape[0] and m.shape[0]:
-                    raise ValueError(f"others[{i}] is {tuple(o.shape[-2:])} but targets[{i}] is "
-                                     f"{tuple(m.shape[-2:])}: they must share one size")
-                nonempty = [x for x in (m, o) if x.shape[0]]
-                frame_masks.append(torch.cat(nonempty) if nonempty else m)
-        visible = [(m.flatten(2) > 0).any(-1) for m in frame_masks]  # per pair (K, T): object in frame t
+        visible = [(m.flatten(2) > 0).any(-1) for m in masks]  # per pair (K, T): object in frame t
         device = output.class_logits.device
         num_frame = _num_targets(sum(int(v.sum()) for v in visible), device)
         num_video = _num_targets(sum(int(k.sum()) for k in tubes), device)
@@ -251,8 +211,8 @@ class SSACriterion(nn.Module):
         frame_layers.append((frames.class_logits, frames.mask_logits))
         frame_terms = torch.zeros(3, device=device)
         for cls_logits, mask_logits in frame_layers:
-            terms, frame_matches = self._frame_layer(cls_logits, mask_logits, frame_masks, num_referred,
-                                                     visible, num_frame, generator)
+            terms, frame_matches = self._frame_layer(cls_logits, mask_logits, masks, visible, num_frame,
+                                                     generator)
             frame_terms = frame_terms + terms
 
         # L_v and L_sim for the video stage of each of the frame decoder's last predictions, averaged
@@ -317,12 +277,12 @@ class SSACriterion(nn.Module):
 
     # -- L_f -------------------------------------------------------------------------------------------
     def _frame_layer(self, class_logits: Tensor, mask_logits: Tensor, masks: list[Tensor],
-                     num_referred: list[int], visible: list[Tensor], num_targets: Tensor,
+                     visible: list[Tensor], num_targets: Tensor,
                      generator: list[torch.Generator | None]) -> tuple[Tensor, _Matches]:
         """Weighted (class, mask, dice) of one frame-decoder layer and its matches.
 
-        class_logits (P, T, N, 2), mask_logits (P, T, N, h, w); masks[p] (K, T, H, W) of which the first
-        ``num_referred[p]`` are referred (class 0) and the rest not (class 1).
+        class_logits (P, T, N, 2), mask_logits (P, T, N, h, w); masks[p] (K, T, H, W) the referred
+        objects; visible[p] (K, T) where each is in the frame.
         """
         class_logits, mask_logits = class_logits.float(), mask_logits.float()
         pairs, frames, queries, objects = [], [], [], []
@@ -331,8 +291,7 @@ class SSACriterion(nn.Module):
                 continue
             pred_pts, tgt_pts = self.matcher.sample(mask_logits[p].transpose(0, 1), tgt,
                                                     generator=generator[p])  # (T, N, M), (T, K, M)
-            classes = (torch.arange(tgt.shape[0]) >= num_referred[p]).long()  # (K,)
-            cost = self.matcher.cost_matrix(class_logits[p], pred_pts, tgt_pts, classes).cpu()  # (T, N, K)
+            cost = self.matcher.cost_matrix(class_logits[p], pred_pts, tgt_pts).cpu()  # (T, N, K)
             vis_cpu = vis.cpu()
             for t in range(cost.shape[0]):
                 cols = vis_cpu[:, t].nonzero().flatten()  # objects visible in frame t
@@ -345,10 +304,9 @@ class SSACriterion(nn.Module):
                 objects.append(cols[sel])
         matches = _Matches(*_cat(pairs, queries, objects), frame=_cat(frames)[0])
 
-        # class: matched to a referred object → referred (0), the rest → no object / not referred (1)
+        # class: matched → referred (0), the rest → no object (1)
         labels = torch.ones(class_logits.shape[:3], dtype=torch.long)  # (P, T, N)
-        referred = matches.target < torch.tensor(num_referred, dtype=torch.long)[matches.pair]
-        labels[matches.pair[referred], matches.frame[referred], matches.query[referred]] = 0
+        labels[matches.pair, matches.frame, matches.query] = 0
         loss_class = self._class_loss(class_logits, labels.to(class_logits.device))
 
         pred = mask_logits[matches.pair, matches.frame, matches.query][:, None]  # (M, 1, h, w)
@@ -357,12 +315,6 @@ class SSACriterion(nn.Module):
             mine = matches.pair == p
             tgt.append(masks[p][matches.target[mine], matches.frame[mine]][:, None])  # (M_p, 1, H, W)
         loss_mask, loss_dice = self._mask_losses(pred, tgt, num_targets, mask_logits, generator)
-        if self.config.frame_empty_unmatched:
-            unmatched = torch.ones(class_logits.shape[:3], dtype=torch.bool)  # (P, T, N)
-            unmatched[matches.pair, matches.frame, matches.query] = False
-            empty = F.softplus(mask_logits[unmatched.to(mask_logits.device)])  # BCE toward 0, (U, h, w)
-            count = _num_targets(float(empty.shape[0]), mask_logits.device)
-            loss_mask = loss_mask + empty.mean(dim=(-2, -1)).sum() / count
         return self._weighted(loss_class, loss_mask, loss_dice), matches
 
     # -- L_v -------------------------------------------------------------------------------------------
@@ -387,30 +339,12 @@ class SSACriterion(nn.Module):
 
         labels = torch.ones(class_logits.shape[:2], dtype=torch.long)  # (P, N)
         labels[matches.pair, matches.query] = 0
-        if self.config.video_positive_iou > 0:
-            labels[self._duplicates(mask_logits, masks, tubes)] = 0
         loss_class = self._class_loss(class_logits, labels.to(class_logits.device))
 
         pred = mask_logits[matches.pair, matches.query]  # (M, T, h, w)
         tgt = [masks[p][matches.target[matches.pair == p]] for p in range(len(masks))]  # (M_p, T, H, W)
         loss_mask, loss_dice = self._mask_losses(pred, tgt, num_targets, mask_logits, generator)
         return self._weighted(loss_class, loss_mask, loss_dice), matches
-
-    def _duplicates(self, mask_logits: Tensor, masks: list[Tensor], tubes: list[Tensor]) -> Tensor:
-        """(P, N) bool: video queries whose tube has IoU >= ``video_positive_iou`` with a referred tube."""
-        p, n, t, h, w = mask_logits.shape
-        pred = (mask_logits.detach() > 0).flatten(2).float()  # (P, N, T·h·w)
-        out = torch.zeros(p, n, dtype=torch.bool)
-        for i, (tgt, tube) in enumerate(zip(masks, tubes, strict=True)):
-            if not bool(tube.any()):
-                continue
-            small = F.interpolate(tgt[tube], size=(h, w), mode="area") > 0.5  # (K, T, h, w)
-            small = small.flatten(1).float()  # (K, T·h·w)
-            inter = pred[i] @ small.T  # (N, K)
-            union = pred[i].sum(-1, keepdim=True) + small.sum(-1)[None] - inter
-            iou = inter / union.clamp(min=1.0)
-            out[i] = (iou >= self.config.video_positive_iou).any(-1).cpu()
-        return out
 
     # -- shared terms ----------------------------------------------------------------------------------
     def _weighted(self, loss_class: Tensor, loss_mask: Tensor, loss_dice: Tensor) -> Tensor:

@@ -180,18 +180,14 @@ class HungarianMatcher:
         return pred, tgt
 
     @torch.no_grad()
-    def cost_matrix(self, class_logits: Tensor, pred_points: Tensor, target_points: Tensor,
-                    target_classes: Tensor | None = None) -> Tensor:
+    def cost_matrix(self, class_logits: Tensor, pred_points: Tensor, target_points: Tensor) -> Tensor:
         """C of (..., N) predictions against (..., K) targets on shared points → (..., N, K).
 
-        class_logits (..., N, 2); pred_points logits (..., N, M); target_points (..., K, M);
-        target_classes (K,) the class of each target (default: all 0, "referred"). The class term is
-        −class_weight · p(target's class).
+        class_logits (..., N, 2); pred_points logits (..., N, M); target_points (..., K, M). The class
+        term is −class_weight · p(referred).
         """
-        prob = class_logits.detach().float().softmax(-1)  # (..., N, 2)
-        if target_classes is None:
-            target_classes = torch.zeros(target_points.shape[-2], dtype=torch.long)
-        class_cost = prob[..., target_classes.to(prob.device)]  # (..., N, K) p(each target's class)
+        prob = class_logits.detach().float().softmax(-1)[..., :1]  # (..., N, 1) p(referred)
+        class_cost = prob.expand(*prob.shape[:-1], target_points.shape[-2])  # (..., N, K)
         pred, tgt = pred_points.float(), target_points.float()
         return (self.mask_weight * pairwise_bce_cost(pred, tgt)  # (..., N, K)
                 + self.dice_weight * pairwise_dice_cost(pred, tgt)
