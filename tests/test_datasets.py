@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssa.data import ClipSampler, MeViSDataset, RefDAVISDataset, RefYouTubeVOSDataset
+from ssa.data import ClipSampler, MeViSDataset, RefDAVISDataset, ReferringVideoDataset, RefYouTubeVOSDataset
 from ssa.io import encode_rle, write_palette_png
 
 H, W = 24, 32
@@ -352,3 +352,43 @@ def test_clip_sampler_small_window_widened() -> None:
     assert len(set(clip)) == 8 and clip[-1] - clip[0] == 7
     with pytest.raises(ValueError, match="shape"):
         ClipSampler().sample(10, np.ones(9, bool))
+
+
+class _BoxDataset(ReferringVideoDataset):
+    """A new dataset written against the public base class: each expression carries its object's box."""
+
+    def __init__(self, root: Path) -> None:
+        self.has_masks = True
+        super().__init__(root)
+
+    def parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict:
+        if not (isinstance(exp.get("box"), list) and len(exp["box"]) == 4):
+            raise ValueError(f"{where}: 'box' must be [y0, y1, x0, x1]")
+        return {"exp": exp["exp"], "box": exp["box"]}
+
+    def read_masks(self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
+                   ) -> tuple[np.ndarray, list[int]]:
+        y0, y1, x0, x1 = self._expressions[(video, exp_id)]["box"]
+        mask = np.zeros((1, len(frame_names), *size), dtype=bool)
+        mask[:, :, y0:y1, x0:x1] = True
+        return mask, [0]
+
+
+def test_a_new_dataset_subclasses_the_public_base_class(tmp_path: Path) -> None:
+    from ssa.train.data import ReferringClips
+
+    _write_frames(tmp_path, "v", [f"{i:05d}" for i in range(8)])
+    meta = {"videos": {"v": {"frames": [f"{i:05d}" for i in range(8)],
+                             "expressions": {"0": {"exp": "the box", "box": [2, 10, 4, 12]}}}}}
+    (tmp_path / "meta_expressions.json").write_text(json.dumps(meta))
+    ds = _BoxDataset(tmp_path)
+    sample = ds.load(0, [1, 3])
+    assert sample.expression == "the box" and sample.masks.shape == (1, 2, H, W)
+    assert sample.masks[0, :, 2:10, 4:12].all() and sample.masks.sum() == 2 * 8 * 8
+    item = ReferringClips(ds, num_frames=4, scales=[2 * H], hflip=False)[(0, 0)]
+    assert item["frames"].shape == (4, 3, 2 * H, 2 * W) and item["masks"].shape == (1, 4, 2 * H, 2 * W)
+    assert item["masks"].sum() == 4 * 16 * 16
+    meta["videos"]["v"]["expressions"]["0"].pop("box")
+    (tmp_path / "meta_expressions.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="'box' must be"):
+        _BoxDataset(tmp_path)

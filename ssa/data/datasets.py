@@ -33,7 +33,8 @@ import numpy as np
 from ssa.io import decode_rle, read_palette_png
 from ssa.video import _natural_key
 
-__all__ = ["Sample", "MeViSDataset", "RefYouTubeVOSDataset", "RefDAVISDataset", "ClipSampler"]
+__all__ = ["Sample", "ReferringVideoDataset", "MeViSDataset", "RefYouTubeVOSDataset", "RefDAVISDataset",
+           "ClipSampler"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,22 @@ def _check_component(value: str, what: str, where: str) -> str:
     return value
 
 
-class _ReferringVideoDataset:
-    """Shared parts: the meta_expressions.json index, frame loading and item assembly."""
+class ReferringVideoDataset:
+    """Base class of the dataset readers: the ``meta_expressions.json`` index (videos, their frame
+    names, expressions), frame loading and item assembly (:meth:`load`, ``ds[i]``).
+
+    A new dataset in the same index format subclasses it and provides:
+
+    - ``has_masks`` (set in ``__init__`` before calling ``super().__init__``): whether the split has
+      ground-truth masks;
+    - :meth:`parse_expression`: validate one expression entry of the index and return what
+      :meth:`read_masks` needs later (at least ``"exp"``, the sentence);
+    - :meth:`read_masks`: the per-object masks of an expression on the given frames.
+
+    Frames are read from ``root/JPEGImages/<video>/<frame><frame_ext>``; video ids, expression ids and
+    frame names must be plain names (no path separators). See :class:`MeViSDataset` and
+    :class:`RefYouTubeVOSDataset` for the two layouts ssa reads.
+    """
 
     meta_filename = "meta_expressions.json"
 
@@ -144,7 +159,7 @@ class _ReferringVideoDataset:
                     raise ValueError(f"{ewhere}: missing key 'exp'")
                 if not isinstance(exp["exp"], str):
                     raise ValueError(f"{ewhere}: 'exp' must be a string, got {type(exp['exp']).__name__}")
-                self._expressions[(video, exp_id)] = self._parse_expression(video, exp_id, exp, ewhere)
+                self._expressions[(video, exp_id)] = self.parse_expression(video, exp_id, exp, ewhere)
                 self._index.append((video, exp_id))
         logger.debug(
             "%s: %d videos, %d expressions from %s",
@@ -156,11 +171,11 @@ class _ReferringVideoDataset:
 
     # -- hooks -------------------------------------------------------------------------------------
 
-    def _parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict[str, Any]:
-        """Validate one expression entry; returns what :meth:`_read_masks` needs (at least ``"exp"``)."""
+    def parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict[str, Any]:
+        """Validate one expression entry; returns what :meth:`read_masks` needs (at least ``"exp"``)."""
         raise NotImplementedError
 
-    def _read_masks(
+    def read_masks(
         self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
     ) -> tuple[np.ndarray, list[int]]:
         """Per-object ``(K, T, H, W)`` bool masks and object ids for the given frames of a split that
@@ -174,7 +189,7 @@ class _ReferringVideoDataset:
         _check_uniform(video, frame_names, sizes)
         if not self.has_masks:
             return _empty_masks(sizes), []
-        return self._read_masks(video, exp_id, frame_names, sizes[0])
+        return self.read_masks(video, exp_id, frame_names, sizes[0])
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -301,7 +316,7 @@ def _check_uniform(video: str, frame_names: list[str], sizes: list[tuple[int, in
             )
 
 
-class MeViSDataset(_ReferringVideoDataset):
+class MeViSDataset(ReferringVideoDataset):
     """A MeViS split: ``JPEGImages/``, ``meta_expressions.json`` and (optionally) ``mask_dict.json``.
 
     Without ``mask_dict.json`` (the test-style splits), :attr:`has_masks` is False and samples carry
@@ -347,7 +362,7 @@ class MeViSDataset(_ReferringVideoDataset):
                 )
         return key
 
-    def _parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict[str, Any]:
+    def parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict[str, Any]:
         parsed: dict[str, Any] = {"exp": exp["exp"], "anno_ids": [], "obj_ids": []}
         if not self.has_masks:
             return parsed
@@ -364,7 +379,7 @@ class MeViSDataset(_ReferringVideoDataset):
         parsed["obj_ids"] = [_as_int(o, f"{where}, obj_id") for o in exp["obj_id"]]
         return parsed
 
-    def _read_masks(
+    def read_masks(
         self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
     ) -> tuple[np.ndarray, list[int]]:
         parsed = self._expressions[(video, exp_id)]
@@ -395,7 +410,7 @@ class MeViSDataset(_ReferringVideoDataset):
         return masks
 
 
-class RefYouTubeVOSDataset(_ReferringVideoDataset):
+class RefYouTubeVOSDataset(ReferringVideoDataset):
     """A Ref-YouTube-VOS split: ``meta_expressions.json``, ``JPEGImages/`` and ``Annotations/``.
 
     Each expression names one object (``"obj_id": "1"``); its mask in a frame is the pixels of
@@ -413,7 +428,7 @@ class RefYouTubeVOSDataset(_ReferringVideoDataset):
             logger.info("%s: no %s/ folder, ground-truth masks unavailable", root, self.annotations_dirname)
         super().__init__(root, frame_ext=frame_ext)
 
-    def _parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict[str, Any]:
+    def parse_expression(self, video: str, exp_id: str, exp: dict, where: str) -> dict[str, Any]:
         parsed: dict[str, Any] = {"exp": exp["exp"], "obj_id": None}
         if self.has_masks:
             if "obj_id" not in exp:
@@ -447,7 +462,7 @@ class RefYouTubeVOSDataset(_ReferringVideoDataset):
             labels[t] = frame
         return labels
 
-    def _read_masks(
+    def read_masks(
         self, video: str, exp_id: str, frame_names: list[str], size: tuple[int, int]
     ) -> tuple[np.ndarray, list[int]]:
         obj = self._expressions[(video, exp_id)]["obj_id"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssa.data.datasets import ClipSampler, _ReferringVideoDataset
+from ssa.data.datasets import ClipSampler, ReferringVideoDataset
 from ssa.preprocessing import normalize, resize_frame, resized_size
 
 __all__ = ["TrainBatch", "ReferringClips", "collate_clips", "flip_expression", "batch_keys"]
@@ -60,7 +60,7 @@ class ReferringClips(torch.utils.data.Dataset):
     swapping "left" and "right" in their expressions.
     """
 
-    def __init__(self, dataset: _ReferringVideoDataset, *, num_frames: int = 8, window: int = 10,
+    def __init__(self, dataset: ReferringVideoDataset, *, num_frames: int = 8, window: int = 10,
                  scales: Sequence[int] = (448,), max_size: int = 1333, crop: int | None = None,
                  hflip: bool = True, seed: int = 0) -> None:
         if not dataset.has_masks:

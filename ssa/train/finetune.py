@@ -174,9 +174,9 @@ def _build_model(model_or_name: SSAModel | str | os.PathLike, seed: int) -> SSAM
 
 
 def _load_dataset(data: Any) -> Any:
-    from ssa.data.datasets import MeViSDataset, _ReferringVideoDataset
+    from ssa.data.datasets import MeViSDataset, ReferringVideoDataset
 
-    if isinstance(data, _ReferringVideoDataset):
+    if isinstance(data, ReferringVideoDataset):
         return data
     if isinstance(data, str | os.PathLike):
         root = Path(data)
