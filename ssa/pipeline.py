@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ssa.modeling.backbone import validate_expressions
 from ssa.modeling.model import SSAModel
-from ssa.modeling.selection import select_queries, upsample_masks
+from ssa.modeling.selection import Mode, mask_product, select_queries, upsample_masks
 from ssa.preprocessing import preprocess_frames, resized_size
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ __all__ = ["SSAPipeline", "RVOSResult", "FrameMasks", "preprocess_frames", "resi
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16"]
-Mode = Literal["multi", "single"]
 
 
 # -- results ------------------------------------------------------------------------------------------
@@ -599,7 +598,7 @@ def _chunk_masks(embeds: list[torch.Tensor], features: torch.Tensor, size: tuple
         if embed.shape[0] == 0:
             out.append(torch.zeros((0, k, *size), dtype=torch.bool))
             continue
-        logits = torch.einsum("kc,tchw->kthw", embed.float(), features[i].float())  # (K, k, h4, w4)
+        logits = mask_product(embed.float(), features[i].float())  # (K, k, h4, w4)
         out.append(upsample_masks(logits, model_size, size).cpu())
     return out
 

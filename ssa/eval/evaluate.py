@@ -41,7 +41,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     import torch
 
     from ssa.modeling.model import SSAModel
+    from ssa.modeling.selection import Mode
     from ssa.pipeline import SSAPipeline
 
 __all__ = ["evaluate", "ExpressionScore", "EvaluationSummary", "CSV_COLUMNS", "EVALUATION_LAYOUT"]
@@ -64,7 +65,6 @@ __all__ = ["evaluate", "ExpressionScore", "EvaluationSummary", "CSV_COLUMNS", "E
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-Mode = Literal["multi", "single"]
 
 CSV_COLUMNS = ("video", "exp_id", "expression", "J", "F", "J&F", "num_frames")
 """Columns of ``per_expression.csv``."""

@@ -33,6 +33,7 @@ from ssa.modeling.frame_decoder import FrameDecoderOutput, FrameQueryDecoder
 from ssa.modeling.fusion import TextResizer
 from ssa.modeling.outputs import FrameOutput, SequenceOutput, SSAOutput, VideoPredictions, VisualFeatures
 from ssa.modeling.pixel_decoder import PixelDecoder, PixelDecoderOutput
+from ssa.modeling.selection import mask_product
 from ssa.modeling.sequential_alignment import (
     TemporalEnhancement,
     TrajectoryEnsemble,
@@ -360,8 +361,8 @@ class SSAModel(nn.Module):
     def _video_masks(seq: SequenceOutput, features: Tensor, with_aux: bool) -> tuple[Tensor, list[Tensor]]:
         """Mask logits (P, N, T, H/4, W/4) of the video queries on the video mask features (P, T, Cm, H/4,
         W/4), and those of the video decoder's earlier layers when ``with_aux``."""
-        masks = torch.einsum("pnc,ptchw->pnthw", seq.mask_embed, features)
-        aux = [torch.einsum("pnc,ptchw->pnthw", e, features) for e in seq.aux_mask_embed] if with_aux else []
+        masks = mask_product(seq.mask_embed, features)
+        aux = [mask_product(e, features) for e in seq.aux_mask_embed] if with_aux else []
         return masks, aux
 
     def _frame_embed(self, queries: Tensor) -> Tensor:

@@ -4,9 +4,11 @@
   no query kept → an empty mask in every frame.
 - single-object (Ref-YouTube-VOS, Ref-DAVIS17): the arg-max query.
 
-Masks as the official network makes them (:func:`upsample_masks`): the logits on the padded stride-4
-grid are upsampled bilinearly to the padded model-input size, cropped to the model-input size, upsampled
-to the output size, and thresholded at logit > 0. Only the selected queries are upsampled.
+This module owns the masks: :func:`mask_product` (mask embeddings times the mask features, used by the
+model and the pipeline) and :func:`upsample_masks`, as the official network makes them: the logits on
+the padded stride-4 grid are upsampled bilinearly to the padded model-input size, cropped to the
+model-input size, upsampled to the output size, and thresholded at logit > 0. Only the selected queries
+are upsampled.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["select_queries", "select_masks", "upsample_masks"]
+__all__ = ["Mode", "select_queries", "select_masks", "mask_product", "upsample_masks"]
 
 Mode = Literal["multi", "single"]
+"""Query selection: "multi" (every query above the threshold, united) or "single" (the best one)."""
+
+
+def mask_product(embed: Tensor, features: Tensor) -> Tensor:
+    """Mask logits (..., K, T, h, w) of K mask embeddings (..., K, C) on T frames' mask features
+    (..., T, C, h, w): m = Q_emb · F_mask, per frame."""
+    return torch.einsum("...kc,...tchw->...kthw", embed, features)
 
 
 def select_queries(class_logits: Tensor, mode: Mode = "multi", threshold: float = 0.5) -> Tensor:
