@@ -26,6 +26,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +51,7 @@ __all__ = [
     "load_pretrained",
     "push_to_hub",
     "load_pth_state_dict",
+    "DemoModelWarning",
 ]
 
 logger = logging.getLogger(__name__)
@@ -357,6 +359,32 @@ def bundled_models() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
 
 
+class DemoModelWarning(UserWarning):
+    """The bundled demo model was loaded: a toy trained only on synthetic shapes (see :data:`DEMO_NOTE`)."""
+
+
+DEMO_NOTE = (
+    "{name} is the bundled demo model, a tiny network trained only on synthetic coloured shapes moving on "
+    "plain backgrounds: on real videos its masks are meaningless, however confident its scores. For real "
+    "videos convert the authors' checkpoint (`ssa convert model_final.pth --out DIR`, then --model DIR or "
+    "SSAPipeline.from_pretrained(DIR); README: 'Using the authors' checkpoints')."
+)
+"""What the demo-model warning says; ``{name}`` is the bundled model's name."""
+
+_demo_warned = False  # the warning is given once per process
+
+
+def _warn_if_demo(config_file: Path) -> None:
+    """One :class:`DemoModelWarning` per process when ``config_file`` belongs to a bundled checkpoint
+    (by name, or by a path to ``ssa/weights/<name>/`` or a link to it)."""
+    global _demo_warned
+    directory = Path(os.path.realpath(config_file)).parent
+    if _demo_warned or directory.parent != BUNDLED_DIR:
+        return
+    _demo_warned = True
+    warnings.warn(DEMO_NOTE.format(name=directory.name), DemoModelWarning, stacklevel=3)
+
+
 def _bundled_weights_dir(name: str) -> Path | None:
     """The directory of a checkpoint shipped inside the package under ``name``, or None.
 
@@ -442,6 +470,7 @@ def load_pretrained(
         )
     _place(model, device, dtype)
     logger.info("loaded SSA checkpoint %s (%s weights)", name_or_path, kind)
+    _warn_if_demo(config_file)
     return model
 
 

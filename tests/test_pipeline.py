@@ -139,12 +139,16 @@ def test_writers_round_trip(pipe, video_file, tmp_path):
     result.save_pngs(tmp_path / "labels")
     labels = read_palette_png(tmp_path / "labels" / f"{result.frame_names[3]}.png")
     assert np.array_equal(labels > 0, result.masks[3]) and labels.max() <= len(result.object_ids)
-    # overlay MP4 opens with PyAV and has T frames of the video's size
+    # overlay MP4 opens with PyAV and has T frames of the video's size (plus the caption band above)
     out = result.save_overlay(tmp_path / "overlay.mp4")
     with av.open(str(out)) as container:
         decoded = [f for f in container.decode(video=0)]
     assert len(decoded) == T
-    assert abs(decoded[0].width - W) <= 1 and abs(decoded[0].height - H) <= 1
+    assert abs(decoded[0].width - W) <= 1 and H < decoded[0].height
+    out = result.save_overlay(tmp_path / "plain.mp4", caption=False)
+    with av.open(str(out)) as container:
+        frame = next(container.decode(video=0))
+    assert abs(frame.width - W) <= 1 and abs(frame.height - H) <= 1
 
 
 def test_outputs_are_never_overwritten_silently(pipe, tmp_path):
