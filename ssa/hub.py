@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -150,7 +151,7 @@ def _save(
         _fsync(config_file)
         if write_card:
             card = render_model_card(
-                model.config, weights=kind, repo_id=repo_id or f"your-username/{target.name}",
+                model.config, weights=kind, repo_id=repo_id or _local_name(target),
                 num_parameters=model.num_parameters(),
                 num_trainable=model.num_parameters(trainable_only=True),
                 num_saved=sum(t.numel() for t in state.values()), source=source,
@@ -172,6 +173,14 @@ def _save(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("saved SSA checkpoint (%s weights, %d tensors) to %s", kind, len(state), target)
     return target
+
+
+def _local_name(target: Path) -> str:
+    """How the model card's usage names a checkpoint saved locally: a bundled one by its name, any other
+    by its folder (a path the reader replaces; the Hub repo id once pushed)."""
+    if Path(os.path.realpath(target)).parent == BUNDLED_DIR:
+        return target.name
+    return f"path/to/{target.name}"
 
 
 def _resolve_weights_kind(model: SSAModel, weights: str) -> WeightsKind:
@@ -382,7 +391,12 @@ def _warn_if_demo(config_file: Path) -> None:
     if _demo_warned or directory.parent != BUNDLED_DIR:
         return
     _demo_warned = True
-    warnings.warn(DEMO_NOTE.format(name=directory.name), DemoModelWarning, stacklevel=3)
+    # attributed to the first caller outside the ssa package (the user's from_pretrained call)
+    package, level = str(Path(__file__).resolve().parent), 2
+    frame = sys._getframe(1)
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(DEMO_NOTE.format(name=directory.name), DemoModelWarning, stacklevel=level)
 
 
 def _bundled_weights_dir(name: str) -> Path | None:
