@@ -395,6 +395,10 @@ def _train(args: argparse.Namespace) -> int:
     val = values.pop("val_data", None)
     if not Path(data).exists():
         raise FileNotFoundError(f"training data {data} does not exist")
+    output = Path(out)
+    if not args.resume and output.is_dir() and any(output.iterdir()):  # said before importing torch
+        raise FileExistsError(f"output directory {out} already exists and is not empty; choose a new "
+                              "--out or pass --resume to continue the run it holds")
     from ssa.train import TrainConfig, finetune
 
     config = TrainConfig.from_dict(values)

@@ -373,7 +373,9 @@ class SSAPipeline:
         checkpoints, "single" for Ref-YouTube-VOS / Ref-DAVIS). ``short_side``: the frames' short side
         for the model (default ``config.image_size``; None feeds the frames at their own size).
         ``output_size`` (H, W): the size of the masks (default: the video's).
-        ``stride``/``fps``/``start``/``end``/``max_frames`` select frames. For long videos,
+        ``stride``/``fps``/``start``/``end``/``max_frames`` select frames. ``progress``: a tqdm bar
+        per phase, "decode+encode" (total: the container's frame count after the frame selection) then
+        "masks" (or "masks (2nd pass)" when the video is decoded again). For long videos,
         :meth:`stream` gives the same masks frame by frame with flat memory.
         """
         single = isinstance(expressions, str)

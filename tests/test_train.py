@@ -298,3 +298,6 @@ def test_cli_train_warns_in_one_line_and_logs_no_temporary_path(data, tmp_path, 
     assert not [r.getMessage() for r in caplog.records if ".tmp-" in r.getMessage()]
     assert any("saved checkpoint" in r.getMessage() and "step-0000001" in r.getMessage()
                for r in caplog.records)
+    caplog.clear()
+    assert main(["train", "--config", str(path), "--no-progress"]) == 2  # the message names the flag
+    assert "--resume" in caplog.text and "resume=True" not in caplog.text
