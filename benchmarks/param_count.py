@@ -39,11 +39,13 @@ def breakdown(preset: str, **overrides) -> list[tuple[str, int, int]]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="ssa-convnext-large")
-    args = parser.parse_args()
-    for use_adapter in (True, False):
+    parser.add_argument("--no-adapter", action="store_true",
+                        help="only the network without the adapters (Tab. 6's ablation; default: both)")
+    args = parser.parse_args(argv)
+    for use_adapter in (False,) if args.no_adapter else (True, False):
         rows = breakdown(args.preset, use_adapter=use_adapter)
         print(f"\n{args.preset}  use_adapter={use_adapter}")
         print(f"{'module':<44}{'total':>14}{'trainable':>14}")

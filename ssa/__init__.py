@@ -10,17 +10,50 @@ Public API::
     result = pipe("video.mp4", "the cat jumping away")  # RVOSResult: per-frame masks
 
     model = convert_official("model_final.pth")          # the authors' detectron2 checkpoint
+
+The public names are imported on first use (PEP 562), so that ``import ssa`` and the ``ssa`` command's
+argument parsing do not pay for importing torch and open_clip.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from ssa.config import PRESETS, SSAConfig  # noqa: E402
-from ssa.convert import convert_official  # noqa: E402
-from ssa.modeling.model import SSAModel  # noqa: E402
-from ssa.modeling.outputs import SSAOutput  # noqa: E402
-from ssa.pipeline import FrameMasks, RVOSResult, SSAPipeline  # noqa: E402
+_LAZY = {
+    "SSAConfig": "ssa.config",
+    "PRESETS": "ssa.config",
+    "convert_official": "ssa.convert",
+    "SSAModel": "ssa.modeling.model",
+    "SSAOutput": "ssa.modeling.outputs",
+    "SSAPipeline": "ssa.pipeline",
+    "RVOSResult": "ssa.pipeline",
+    "FrameMasks": "ssa.pipeline",
+}
 
 __all__ = [
     "SSAConfig", "SSAModel", "SSAOutput", "SSAPipeline", "RVOSResult", "FrameMasks", "PRESETS", "__version__",
     "convert_official",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
+    from ssa.config import PRESETS, SSAConfig
+    from ssa.convert import convert_official
+    from ssa.modeling.model import SSAModel
+    from ssa.modeling.outputs import SSAOutput
+    from ssa.pipeline import FrameMasks, RVOSResult, SSAPipeline
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ssa' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -4,20 +4,45 @@
 ``ssa segment --manifest FILE.jsonl`` many (also under torchrun);
 ``ssa synth --out DIR`` writes a synthetic split;
 ``ssa convert model_final.pth --out DIR`` converts the authors' checkpoint; see ``ssa COMMAND --help``.
+
+Start-up is light: this module imports neither torch nor open_clip nor PyAV. Arguments are parsed and
+the input and output paths checked first; the heavy modules are imported only when the work begins.
+Ctrl-C ends a command with one line and exit code 130; outputs are written whole or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from ssa import __version__
 
 __all__ = ["main"]
 
 logger = logging.getLogger("ssa")
+
+DEMO_MODEL = "ssa-tiny-synthetic"
+"""The default --model: the demo model bundled in the package (ssa.hub.DEFAULT_MODEL)."""
+
+_DEMO_HELP = (
+    f"default: {DEMO_MODEL}, the bundled demo model, trained only on synthetic coloured shapes: its masks "
+    "on real videos are meaningless. For real videos convert the authors' checkpoint "
+    "(ssa convert model_final.pth --out DIR) and pass --model DIR"
+)
+
+_OFFICIAL_DATASETS = ("davis", "mevis", "ytvos")
+"""The keys of ssa.convert.OFFICIAL_DATASETS (that module imports torch; a test keeps them equal)."""
+
+_OVERWRITE_HINT = "pass --overwrite to replace it"
 
 
 def _selection_options(p: argparse.ArgumentParser) -> None:
@@ -46,7 +71,11 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
             "by rank i % WORLD_SIZE, each rank on cuda:LOCAL_RANK when CUDA is available. Every entry "
             "appends a JSON record to a progress log shared by the ranks (--progress-log). The other options "
             "apply to every entry; an entry's own frame options override --fps/--stride/--start/--end/"
-            "--max-frames."
+            "--max-frames. "
+            "Every output path is checked before any video is decoded or the model loaded; a run writes "
+            "all its outputs (masks, overlays) or none of them. "
+            f"Without --model the demo model {DEMO_MODEL} is used: trained only on synthetic shapes, it "
+            "is useless on real video (see --model)."
         ),
     )
     p.add_argument("video", nargs="?", help="video file, folder of frames (not with --manifest)")
@@ -57,8 +86,9 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress-log", "--log", dest="log", type=Path, default=None, metavar="PATH",
                    help="progress log of --manifest (default: <manifest dir>/<stem>.progress.jsonl); "
                         "under torchrun spell it --progress-log (torchrun reads --log as its own --log-dir)")
-    p.add_argument("--model", default="ssa-tiny-synthetic",
-                   help="bundled name, Hub repo id or local checkpoint directory (default: the demo model)")
+    p.add_argument("--model", default=DEMO_MODEL,
+                   help="bundled name, Hub repo id, local checkpoint directory or official .pth file "
+                        f"({_DEMO_HELP})")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (must not exist or be empty; required without --manifest)")
     p.add_argument("--overlay", type=Path, default=None,
@@ -111,6 +141,23 @@ def _check_segment_args(args: argparse.Namespace) -> None:
         raise ValueError("--allow-outside applies only to --manifest")
 
 
+_PATH_LIKE = re.compile(r"^(\.{1,2}([/\\]|$)|~|/)|\\")  # as ssa.hub reads a --model that is a path
+
+
+def _check_model_arg(model: str) -> None:
+    """A --model that can only be a local path (./x, ../x, ~/x, /x, *.pth) must exist: said before the
+    heavy imports. Names and Hub repo ids are resolved when the model is loaded."""
+    path = Path(model).expanduser()
+    if (_PATH_LIKE.search(model) or model.lower().endswith((".pth", ".pt"))) and not path.exists():
+        raise FileNotFoundError(f"--model {model}: no such checkpoint directory or file")
+
+
+def _check_segment_inputs(args: argparse.Namespace) -> None:
+    if not Path(args.video).exists():
+        raise FileNotFoundError(f"video not found: {args.video}")
+    _check_model_arg(args.model)
+
+
 def _overlay_paths(overlay: Path, count: int) -> list[Path]:
     """--overlay for ``count`` expressions: the path itself for one, NAME_<i>.mp4 for several."""
     if count == 1:
@@ -125,7 +172,7 @@ def _check_segment_outputs(args: argparse.Namespace) -> None:
 
     from ssa.io import SEGMENTATION_LAYOUT, check_output_dir, check_output_file
 
-    hint = "pass --overwrite to replace it"
+    hint = _OVERWRITE_HINT
     inputs = [Path(args.video)]
     check_output_dir(args.out, overwrite=args.overwrite, layout=SEGMENTATION_LAYOUT, inputs=inputs, hint=hint)
     if args.overlay is None:
@@ -153,20 +200,62 @@ def _segment(args: argparse.Namespace) -> int:
         )
         return 0 if summary.ok else 1
 
+    # everything that can be checked without the model, before importing torch and loading it
+    _check_segment_inputs(args)
     _check_segment_outputs(args)
-    from ssa.io import write_segmentation
     from ssa.pipeline import SSAPipeline
 
     pipe = SSAPipeline.from_pretrained(args.model, device=args.device, precision=args.precision,
                                        chunk_size=args.chunk_size)
+    count = len(args.expressions)
+    logger.info("segmenting %s: %d expression%s on %s", args.video, count, "s" * (count != 1), pipe.device)
     results = pipe(args.video, list(args.expressions), progress=not args.no_progress, **call_options)
-    write_segmentation(results, args.out, overwrite=args.overwrite, inputs=[Path(args.video)])
-    logger.info("wrote %d expression(s) to %s", len(results), args.out)
-    if args.overlay is not None:
-        for result, path in zip(results, _overlay_paths(args.overlay, len(results)), strict=True):
-            result.save_overlay(path, overwrite=args.overwrite, progress=not args.no_progress)
-            logger.info("wrote overlay %s", path)
+    _write_segment_outputs(args, results)
     return 0
+
+
+def _new_parents(path: Path) -> list[Path]:
+    """Create the missing folders above ``path``; return them, outermost first."""
+    missing = [p for p in Path(os.path.abspath(path)).parents if not p.exists()][::-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _write_segment_outputs(args: argparse.Namespace, results: list[Any]) -> None:
+    """All the outputs or none: each overlay is encoded to a hidden temporary file beside its place, then
+    the masks folder appears (atomically, ssa.io.write_segmentation), then the overlays are renamed
+    into place. On any failure or Ctrl-C before that the temporary files and the folders made for
+    them are removed."""
+    import uuid
+
+    from ssa.io import check_output_file, write_segmentation
+
+    progress = not args.no_progress
+    inputs = [Path(args.video)]
+    staged: list[tuple[Path, Path]] = []  # (temporary file, final path)
+    made: list[Path] = []
+    try:
+        made += _new_parents(args.out)
+        if args.overlay is not None:
+            for result, path in zip(results, _overlay_paths(args.overlay, len(results)), strict=True):
+                made += _new_parents(path)
+                tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix or '.mp4'}")
+                staged.append((tmp, path))
+                result.save_overlay(tmp, progress=progress)
+                check_output_file(path, overwrite=args.overwrite, inputs=inputs, hint=_OVERWRITE_HINT)
+        write_segmentation(results, args.out, overwrite=args.overwrite, inputs=inputs, progress=progress)
+        for tmp, path in staged:  # the overlays were checked just before the masks were written
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if still empty
+        raise
+    logger.info("wrote %d expression(s) to %s", len(results), args.out)
+    for _, path in staged:
+        logger.info("wrote overlay %s", path)
 
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:
@@ -229,10 +318,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import os
-
-    from ssa.eval import evaluate
-
+    if not args.data.is_dir():
+        raise FileNotFoundError(f"--data {args.data}: no such split directory")
     if args.predictions is not None:
         if not args.predictions.is_dir():
             raise FileNotFoundError(f"predictions directory not found: {args.predictions}")
@@ -241,7 +328,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         model = Path(args.model)
         if model.is_dir() and not (model / "config.json").is_file():
             raise FileNotFoundError(f"{model} is not a model checkpoint directory (no config.json)")
+        _check_model_arg(args.model)
         source = args.model
+    from ssa.eval import evaluate
+
     summary = evaluate(
         source, args.data, out_dir=args.out, workers=args.workers, progress=not args.no_progress,
         resume=not args.no_resume, device=args.device, mode=args.mode, threshold=args.threshold,
@@ -259,7 +349,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
             "Fine-tune SSA with ssa.train.finetune. CONFIG is a JSON file with 'model' (preset name, "
             "checkpoint dir or Hub repo id), 'train_data', 'output_dir', optionally 'val_data', and any "
             "TrainConfig field (iterations, batch_size, lr, ..., 'loss': {...}). Command-line options "
-            "override the file. Run under torchrun for DDP."
+            "override the file. Run under torchrun for DDP. A preset without pretrained CLIP weights "
+            "(ssa-tiny) trains with a random frozen CLIP, which the command warns about: pretrain its "
+            "text tower first (README, Training)."
         ),
     )
     p.add_argument("--config", type=Path, default=None, help="JSON training config")
@@ -268,9 +360,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-data", default=None, help="validation split evaluated during training")
     p.add_argument("--out", default=None,
                    help="output directory: new or empty (with --resume: an earlier run's, nothing else)")
-    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=None,
+                   help="optimiser steps in all (default: the config's, else 75,000 as the official recipe)")
     p.add_argument("--batch-size", type=int, default=None, help="clips per step over all ranks")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None,
+                   help="base learning rate of AdamW (default: the config's, else 5e-5 as officially; "
+                        "the adapters train at 0.1x)")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -278,8 +373,6 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ssa.train import TrainConfig, finetune
-
     values: dict = {}
     if args.config is not None:
         if not args.config.is_file():
@@ -300,6 +393,14 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"training needs {missing} (in --config or as --model/--data/--out)")
     model, data, out = values.pop("model"), values.pop("train_data"), values.pop("output_dir")
     val = values.pop("val_data", None)
+    if not Path(data).exists():
+        raise FileNotFoundError(f"training data {data} does not exist")
+    output = Path(out)
+    if not args.resume and output.is_dir() and any(output.iterdir()):  # said before importing torch
+        raise FileExistsError(f"output directory {out} already exists and is not empty; choose a new "
+                              "--out or pass --resume to continue the run it holds")
+    from ssa.train import TrainConfig, finetune
+
     config = TrainConfig.from_dict(values)
     finetune(model, data, output_dir=out, val_data=val, config=config, resume=args.resume,
              device=args.device, progress=not args.no_progress)
@@ -311,8 +412,7 @@ _MEVIS_JOINT_JF = 49.37
 
 
 def _convert_parser(sub: argparse._SubParsersAction) -> None:
-    from ssa.config import PRESETS
-    from ssa.convert import OFFICIAL_DATASETS
+    from ssa.config import PRESETS  # no torch there
 
     p = sub.add_parser(
         "convert",
@@ -327,7 +427,7 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", type=Path, help="the official checkpoint file (model_final.pth)")
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
-    p.add_argument("--dataset", choices=sorted(OFFICIAL_DATASETS), default=None,
+    p.add_argument("--dataset", choices=_OFFICIAL_DATASETS, default=None,
                    help="the benchmark the checkpoint was trained for: sets the official test-time short "
                         "side and query selection (default: the config's)")
     network = p.add_mutually_exclusive_group()
@@ -351,7 +451,6 @@ def _sha256(path: Path) -> str:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ssa import convert, hub
     from ssa.config import SSAConfig
 
     # Everything cheap first: the conversion reads and builds the whole network.
@@ -368,6 +467,8 @@ def _convert(args: argparse.Namespace) -> int:
         config = SSAConfig.from_json(args.config)
     elif args.preset is not None:
         config = SSAConfig.from_preset(args.preset)
+
+    from ssa import convert, hub
 
     model = convert.convert_official(args.checkpoint, config, dataset=args.dataset)
     source: dict = {"checkpoint": args.checkpoint.name, "sha256": _sha256(args.checkpoint)}
@@ -388,8 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssa",
         description="SSA: referring video object segmentation (Semantic and Sequential Alignment).",
+        epilog=(f"Without --model, segment uses the bundled demo model {DEMO_MODEL}: trained only on "
+                "synthetic coloured shapes, it is useless on real video. For real videos convert the "
+                "authors' checkpoint: ssa convert model_final.pth --out DIR, then --model DIR "
+                "(README: Using the authors' checkpoints)."),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _segment_parser(sub)
@@ -412,11 +518,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError, OSError) as err:
-        logger.error("%s", err)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _log_warning
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            logger.error("interrupted")
+            return 130
+        except (FileNotFoundError, FileExistsError, ValueError, TypeError, OSError) as err:
+            logger.error("%s", err)
+            return 2
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """Warnings as one log line each (the demo model's, a truncated video's, ...), without the source
+    line Python's default display adds."""
+    logger.warning("%s", message)
 
 
 if __name__ == "__main__":

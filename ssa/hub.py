@@ -25,7 +25,9 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +52,7 @@ __all__ = [
     "load_pretrained",
     "push_to_hub",
     "load_pth_state_dict",
+    "DemoModelWarning",
 ]
 
 logger = logging.getLogger(__name__)
@@ -148,7 +151,7 @@ def _save(
         _fsync(config_file)
         if write_card:
             card = render_model_card(
-                model.config, weights=kind, repo_id=repo_id or f"your-username/{target.name}",
+                model.config, weights=kind, repo_id=repo_id or _local_name(target),
                 num_parameters=model.num_parameters(),
                 num_trainable=model.num_parameters(trainable_only=True),
                 num_saved=sum(t.numel() for t in state.values()), source=source,
@@ -170,6 +173,14 @@ def _save(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("saved SSA checkpoint (%s weights, %d tensors) to %s", kind, len(state), target)
     return target
+
+
+def _local_name(target: Path) -> str:
+    """How the model card's usage names a checkpoint saved locally: a bundled one by its name, any other
+    by its folder (a path the reader replaces; the Hub repo id once pushed)."""
+    if Path(os.path.realpath(target)).parent == BUNDLED_DIR:
+        return target.name
+    return f"path/to/{target.name}"
 
 
 def _resolve_weights_kind(model: SSAModel, weights: str) -> WeightsKind:
@@ -357,6 +368,37 @@ def bundled_models() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
 
 
+class DemoModelWarning(UserWarning):
+    """The bundled demo model was loaded: a toy trained only on synthetic shapes (see :data:`DEMO_NOTE`)."""
+
+
+DEMO_NOTE = (
+    "{name} is the bundled demo model, a tiny network trained only on synthetic coloured shapes moving on "
+    "plain backgrounds: on real videos its masks are meaningless, however confident its scores. For real "
+    "videos convert the authors' checkpoint (`ssa convert model_final.pth --out DIR`, then --model DIR or "
+    "SSAPipeline.from_pretrained(DIR); README: 'Using the authors' checkpoints')."
+)
+"""What the demo-model warning says; ``{name}`` is the bundled model's name."""
+
+_demo_warned = False  # the warning is given once per process
+
+
+def _warn_if_demo(config_file: Path) -> None:
+    """One :class:`DemoModelWarning` per process when ``config_file`` belongs to a bundled checkpoint
+    (by name, or by a path to ``ssa/weights/<name>/`` or a link to it)."""
+    global _demo_warned
+    directory = Path(os.path.realpath(config_file)).parent
+    if _demo_warned or directory.parent != BUNDLED_DIR:
+        return
+    _demo_warned = True
+    # attributed to the first caller outside the ssa package (the user's from_pretrained call)
+    package, level = str(Path(__file__).resolve().parent), 2
+    frame = sys._getframe(1)
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(DEMO_NOTE.format(name=directory.name), DemoModelWarning, stacklevel=level)
+
+
 def _bundled_weights_dir(name: str) -> Path | None:
     """The directory of a checkpoint shipped inside the package under ``name``, or None.
 
@@ -442,6 +484,7 @@ def load_pretrained(
         )
     _place(model, device, dtype)
     logger.info("loaded SSA checkpoint %s (%s weights)", name_or_path, kind)
+    _warn_if_demo(config_file)
     return model
 
 

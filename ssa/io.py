@@ -510,7 +510,7 @@ SEGMENTATION_LAYOUT = OutputLayout(
 
 
 def write_segmentation(results: Sequence[Any], out: PathLike, *, overwrite: bool = False,
-                       inputs: Iterable[PathLike] = ()) -> Path:
+                       inputs: Iterable[PathLike] = (), progress: bool = False) -> Path:
     """Write one video's :class:`~ssa.RVOSResult` list (one per expression) to the directory ``out``.
 
     Per expression ``i``: ``out/<i>/<frame>.png`` (palette PNGs) and ``out/<i>.json`` (COCO RLE per
@@ -518,14 +518,21 @@ def write_segmentation(results: Sequence[Any], out: PathLike, *, overwrite: bool
     The directory appears only when complete (:func:`atomic_output_dir`); an existing non-empty one is
     refused unless ``overwrite``, and even then unless it is an earlier :func:`write_segmentation`
     output and nothing else (:func:`check_output_dir`). ``out`` may not be or contain ``inputs`` (the
-    results' source video files are added to them).
+    results' source video files are added to them). ``progress``: a tqdm "writing" bar (frames times
+    expressions).
     """
     out = Path(out)
     inputs = [*inputs, *(p for r in results for p in _result_inputs(r))]
-    with atomic_output_dir(out, overwrite=overwrite, layout=SEGMENTATION_LAYOUT, inputs=inputs) as tmp:
+    frames = sum(len(r) for r in results)
+    with atomic_output_dir(out, overwrite=overwrite, layout=SEGMENTATION_LAYOUT, inputs=inputs) as tmp, \
+            tqdm(total=frames, desc="writing", unit="frame", disable=not progress) as bar:
         summary = []
         for i, result in enumerate(results):
-            result.save_pngs(tmp / str(i))
+            folder = tmp / str(i)  # the PNGs result.save_pngs writes; tmp as a whole appears atomically
+            folder.mkdir()
+            for t, name in enumerate(result.frame_names):
+                write_palette_png(folder / f"{name}.png", result.labels(t))
+                bar.update(1)
             result.save_rle(tmp / f"{i}.json")
             summary.append({"id": i, "expression": result.expression,
                             "object_scores": [round(float(s), 4) for s in result.object_scores],
@@ -578,29 +585,53 @@ def h264_encoder() -> str:
     return "mpeg4"
 
 
-def _caption_band(image: np.ndarray, caption: str) -> None:
-    """Draw ``caption`` in white on a darkened band at the top of ``image`` (in place)."""
+def _wrap(text: str, width: int, measure: Callable[[str], int]) -> list[str]:
+    """Greedy word wrap of ``text`` into lines ``measure``-ing at most ``width`` (a word too long for a
+    line is split between characters)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if measure(candidate) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        while len(word) > 1 and measure(word) > width:
+            cut = 1
+            while cut < len(word) and measure(word[:cut + 1]) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line:
+        lines.append(line)
+    return lines or [""]
+
+
+def _caption_band(width: int, caption: str) -> np.ndarray:
+    """An ``(h, width, 3)`` dark band holding ``caption`` in white, wrapped on as many lines as needed,
+    the font scaled to the width; it goes above the frame, so the picture keeps all its pixels."""
     import cv2
 
-    h, w = image.shape[:2]
     text = caption.encode("ascii", "replace").decode("ascii")  # Hershey fonts are ASCII-only
     font = cv2.FONT_HERSHEY_SIMPLEX
-    scale = max(0.35, min(1.2, w / 900))
+    scale = max(0.35, min(1.2, width / 900))
     thickness = 1 if scale < 0.8 else 2
-    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
-    if tw > w - 8:  # shrink, then cut with an ellipsis
-        scale = max(0.3, scale * (w - 8) / tw)
-        (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
-        while tw > w - 8 and len(text) > 4:
-            text = text[: max(1, int(len(text) * (w - 8) / tw)) - 3] + "..."
-            (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
-    band = min(h, th + base + 8)
-    image[:band] = (image[:band].astype(np.uint16) * 2 // 5).astype(np.uint8)
-    cv2.putText(image, text, (4, 4 + th), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    margin = max(3, round(width / 160))
+    (_, th), base = cv2.getTextSize("Ag", font, scale, thickness)
+    line_height = th + base + max(2, th // 3)
+    lines = _wrap(text, width - 2 * margin, lambda s: cv2.getTextSize(s, font, scale, thickness)[0][0])
+    band = np.full((2 * margin + len(lines) * line_height, width, 3), 24, np.uint8)
+    for k, line in enumerate(lines):
+        cv2.putText(band, line, (margin, margin + k * line_height + th), font, scale, (255, 255, 255),
+                    thickness, cv2.LINE_AA)
+    return band
 
 
-def _overlay(image: np.ndarray, labels: np.ndarray | None, caption: str | None) -> np.ndarray:
-    """Tint labels over ``image`` (palette colour at 50%) with contours, plus the caption."""
+def _overlay(image: np.ndarray, labels: np.ndarray | None, band: np.ndarray | None = None) -> np.ndarray:
+    """Tint labels over ``image`` (palette colour at 50%) with contours; a caption ``band`` (from
+    :func:`_caption_band`) goes above it."""
     import cv2
 
     out = np.array(image, dtype=np.uint8, order="C", copy=True)
@@ -618,8 +649,8 @@ def _overlay(image: np.ndarray, labels: np.ndarray | None, caption: str | None) 
                 contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
                 rgb = tuple(int(v) for v in _PALETTE_RGB[k])
                 cv2.drawContours(out, contours, -1, rgb, thickness, cv2.LINE_AA)
-    if caption:
-        _caption_band(out, caption)
+    if band is not None:
+        out = np.concatenate([band, out], axis=0)
     return out
 
 
@@ -643,6 +674,7 @@ def write_overlay_video(
     progress: bool = False,
     overwrite: bool = False,
     inputs: Iterable[PathLike] = (),
+    total: int | None = None,
 ) -> Path:
     """Write an MP4 of ``frames`` with ``masks`` tinted over them; returns the path.
 
@@ -652,11 +684,14 @@ def write_overlay_video(
         masks: one per frame: ``(H, W)`` bool (drawn with palette colour 1) or uint8 labels (label k in
             ``DAVIS_PALETTE`` colour k at 50% alpha, with a contour), or None for no overlay.
         fps: frame rate of the output.
-        caption: text drawn on a dark band at the top (e.g. the expression; non-ASCII shown as "?").
-        progress: show a tqdm "encoding" bar.
+        caption: text (e.g. the expression; non-ASCII shown as "?") on a dark band added above the
+            frames, wrapped on as many lines as it needs: the video is taller by the band, the frames
+            keep all their pixels.
+        progress: show a tqdm "overlay" bar.
         overwrite: replace an existing file; otherwise FileExistsError.
         inputs: files the video must not replace (e.g. the source video): ValueError, also with
             ``overwrite`` (:func:`check_output_file`).
+        total: the number of frames, for the progress bar (default: ``len(frames)`` when it has one).
 
     H.264 (:func:`h264_encoder`), yuv420p; an odd width/height is padded by one black pixel on the
     right/bottom. The video is written to a temporary file in the same directory and renamed on success,
@@ -675,7 +710,8 @@ def write_overlay_video(
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     codec = h264_encoder()
     rate = Fraction(fps).limit_denominator(1001)
-    total = len(frames) if hasattr(frames, "__len__") else None
+    if total is None and hasattr(frames, "__len__"):
+        total = len(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{path.stem}.tmp-", suffix=path.suffix or ".mp4", dir=path.parent
@@ -691,8 +727,9 @@ def write_overlay_video(
         try:
             stream = None
             size: tuple[int, int] | None = None
+            band: np.ndarray | None = None
             count = 0
-            with tqdm(total=total, desc="encoding", unit="frame", disable=not progress) as bar:
+            with tqdm(total=total, desc="overlay", unit="frame", disable=not progress) as bar:
                 for count, frame in enumerate(frame_iter):
                     image = _as_image(frame, count)
                     try:
@@ -706,16 +743,18 @@ def write_overlay_video(
                         )
                     if size is None:
                         size = image.shape[:2]
+                        band = _caption_band(size[1], caption) if caption else None
+                        oh, ow = size[0] + (0 if band is None else band.shape[0]), size[1]
                         options = {"crf": "20", "preset": "veryfast"} if codec == "libx264" else {}
                         stream = container.add_stream(codec, rate=rate, options=options)
-                        stream.height, stream.width = size[0] + size[0] % 2, size[1] + size[1] % 2
+                        stream.height, stream.width = oh + oh % 2, ow + ow % 2
                         stream.pix_fmt = "yuv420p"
                         stream.thread_type = "AUTO"
                     elif image.shape[:2] != size:
                         raise ValueError(f"frame {count} is {image.shape[:2]} but frame 0 is {size} (H, W)")
-                    out = _overlay(image, labels, caption)
-                    if size[0] % 2 or size[1] % 2:
-                        out = np.pad(out, ((0, size[0] % 2), (0, size[1] % 2), (0, 0)))
+                    out = _overlay(image, labels, band)
+                    if out.shape[0] % 2 or out.shape[1] % 2:
+                        out = np.pad(out, ((0, out.shape[0] % 2), (0, out.shape[1] % 2), (0, 0)))
                     video_frame = av.VideoFrame.from_ndarray(out, format="rgb24")
                     for packet in stream.encode(video_frame):
                         container.mux(packet)

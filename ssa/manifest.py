@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from ssa.distributed import env_int
 from ssa.io import (
     SEGMENTATION_INDEX,
     SEGMENTATION_LAYOUT,
@@ -307,20 +306,32 @@ def _finished_frames(output: Path) -> int:
         return 0
 
 
+def _check_entry(entry: ManifestEntry, overwrite: bool, inputs: list[Path]) -> int | None:
+    """Before any work: the frame count of a finished output to skip, None for an entry to run; raises
+    for an entry that would fail (missing video, an output ssa may not write: :func:`ssa.io.check_output_dir`,
+    ssa's own output only, never one of ``inputs`` or a folder holding one)."""
+    out = entry.output
+    if not overwrite and is_segmentation_output(out):
+        return _finished_frames(out)
+    if not entry.video.exists():
+        raise FileNotFoundError(f"video source not found: {entry.video}")
+    hint = (f"it is not a finished output (no {SEGMENTATION_INDEX}); move it away or pass overwrite "
+            "(--overwrite) to replace it")
+    check_output_dir(out, overwrite=overwrite, layout=SEGMENTATION_LAYOUT, inputs=inputs, hint=hint)
+    return None
+
+
 def _run_entry(pipe: SSAPipeline, entry: ManifestEntry, overwrite: bool,
                options: dict[str, Any], inputs: list[Path]) -> tuple[str, int]:
     """Segment one entry: ("skipped", frames) for a finished output, else ("done", frames); raises.
 
-    The output is checked (:func:`ssa.io.check_output_dir`: ssa's own output only, never one of
-    ``inputs`` or a folder holding one) before the video is decoded."""
-    out = entry.output
-    if not overwrite and is_segmentation_output(out):
-        return "skipped", _finished_frames(out)
-    hint = (f"it is not a finished output (no {SEGMENTATION_INDEX}); move it away or pass overwrite "
-            "(--overwrite) to replace it")
-    check_output_dir(out, overwrite=overwrite, layout=SEGMENTATION_LAYOUT, inputs=inputs, hint=hint)
+    The entry is checked again (:func:`_check_entry`: its output may have changed since the run
+    began) before the video is decoded."""
+    finished = _check_entry(entry, overwrite, inputs)
+    if finished is not None:
+        return "skipped", finished
     results = pipe(entry.video, list(entry.expressions), progress=False, **options)
-    write_segmentation(results, out, overwrite=overwrite, inputs=inputs)
+    write_segmentation(results, entry.output, overwrite=overwrite, inputs=inputs)
     return "done", len(results[0]) if results else 0
 
 
@@ -351,6 +362,8 @@ def segment_manifest(
     call_options: ``mode``, ``threshold`` and the frame selection (``stride``, ``fps``, ``start``,
     ``end``, ``max_frames``) for every entry; an entry's own frame keys override them.
 
+    Every entry of this rank is checked before the model is loaded (or any video decoded): when none is
+    left to run (all finished or failing) the model is not loaded at all.
     An entry whose output is finished (holds ``expressions.json``) is skipped unless ``overwrite``;
     ``overwrite`` replaces only such finished outputs holding nothing ssa did not write. An existing
     non-empty folder that is not one, an output that is or holds an input (the manifest, a video, the
@@ -363,6 +376,10 @@ def segment_manifest(
     unknown = sorted(set(call_options) - set(CALL_OPTIONS))
     if unknown:
         raise TypeError(f"segment_manifest got unknown option(s) {unknown}; allowed: {list(CALL_OPTIONS)}")
+    entries = read_manifest(manifest, allow_outside=allow_outside)  # before the heavy imports
+
+    from ssa.distributed import env_int  # imports torch
+
     rank = env_int("RANK", 0) if rank is None else rank
     world_size = env_int("WORLD_SIZE", 1) if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
@@ -370,19 +387,30 @@ def segment_manifest(
     local_rank = env_int("LOCAL_RANK", 0)
     local_world_size = env_int("LOCAL_WORLD_SIZE", 1)
 
-    entries = read_manifest(manifest, allow_outside=allow_outside)
     mine = [e for e in entries if e.index % world_size == rank]
     log_path = Path(log) if log is not None else default_log_path(manifest)
     # no output may be or hold the manifest, its folder, the log or any entry's video
     inputs = [Path(manifest), Path(manifest).parent, log_path, *(e.video for e in entries)]
 
+    # every entry checked before the model is loaded: failures and finished outputs known up front
+    checked: dict[int, tuple[str, int, str | None]] = {}  # index -> (status, frames, error)
+    for entry in mine:
+        try:
+            finished = _check_entry(entry, overwrite, inputs)
+        except Exception as e:  # recorded as the entry's failure below
+            checked[entry.index] = ("failed", 0, f"{type(e).__name__}: {e}")
+        else:
+            if finished is not None:
+                checked[entry.index] = ("skipped", finished, None)
+
     from ssa.pipeline import SSAPipeline
 
+    pipe: SSAPipeline | None = None
     if isinstance(pipeline_or_model, SSAPipeline):
         pipe = pipeline_or_model
-    else:
+    elif len(checked) < len(mine):
         pipe = _load_pipeline(pipeline_or_model, device, precision, chunk_size, local_rank)
-    if pipe.device.type == "cpu" and local_world_size > 1:
+    if pipe is not None and pipe.device.type == "cpu" and local_world_size > 1:
         import torch
 
         threads = max(1, (os.cpu_count() or 1) // local_world_size)
@@ -391,8 +419,9 @@ def segment_manifest(
                      local_world_size, threads)
 
     summary = ManifestSummary(rank=rank, world_size=world_size, log=log_path)
-    logger.info("rank %d/%d: %d of %d manifest entries on %s, log %s", rank, world_size, len(mine),
-                len(entries), pipe.device, log_path)
+    logger.info("rank %d/%d: %d of %d manifest entries (%d to run) on %s, log %s", rank, world_size,
+                len(mine), len(entries), len(mine) - len(checked),
+                pipe.device if pipe is not None else "no device (the model is not needed)", log_path)
     progress_log = _ProgressLog(log_path)
     desc = "videos" if world_size == 1 else f"videos (rank 0 of {world_size})"
     bar = tqdm(mine, desc=desc, unit="video", disable=not progress or rank != 0)
@@ -400,11 +429,13 @@ def segment_manifest(
         for entry in bar:
             options = {**call_options, **entry.options}
             started = time.perf_counter()
-            error = None
-            try:
-                status, frames = _run_entry(pipe, entry, overwrite, options, inputs)
-            except Exception as e:  # one bad entry must not stop the others
-                status, frames, error = "failed", 0, f"{type(e).__name__}: {e}"
+            status, frames, error = checked.get(entry.index, (None, 0, None))
+            if status is None:
+                try:
+                    status, frames = _run_entry(pipe, entry, overwrite, options, inputs)
+                except Exception as e:  # one bad entry must not stop the others
+                    status, frames, error = "failed", 0, f"{type(e).__name__}: {e}"
+            if status == "failed":
                 logger.error("rank %d: entry %d (line %d, %s) failed: %s", rank, entry.index, entry.line,
                              entry.video, error)
             record = {

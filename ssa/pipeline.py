@@ -145,7 +145,8 @@ class RVOSResult:
 
     def save_overlay(self, path: str | Path, *, fps: float | None = None, caption: bool = True,
                      overwrite: bool = False, progress: bool = False) -> Path:
-        """Write an H.264 MP4 of the frames with the masks tinted over them (re-reads the frames).
+        """Write an H.264 MP4 of the frames with the masks tinted over them (re-reads the frames); with
+        ``caption`` the expression is written, wrapped, on a band above the frames.
 
         An existing file is replaced only with ``overwrite=True`` and only if it is a regular file that
         is not the source video (:func:`ssa.io.check_output_file`)."""
@@ -160,7 +161,7 @@ class RVOSResult:
         return write_overlay_video(
             Path(path), frames, labels, fps=fps or self.fps or 25.0,
             caption=self.expression if caption else None, progress=progress, overwrite=overwrite,
-            inputs=_result_inputs(self),
+            inputs=_result_inputs(self), total=len(self),
         )
 
 
@@ -255,10 +256,11 @@ class SSAPipeline:
         """Time a stage when a :class:`ssa.profiling.StageTimer` is attached."""
         return contextlib.nullcontext() if self.timer is None else self.timer.section(name)
 
-    def _chunks(self, video: Any, options: dict[str, Any], call: _Call, progress: bool, desc: str
-                ) -> Iterator[_Chunk]:
+    def _chunks(self, video: Any, options: dict[str, Any], call: _Call, progress: bool, desc: str,
+                total: int | None = None) -> Iterator[_Chunk]:
         """Chunks of ``chunk_size`` decoded and preprocessed frames. Decoding and preprocessing run on a
-        background thread, up to ``prefetch`` chunks ahead, so that they overlap with the model."""
+        background thread, up to ``prefetch`` chunks ahead, so that they overlap with the model.
+        ``desc`` and ``total`` (frames, when known) label the progress bar."""
         from ssa.video import iter_frames
 
         timer = self.timer
@@ -285,10 +287,11 @@ class SSAPipeline:
                     timer.add("preprocess", time.perf_counter() - start)
                 yield _Chunk(chunk, pixels)
 
-        with tqdm(desc=desc, unit="frame", disable=not progress) as bar:
+        with _PhaseBar(desc, total, progress) as bar:
             for item in _in_background(produce, self.prefetch, timer):
                 yield item
                 bar.update(len(item.frames))
+            bar.finish()
 
     def _frame_pass(self, video: Any, options: dict[str, Any], call: _Call, text: Any, progress: bool,
                     mask_feature_budget: int) -> _VideoState:
@@ -297,8 +300,9 @@ class SSAPipeline:
         model = self.model
         clip_index = torch.zeros(len(text), dtype=torch.long)
         state = _VideoState(mask_features=[] if mask_feature_budget > 0 else None)
+        total = _expected_frames(video, options) if progress else None
         with self._autocast():
-            for chunk in self._chunks(video, options, call, progress, "segmenting"):
+            for chunk in self._chunks(video, options, call, progress, "decode+encode", total):
                 self._record_frames(state, chunk)
                 visual = model.encode_video(chunk.pixels.to(self.device))
                 out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
@@ -331,14 +335,16 @@ class SSAPipeline:
         size, model_size = call.output_size or state.size, state.model_size
         start = 0
         if state.mask_features is not None:
-            for features in state.mask_features:
-                with self._stage("masks"):
-                    masks = _chunk_masks(embeds, features.to(self.device), size, model_size)
-                yield start, masks
-                start += features.shape[1]
+            with _PhaseBar("masks", len(state.indices), progress) as bar:
+                for features in state.mask_features:
+                    with self._stage("masks"):
+                        masks = _chunk_masks(embeds, features.to(self.device), size, model_size)
+                    yield start, masks
+                    start += features.shape[1]
+                    bar.update(features.shape[1])
             return
         clip_index = torch.zeros(len(text), dtype=torch.long)
-        for chunk in self._chunks(video, options, call, progress, "masks"):
+        for chunk in self._chunks(video, options, call, progress, "masks (2nd pass)", len(state.indices)):
             with self._autocast():
                 visual = self.model.encode_video(chunk.pixels.to(self.device))
                 features = self.model.encode_mask_features(
@@ -366,7 +372,9 @@ class SSAPipeline:
         checkpoints, "single" for Ref-YouTube-VOS / Ref-DAVIS). ``short_side``: the frames' short side
         for the model (default ``config.image_size``; None feeds the frames at their own size).
         ``output_size`` (H, W): the size of the masks (default: the video's).
-        ``stride``/``fps``/``start``/``end``/``max_frames`` select frames. For long videos,
+        ``stride``/``fps``/``start``/``end``/``max_frames`` select frames. ``progress``: a tqdm bar
+        per phase, "decode+encode" (total: the container's frame count after the frame selection) then
+        "masks" (or "masks (2nd pass)" when the video is decoded again). For long videos,
         :meth:`stream` gives the same masks frame by frame with flat memory.
         """
         single = isinstance(expressions, str)
@@ -622,6 +630,30 @@ class _MaskPacker:
 
     def result(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self.union[i], axis=0), np.concatenate(self.objects[i], axis=1)
+
+
+class _PhaseBar(tqdm):
+    """A progress bar of one phase, in frames; ``finish()`` makes an estimated total the true count."""
+
+    def __init__(self, desc: str, total: int | None, progress: bool) -> None:
+        super().__init__(desc=desc, total=total, unit="frame", disable=not progress)
+
+    def finish(self) -> None:
+        if not self.disable and self.total != self.n:
+            self.total = self.n
+            self.refresh()
+
+
+def _expected_frames(video: Any, options: dict[str, Any]) -> int | None:
+    """The number of frames a call will process, for the progress bar: exact for frame folders and
+    arrays, the container's count (or duration × rate) for video files; None when unknown. Never
+    raises: a bad source is reported by the decoding itself."""
+    from ssa.video import count_frames
+
+    try:
+        return count_frames(video, **options)
+    except Exception:  # only an estimate for the bar
+        return None
 
 
 def _processed_fps(timestamps: Iterable[float | None]) -> float | None:

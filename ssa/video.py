@@ -46,6 +46,7 @@ __all__ = [
     "VideoDecodeError",
     "IMAGE_EXTENSIONS",
     "probe",
+    "count_frames",
     "iter_frames",
     "read_frames",
 ]
@@ -621,6 +622,58 @@ def probe(source: Source, *, source_fps: float | None = None) -> VideoInfo:
         height, width = first.shape[:2]
     n = len(items)
     return VideoInfo(width, height, source_fps, n, n / source_fps if source_fps else None, 0, desc)
+
+
+def _selected_count(total: int, rate: float | None, opts: _Options) -> int | None:
+    """How many of ``total`` frames at ``rate`` frames/s the options keep (as :class:`_Sampler` does,
+    assuming a constant rate); None when that needs a rate that is unknown."""
+    first, last = 0, total
+    if opts.needs_timestamps and not rate:
+        return None
+    if opts.start is not None:
+        first = min(total, math.ceil(opts.start * rate - _EPS))
+    if opts.end is not None:
+        last = min(total, math.ceil(opts.end * rate - _EPS))
+    window = max(0, last - first)
+    if opts.fps is not None:
+        kept = min(window, math.ceil(window / rate * opts.fps - _EPS))
+    else:
+        kept = -(-window // opts.stride)
+    return kept if opts.max_frames is None else min(kept, opts.max_frames)
+
+
+def count_frames(
+    source: Source,
+    *,
+    stride: int = 1,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    max_frames: int | None = None,
+    source_fps: float | None = None,
+) -> int | None:
+    """About how many frames :func:`iter_frames` yields with these options, without decoding any.
+
+    Exact for folders, lists and arrays; for video files an estimate from the container (its frame
+    count, else duration × frame rate, assuming a constant rate), as for progress bars; None when the
+    container says neither. Raises as :func:`iter_frames` does for a missing or unreadable source.
+    """
+    opts = _Options(stride=stride, fps=fps, start=start, end=end, max_frames=max_frames,
+                    source_fps=source_fps)
+    opts.validate()
+    path = _video_path(source)
+    if path is None:
+        items, _ = _items(source)
+        return _selected_count(len(items), source_fps, opts)
+    container = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        rate = _stream_fps(stream) or source_fps
+        duration = _stream_duration(container, stream)
+        total = stream.frames or (round(duration * rate) if duration and rate else None)
+    finally:
+        container.close()
+    return None if total is None else _selected_count(total, rate, opts)
 
 
 def iter_frames(

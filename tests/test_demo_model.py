@@ -174,3 +174,56 @@ def test_recipe_refuses_to_continue_another_run(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="config differs"):
         _run_recipe(monkeypatch, *work, "--train-videos", "3", "--init-from", str(prior),
                     "--iterations", "2", "3")
+
+
+# -- issue 23: the demo model says what it is -----------------------------------------------------------
+def test_loading_the_demo_model_warns_once_per_process(monkeypatch, tiny_checkpoint):
+    import warnings
+
+    from ssa import hub
+
+    monkeypatch.setattr(hub, "_demo_warned", False)
+    note = r"synthetic coloured shapes.*ssa convert model_final\.pth --out DIR"
+    with pytest.warns(UserWarning, match=note):
+        SSAPipeline.from_pretrained()  # the default
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SSAModel.from_pretrained(DEFAULT_MODEL)
+        SSAModel.from_pretrained(tiny_checkpoint)  # not the demo model
+    assert not [w for w in caught if issubclass(w.category, hub.DemoModelWarning)]  # once per process
+    monkeypatch.setattr(hub, "_demo_warned", False)
+    with pytest.warns(hub.DemoModelWarning, match=DEFAULT_MODEL):
+        SSAModel.from_pretrained(ROOT / "weights" / DEFAULT_MODEL)  # by a path to it (the repo's link)
+    monkeypatch.setattr(hub, "_demo_warned", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SSAModel.from_pretrained(tiny_checkpoint)
+    assert not [w for w in caught if issubclass(w.category, hub.DemoModelWarning)]
+
+
+def test_model_card_usage_loads_as_written(tmp_path, monkeypatch):
+    """The shipped card's usage is how the model really loads (no placeholder repo id), and a checkpoint
+    saved into the bundled folder gets that usage."""
+    import re
+
+    from ssa import hub
+
+    card = (DEMO / "README.md").read_text()
+    assert "your-username" not in card
+    names = set(re.findall(r'from_pretrained\("([^"]+)"\)', card))
+    assert names == {DEFAULT_MODEL}
+    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path.resolve())
+    model = SSAModel(SSAConfig.from_preset("ssa-tiny"))
+    model.save_pretrained(tmp_path / "my-demo")
+    saved = (tmp_path / "my-demo" / "README.md").read_text()
+    assert set(re.findall(r'from_pretrained\("([^"]+)"\)', saved)) == {"my-demo"}
+
+
+def test_the_readme_installs_before_the_quick_start_and_states_measured_sizes():
+    readme = (ROOT / "README.md").read_text()
+    headings = [line for line in readme.splitlines() if line.startswith("## ")]
+    assert headings.index("## Install") < headings.index("## Quick start")  # running it first failed
+    assert "~2 GB RAM" not in readme and "3.0-3.3 GB" in readme and "6.0 GB" in readme
+    quick_start = readme.split("## Quick start")[1].split("\n## ")[0]
+    assert "ssa-quickstart/" not in quick_start and "temporary folder" in quick_start
+    assert "synthetic" in quick_start and "ssa convert model_final.pth --out DIR" in quick_start

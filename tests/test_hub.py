@@ -481,7 +481,7 @@ def test_model_card(model, checkpoint):
     text = card.text
     assert "Semantic and Sequential Alignment for Referring Video Object Segmentation" in text
     assert "https://github.com/tavarich/SSA" in text and "ssa-tiny" in text
-    assert 'SSAPipeline.from_pretrained("your-username/ssa-tiny")' in text
+    assert 'SSAPipeline.from_pretrained("path/to/ssa-tiny")' in text  # no made-up repo id
     assert f"{model.num_parameters():,}" in text
 
 

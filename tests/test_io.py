@@ -10,6 +10,8 @@ from PIL import Image
 from ssa.io import (
     DAVIS_PALETTE,
     OutputLayout,
+    _caption_band,
+    _wrap,
     atomic_output_dir,
     decode_rle,
     encode_rle,
@@ -181,13 +183,48 @@ def test_overlay_video(tmp_path):
         assert float(stream.average_rate) == pytest.approx(10)
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     assert len(decoded) == 5
-    assert all(d.shape == (62, 88, 3) for d in decoded)  # odd 61x87 padded to even
+    band = _caption_band(87, "the red square moving right").shape[0]  # added above the frame
+    height = 61 + band
+    assert all(d.shape == (height + height % 2, 88, 3) for d in decoded)  # odd sizes padded to even
     d = decoded[2].astype(int)
+    assert d[:band].mean() < 80  # the caption band is darker than the background
+    d = d[band:]  # the frame, whole
     inside1, inside2, outside = d[30:40, 20:30].mean((0, 1)), d[30:40, 60:75].mean((0, 1)), d[55, 45]
     assert np.abs(outside - 100).max() < 8  # untouched background
     assert np.abs(inside1 - (114, 50, 50)).max() < 10  # 50% of palette colour 1 (128, 0, 0)
     assert np.abs(inside2 - (50, 114, 50)).max() < 10  # 50% of palette colour 2 (0, 128, 0)
-    assert d[:8].mean() < 80  # the caption band is darker than the background
+    assert np.abs(d[1:4, 1:8] - 100).max() < 8  # the frame's top rows are not covered
+
+
+def test_caption_wraps_on_a_band_above_the_frame(tmp_path):
+    """Issue 23: a long caption is wrapped, never cut ("the yellow triangle mov..." hid "up"/"down"), on a
+    band added above the frame, the font scaled to the width."""
+    import cv2
+
+    caption = "the yellow triangle moving up and then down along the left edge of the picture"
+    for width in (176, 640, 1280):
+        band = _caption_band(width, caption)
+        assert band.shape[1:] == (width, 3) and band.dtype == np.uint8
+    scale = lambda w: max(0.35, min(1.2, w / 900))  # noqa: E731
+    # every word of the caption is on some line, in order, and each line fits the width
+    for width in (64, 176, 640):
+        measure = lambda s, w=width: cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, scale(w), 1)[0][0]  # noqa: E731
+        lines = _wrap(caption, width - 8, measure)
+        assert " ".join(lines) == caption or "".join(lines).replace(" ", "") == caption.replace(" ", "")
+        assert all(measure(line) <= width - 8 for line in lines)
+    assert len(_wrap(caption, 30, len)) == 3 and " ".join(_wrap(caption, 30, len)) == caption
+    assert _wrap("abcdefghij", 4, len) == ["abcd", "efgh", "ij"]  # a word longer than a line is split
+    # narrow frames get more lines (a taller band), wide ones a larger font on fewer lines
+    assert _caption_band(176, caption).shape[0] > _caption_band(176, "a cat").shape[0]
+    # the video: the band above, then every pixel of the frame as it was (no mask drawn)
+    frames = [np.full((48, 64, 3), 100, np.uint8) for _ in range(2)]
+    path = write_overlay_video(tmp_path / "c.mp4", frames, [None, None], fps=5, caption=caption)
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    band = _caption_band(64, caption).shape[0]
+    assert band > 48 // 2  # several lines at this width
+    assert decoded[0].shape == (48 + band + (48 + band) % 2, 64, 3)
+    assert np.abs(decoded[0][band + 2:band + 46, 2:62].astype(int) - 100).max() < 8
 
 
 def test_overlay_video_bool_masks_and_frames_objects(tmp_path):

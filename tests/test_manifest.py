@@ -315,3 +315,44 @@ def test_torchrun_two_processes(tiny_checkpoint, videos, references, tmp_path):
     assert {r["rank"] for r in records} == {0, 1}
     assert all(r["rank"] == r["index"] % 2 and r["status"] == "done" for r in records)
     assert "rank 1/2: 1 done, 0 skipped, 0 failed" in proc.stderr
+
+
+def test_entries_are_checked_before_the_model_is_loaded(tiny_checkpoint, videos, references, tmp_path,
+                                                         monkeypatch):
+    """Issue 23: every entry's output (and video) is checked before the model is loaded; a run with nothing
+    left to do (finished, foreign or missing) never loads it. Instrumented, not timed."""
+    import ssa.manifest
+
+    loads = []
+    real_loader = ssa.manifest._load_pipeline
+
+    def recording_loader(*args, **kwargs):
+        loads.append(args[0])
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(ssa.manifest, "_load_pipeline", recording_loader)
+    manifest = write_manifest(tmp_path, videos, [
+        {"video": "../media/a.mp4", "expressions": VIDEOS[0][1], "output": "results/a"},
+        {"video": "../media/missing.mp4", "expressions": "a square", "output": "results/missing"},
+        {"video": "../media/c.mp4", "expressions": VIDEOS[2][1], "output": "results/c", "max_frames": 5}])
+    foreign = manifest.parent / "results" / "c"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("keep")
+    results = manifest.parent / "results"
+    # a/ finished by an earlier run: skipped; missing video and foreign folder: failed -> no model needed
+    (results / "a").mkdir()
+    for name, data in references["a"].items():
+        (results / "a" / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / "a" / name).write_bytes(data)
+    summary = segment_manifest(manifest, str(tiny_checkpoint), progress=False, device="cpu")
+    assert loads == []
+    assert [r["status"] for r in summary.records] == ["skipped", "failed", "failed"]
+    assert "missing.mp4" in summary.records[1]["error"] and "notes.txt" not in summary.records[1]["error"]
+    assert "not a finished output" in summary.records[2]["error"]
+    assert (foreign / "notes.txt").read_text() == "keep"
+    # one entry left to run: the model is loaded once, after the checks
+    (foreign / "notes.txt").unlink()
+    summary = segment_manifest(manifest, str(tiny_checkpoint), progress=False, device="cpu", threshold=0)
+    assert loads == [str(tiny_checkpoint)]
+    assert [r["status"] for r in summary.records] == ["skipped", "failed", "done"]
+    assert tree(results / "c") == references["c"]

@@ -139,12 +139,16 @@ def test_writers_round_trip(pipe, video_file, tmp_path):
     result.save_pngs(tmp_path / "labels")
     labels = read_palette_png(tmp_path / "labels" / f"{result.frame_names[3]}.png")
     assert np.array_equal(labels > 0, result.masks[3]) and labels.max() <= len(result.object_ids)
-    # overlay MP4 opens with PyAV and has T frames of the video's size
+    # overlay MP4 opens with PyAV and has T frames of the video's size (plus the caption band above)
     out = result.save_overlay(tmp_path / "overlay.mp4")
     with av.open(str(out)) as container:
         decoded = [f for f in container.decode(video=0)]
     assert len(decoded) == T
-    assert abs(decoded[0].width - W) <= 1 and abs(decoded[0].height - H) <= 1
+    assert abs(decoded[0].width - W) <= 1 and H < decoded[0].height
+    out = result.save_overlay(tmp_path / "plain.mp4", caption=False)
+    with av.open(str(out)) as container:
+        frame = next(container.decode(video=0))
+    assert abs(frame.width - W) <= 1 and abs(frame.height - H) <= 1
 
 
 def test_outputs_are_never_overwritten_silently(pipe, tmp_path):
@@ -241,3 +245,35 @@ def test_unreachable_hub_repo_offline_says_how_to_fix(monkeypatch, tmp_path):
     with pytest.raises(WeightsNotFoundError, match="org/ssa-convnext-large-mevis") as info:
         SSAPipeline.from_pretrained("org/ssa-convnext-large-mevis", device="cpu", cache_dir=tmp_path)
     assert "HF_HUB_OFFLINE" in str(info.value)
+
+
+def _bars(err: str) -> dict[str, str]:
+    """The last state of each tqdm bar in captured stderr, by its description."""
+    bars: dict[str, str] = {}
+    for state in err.replace("\r", "\n").splitlines():
+        if ":" in state:
+            bars[state.split(":")[0].strip()] = state
+    return bars
+
+
+def test_progress_bars_have_totals_and_named_phases(pipe, video_file, capsys, tmp_path):
+    """Issue 23: `segmenting: 250frame [00:08]` had no total nor ETA and sat at the end during the second
+    pass. Now: named phases, each with its total (the container's frame count)."""
+    from ssa.io import write_segmentation
+
+    result = pipe(video_file, "a square", stride=2, progress=True)
+    bars = _bars(capsys.readouterr().err)
+    assert f"{T // 2}/{T // 2}" in bars["decode+encode"] and "100%" in bars["decode+encode"]
+    assert f"{T // 2}/{T // 2}" in bars["masks"]
+    saved = pipe.mask_feature_budget
+    pipe.mask_feature_budget = 0  # the mask features are recomputed: a second pass over the video
+    try:
+        pipe(video_file, ["a square", "the background"], max_frames=10, progress=True)
+    finally:
+        pipe.mask_feature_budget = saved
+    bars = _bars(capsys.readouterr().err)
+    assert "10/10" in bars["decode+encode"] and "10/10" in bars["masks (2nd pass)"]
+    write_segmentation([result], tmp_path / "out", progress=True)
+    result.save_overlay(tmp_path / "ov.mp4", progress=True)
+    bars = _bars(capsys.readouterr().err)
+    assert f"{T // 2}/{T // 2}" in bars["writing"] and f"{T // 2}/{T // 2}" in bars["overlay"]

@@ -236,3 +236,37 @@ def test_optimiser_groups_follow_the_official_weight_decay_rule():
     assert any(".gamma_l" in n for n in decay)
     adapter_lrs = {g["lr"] for g in groups for p in g["params"] if names[id(p)].startswith("adapters.")}
     assert adapter_lrs == {1e-5}
+
+
+def test_a_preset_without_clip_weights_warns(tmp_path):
+    """Issue 23: `ssa train --model ssa-tiny` trained a random frozen CLIP without a word."""
+    import warnings
+
+    with pytest.warns(UserWarning, match="no pretrained CLIP weights.*pretrain_text_tower"):
+        with pytest.raises(FileNotFoundError):  # raised once the model is built
+            finetune("ssa-tiny", tmp_path / "nothing", output_dir=tmp_path / "x", iterations=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FileNotFoundError):
+            finetune("ssa-tiny", tmp_path / "nothing", output_dir=tmp_path / "x", iterations=1,
+                     unfreeze_clip=True)  # both towers train: nothing random stays frozen
+    assert not [w for w in caught if "pretrained CLIP" in str(w.message)]
+
+
+def test_cli_train_warns_in_one_line_and_logs_no_temporary_path(data, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    cfg = {"model": "ssa-tiny", "train_data": str(data), "output_dir": str(tmp_path / "run"), "iterations": 1,
+           "batch_size": 2, **FAST}
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "pretrained CLIP" in r.getMessage()]
+    assert len(warned) == 1
+    assert not [r.getMessage() for r in caplog.records if ".tmp-" in r.getMessage()]
+    assert any("saved checkpoint" in r.getMessage() and "step-0000001" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    assert main(["train", "--config", str(path), "--no-progress"]) == 2  # the message names the flag
+    assert "--resume" in caplog.text and "resume=True" not in caplog.text

@@ -12,7 +12,7 @@ import pytest
 from media import RATE, H, T, W, encode, pick_encoder
 from PIL import Image
 
-from ssa.video import Frame, VideoDecodeError, iter_frames, probe, read_frames
+from ssa.video import Frame, VideoDecodeError, count_frames, iter_frames, probe, read_frames
 
 
 def gray_frames(n: int = T, h: int = H, w: int = W) -> list[np.ndarray]:
@@ -81,6 +81,22 @@ def test_file_selection(videos, kwargs, expected):
     frames = read_frames(videos["cfr_mkv"], **kwargs)
     assert [f.index for f in frames] == expected
     assert [level_index(f) for f in frames] == expected  # the pixels are those frames
+
+
+@pytest.mark.parametrize("kind", ["cfr", "cfr_mkv"])
+def test_count_frames_without_decoding(videos, kind):
+    """The total of the pipeline's progress bars (issue 23): the container's frame count, or duration x
+    rate where it has none, through the same selection as iter_frames."""
+    cases = [{}, {"stride": 3}, {"max_frames": 4}, {"start": 0.5, "end": 0.8}, {"start": 0.5, "stride": 4,
+             "max_frames": 3}, {"fps": 10}, {"fps": 7}, {"fps": 100}, {"fps": 5, "start": 0.2}, {"end": 9.0}]
+    for kwargs in cases:
+        assert count_frames(videos[kind], **kwargs) == len(read_frames(videos[kind], **kwargs)), kwargs
+    array = np.zeros((12, 8, 8, 3), np.uint8)
+    assert count_frames(array, stride=5) == 3 == len(read_frames(array, stride=5))
+    assert count_frames(array, fps=2, source_fps=6) == len(read_frames(array, fps=2, source_fps=6))
+    assert count_frames(array, start=1.0) is None  # no rate to place it: unknown (iter_frames refuses it)
+    with pytest.raises(FileNotFoundError):
+        count_frames(videos[kind].parent / "none.mp4")
 
 
 def test_variable_frame_rate(videos):

@@ -19,7 +19,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,12 @@ def _pick_device(device: str | torch.device | None, d: ProcessGroup) -> torch.de
 
 
 # -- model, data, optimiser ------------------------------------------------------------------------
-def _build_model(model_or_name: SSAModel | str | os.PathLike, seed: int) -> SSAModel:
+class RandomCLIPWarning(UserWarning):
+    """A fresh model from a preset without pretrained CLIP weights would train on a random frozen CLIP."""
+
+
+def _build_model(model_or_name: SSAModel | str | os.PathLike, seed: int,
+                 unfreeze_clip: bool | str = False) -> SSAModel:
     if isinstance(model_or_name, SSAModel):
         return model_or_name
     if not isinstance(model_or_name, str | os.PathLike):
@@ -168,8 +174,17 @@ def _build_model(model_or_name: SSAModel | str | os.PathLike, seed: int) -> SSAM
         )
     name = str(model_or_name)
     if name in PRESETS and not Path(name).exists():
+        config = SSAConfig.from_preset(name)
+        if not config.clip_pretrained and unfreeze_clip is not True:
+            frozen = "its text tower" if unfreeze_clip == "visual" else "both towers"
+            warnings.warn(
+                f"preset {name!r} has no pretrained CLIP weights: its CLIP is random and {frozen} stay "
+                "frozen, so the expressions' features carry no meaning and training cannot learn to "
+                "refer. Pretrain the text tower first (ssa.train.pretrain_text_tower, then "
+                "unfreeze_clip='visual'; README, Training) or start from a checkpoint.",
+                RandomCLIPWarning, stacklevel=4)
         torch.manual_seed(seed)  # same initial weights on every rank and every run
-        return SSAModel(SSAConfig.from_preset(name))
+        return SSAModel(config)
     return SSAModel.from_pretrained(name)
 
 
@@ -253,6 +268,21 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Drop the INFO records of logger ``name`` for the duration (warnings and errors still show)."""
+    log = logging.getLogger(name)
+
+    def drop_info(record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO
+
+    log.addFilter(drop_info)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop_info)
+
+
 def _save_checkpoint(output_dir: Path, step: int, model: SSAModel, optimizer: torch.optim.Optimizer,
                      scheduler: Any, scaler: Any, cfg: TrainConfig) -> Path:
     folder = output_dir / "checkpoints"
@@ -260,7 +290,8 @@ def _save_checkpoint(output_dir: Path, step: int, model: SSAModel, optimizer: to
     final = folder / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.tmp-", dir=folder))
     try:
-        model.save_pretrained(tmp / "model", weights=_weights_kind(cfg))
+        with _quiet("ssa.hub"):  # not its "saved ... to <temporary folder>": the final path is logged below
+            model.save_pretrained(tmp / "model", weights=_weights_kind(cfg))
         state = {
             "step": step,
             "optimizer": optimizer.state_dict(),
@@ -379,7 +410,7 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
     if precision == "fp16" and dev.type != "cuda":
         raise ValueError("fp16 training needs CUDA (a grad scaler); use precision='bf16' or 'fp32' on CPU")
 
-    model = _build_model(model_or_name, cfg.seed)
+    model = _build_model(model_or_name, cfg.seed, cfg.unfreeze_clip)
     if cfg.unfreeze_clip:
         model.backbone.unfreeze(text=cfg.unfreeze_clip != "visual")
     model.to(dev).train()
