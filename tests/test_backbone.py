@@ -176,7 +176,8 @@ def test_frozen_trunk_drop_path_is_active_in_training_only():
     from ssa.modeling.model import SSAModel
 
     base = SSAConfig.from_preset("ssa-tiny")
-    clip_config = {**base.clip_config, "vision_cfg": {**base.clip_config["vision_cfg"], "timm_drop_path": 0.5}}
+    vision_cfg = {**base.clip_config["vision_cfg"], "timm_drop_path": 0.5}
+    clip_config = {**base.clip_config, "vision_cfg": vision_cfg}
     model = SSAModel(SSAConfig.from_dict({**base.to_dict(), "clip_config": clip_config}))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -541,7 +541,8 @@ def test_finetune_continues_from_the_official_checkpoint(tmp_path):
     frozen = [k for k in before if k.startswith("backbone.")]
     moved = [k for k in before if not k.startswith("backbone.") and not torch.equal(before[k], after[k])]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
-    assert any(k.startswith("frame_decoder.") for k in moved) and any(k.startswith("adapters.") for k in moved)
+    assert any(k.startswith("frame_decoder.") for k in moved)
+    assert any(k.startswith("adapters.") for k in moved)
     assert any(k.startswith("video_decoder.") for k in moved)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
