@@ -7,12 +7,15 @@ Presets are plain constructors, not a registry: ``SSAConfig.from_preset(name)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SSAConfig", "PRESETS"]
+__all__ = ["SSAConfig", "PRESETS", "ConfigTypeError", "check_field_types"]
 
 
 @dataclass
@@ -107,9 +110,8 @@ class SSAConfig:
 
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ``ValueError`` (or ``TypeError``) naming the first inconsistent field."""
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
+        """Raise ``ValueError`` (or :class:`ConfigTypeError`) naming the first inconsistent field."""
+        check_field_types(self)
         positive = [
             "image_size", "max_size", "max_words", "hidden_dim", "num_queries", "num_heads", "mask_dim",
             "adapter_dim", "adapter_heads", "pixel_decoder_layers", "pixel_decoder_heads",
@@ -203,24 +205,57 @@ class SSAConfig:
         return cls.from_dict(values)
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict[str, Any]": (dict,),
-    "None": (type(None),),
-}
+class ConfigTypeError(TypeError, ValueError):
+    """A config field holds a value of the wrong type (e.g. the string ``"false"`` for a bool). Both a
+    ``TypeError`` and a ``ValueError``, so callers catching either for bad config values catch it."""
 
 
-def _check_type(name: str, value: Any, annotation: Any) -> None:
-    """``TypeError`` unless ``value`` has the field's declared type (bool is not an int here, and a
-    string is never a bool)."""
-    allowed: tuple[type, ...] = ()
-    for part in str(annotation).split(" | "):
-        allowed += _TYPES[part.strip()]
-    if isinstance(value, bool) and bool not in allowed:
-        ok = False
-    else:
-        ok = isinstance(value, allowed)
-    if not ok:
-        raise TypeError(f"SSAConfig.{name} must be {annotation}, got {type(value).__name__} {value!r}")
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_field_types(config: Any) -> None:
+    """Raise :class:`ConfigTypeError` naming ``<Config>.<field>`` unless every field of the dataclass
+    ``config`` holds a value of its declared type.
+
+    The one type check of ssa's configs (:class:`SSAConfig`, ``TrainConfig``, ``LossConfig``), run when
+    one is built or loaded: a bool is not an int or a float, a string is never a bool or a number, an int
+    is a float, ``list[int]`` takes a list (or tuple) of ints, a nested config must be of its class.
+    """
+    owner = type(config).__name__
+    hints = _field_types(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ConfigTypeError(f"{owner}.{f.name} must be {_describe(hints[f.name])}, got "
+                                  f"{type(value).__name__} {value!r}")
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is Any:
+        return True
+    if annotation is None or annotation is type(None):
+        return value is None
+    if origin in (list, tuple):
+        args = typing.get_args(annotation)
+        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        key = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any
+        return isinstance(value, dict) and all(_matches(k, key) for k in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "") if typing.get_origin(annotation) else getattr(
+        annotation, "__name__", str(annotation))
 
 
 def _int_list(value: Any, length: int) -> bool:

@@ -270,7 +270,7 @@ def convert_official(path: str | os.PathLike[str], config: SSAConfig | None = No
     tensor of the checkpoint must be used and every tensor of the network filled, shapes equal, else an
     :class:`OfficialCheckpointError` lists the keys. Returns the model in eval mode, on the CPU.
     """
-    from ssa.hub import expected_shapes
+    from ssa.hub import _expected_tensors, check_weights
     from ssa.modeling.model import SSAModel
 
     if config is None:
@@ -284,7 +284,9 @@ def convert_official(path: str | os.PathLike[str], config: SSAConfig | None = No
         config = dataclasses.replace(config, image_size=release.image_size, selection=release.selection)
     official, extra = read_official(path)
     has_clip = any(k.startswith("backbone.clip_model.") for k in official)
-    expected = expected_shapes(config)
+    tensors = _expected_tensors(config)
+    expected = {k: shape for k, (shape, _) in tensors.items()}
+    expected_dtypes = {k: dtype for k, (_, dtype) in tensors.items()}
     if not has_clip:  # a stripped checkpoint: CLIP comes from open_clip's weights
         if not config.clip_pretrained:
             raise OfficialCheckpointError(
@@ -293,6 +295,7 @@ def convert_official(path: str | os.PathLike[str], config: SSAConfig | None = No
             )
         expected = {k: v for k, v in expected.items() if not k.startswith("backbone.")}
     state = convert_state_dict(official, expected, source=str(path))
+    check_weights({k: t.dtype for k, t in state.items()}, expected_dtypes, path, tensors=state)
     clip_pretrained = None if has_clip else config.clip_pretrained
     model = SSAModel(dataclasses.replace(config, clip_pretrained=clip_pretrained))
     model.config = config

@@ -53,6 +53,7 @@ __all__ = [
     "push_to_hub",
     "load_pth_state_dict",
     "DemoModelWarning",
+    "check_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -427,7 +428,9 @@ def load_pretrained(
     """Load an SSA checkpoint from a bundled name, a local directory or a Hugging Face Hub repo id, or
     convert an official ``.pth`` / ``.pt`` checkpoint file of the authors.
 
-    The tensors are checked against the config before the model is built or CLIP is downloaded.
+    The tensors are checked against the config before the model is built or CLIP is downloaded: shapes,
+    dtypes (a floating weight stored as int32 is refused) and values (NaN or inf is refused), each
+    :class:`InvalidCheckpointError` naming the keys.
     Returns the model in eval mode on ``device`` (default CPU), cast to ``dtype`` when given.
     Raises ``WeightsNotFoundError`` (an ``OSError``) when Hub files are unavailable (offline and not
     cached, repo or revision missing, gated), ``FileNotFoundError`` for a local directory lacking a
@@ -456,9 +459,9 @@ def load_pretrained(
         name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
     )
     config = _read_config(config_file)
-    metadata, shapes = _read_header(weights_file)
+    metadata, shapes, dtypes = _read_header(weights_file)
     kind = _checkpoint_kind(metadata, shapes)
-    _validate_against_config(config, shapes, kind, strict=strict, weights_file=weights_file,
+    _validate_against_config(config, shapes, dtypes, kind, strict=strict, weights_file=weights_file,
                              config_file=config_file)
     if kind == "trainable" and not config.clip_pretrained:
         raise InvalidCheckpointError(
@@ -468,12 +471,13 @@ def load_pretrained(
 
     from ssa.modeling.model import SSAModel
 
+    state = _load_tensors(weights_file)
+    check_weights(dtypes, {}, weights_file, tensors=state)  # finite (the dtypes were checked above)
     # Build without downloading CLIP, then fill it: from the checkpoint (full) or open_clip (trainable).
     model = SSAModel(dataclasses.replace(config, clip_pretrained=None))
     model.config = config
     if kind == "trainable":
         _load_clip(model, config, cache_dir=cache_dir)
-    state = _load_tensors(weights_file)
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not (kind == "trainable" and k.startswith(BACKBONE_PREFIX))]
     if missing or result.unexpected_keys:  # only reachable with strict=False (validated above)
@@ -685,20 +689,23 @@ def _read_config(config_file: Path) -> SSAConfig:
         raise InvalidCheckpointError(f"{config_file} is not a valid SSA config: {err}") from err
 
 
-def _read_header(weights_file: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
-    """The safetensors metadata and the shape of every tensor, read from the header only."""
+def _read_header(weights_file: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]], dict[str, str]]:
+    """The safetensors metadata, and the shape and dtype (``"F32"``, ``"I32"``, ...) of every tensor, read
+    from the header only."""
     from safetensors import safe_open
 
     try:
         with safe_open(os.fspath(weights_file), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            slices = {key: f.get_slice(key) for key in f.keys()}
+            shapes = {key: tuple(s.get_shape()) for key, s in slices.items()}
+            dtypes = {key: str(s.get_dtype()) for key, s in slices.items()}
     except Exception as err:  # SafetensorError: truncated, corrupt or not safetensors at all
         raise InvalidCheckpointError(
             f"{weights_file} is not a readable safetensors file ({err}); it may be truncated or corrupt: "
             "download or save it again"
         ) from err
-    return metadata, shapes
+    return metadata, shapes, dtypes
 
 
 def _load_tensors(weights_file: Path) -> dict[str, Tensor]:
@@ -720,25 +727,73 @@ def _checkpoint_kind(metadata: Mapping[str, str], shapes: Mapping[str, tuple[int
 def expected_shapes(config: SSAConfig) -> dict[str, tuple[int, ...]]:
     """State-dict shapes of the network the config describes, from a meta-device model (no memory,
     no download)."""
+    return {key: shape for key, (shape, _) in _expected_tensors(config).items()}
+
+
+def _expected_tensors(config: SSAConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """State-dict shapes and dtypes of the network the config describes (a meta-device model)."""
     from ssa.modeling.model import SSAModel
 
     with torch.device("meta"):
         skeleton = SSAModel(dataclasses.replace(config, clip_pretrained=None))
-    return {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+    return {key: (tuple(value.shape), value.dtype) for key, value in skeleton.state_dict().items()}
+
+
+def _is_floating(dtype: str | torch.dtype) -> bool:
+    """A torch dtype, or a safetensors header dtype ("F32", "BF16", "F8_E4M3", "I32", "BOOL", ...)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype.is_floating_point
+    return dtype.startswith(("F", "BF"))
+
+
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:_MAX_LISTED]) + (f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED
+                                           else "")
+
+
+def check_weights(
+    dtypes: Mapping[str, str | torch.dtype],
+    expected: Mapping[str, torch.dtype],
+    where: str | os.PathLike[str],
+    tensors: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Raise :class:`InvalidCheckpointError` naming the keys of weights that would load silently wrong.
+
+    ``dtypes``: the stored dtype of each key (torch dtypes, or safetensors header names such as
+    ``"I32"``). A key the network holds in floating point must be stored in floating point (any width;
+    an int32 or bool tensor would be cast to garbage), and one it holds as integers must not be stored as
+    floats. With ``tensors``, every floating tensor must also be finite (no NaN or inf: an all-NaN
+    weight gives empty masks at high confidence). Keys absent from ``expected`` are not looked at.
+    """
+    wrong = [f"{key} ({dtypes[key]}, expected {str(expected[key]).removeprefix('torch.')})"
+             for key, dtype in dtypes.items()
+             if key in expected and _is_floating(dtype) != _is_floating(expected[key])]
+    if wrong:
+        raise InvalidCheckpointError(f"{where}: {len(wrong)} tensor(s) of the wrong dtype: {_listed(wrong)}")
+    if tensors is None:
+        return
+    bad = [key for key, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise InvalidCheckpointError(
+            f"{where}: {len(bad)} tensor(s) hold NaN or infinite values: {_listed(bad)}; the checkpoint is "
+            "damaged (or was saved from a diverged training run)"
+        )
 
 
 def _validate_against_config(
     config: SSAConfig,
     shapes: Mapping[str, tuple[int, ...]],
+    dtypes: Mapping[str, str],
     kind: WeightsKind,
     *,
     strict: bool,
     weights_file: Path,
     config_file: Path,
 ) -> None:
-    expected = expected_shapes(config)
+    tensors = _expected_tensors(config)
     if kind == "trainable":
-        expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIX)}
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)}
+    expected = {k: shape for k, (shape, _) in tensors.items()}
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected]
     wrong = [
@@ -757,6 +812,7 @@ def _validate_against_config(
             f"{weights_file} ({kind} weights) does not match the network of {config_file}: "
             + " | ".join(problems)
         )
+    check_weights(dtypes, {k: dtype for k, (_, dtype) in tensors.items()}, weights_file)
 
 
 def _load_clip(model: SSAModel, config: SSAConfig, *, cache_dir: str | os.PathLike[str] | None) -> None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from ssa.expressions import expression_problem
 from ssa.io import (
     SEGMENTATION_INDEX,
     SEGMENTATION_LAYOUT,
@@ -131,8 +132,9 @@ def _check_expressions(value: Any) -> tuple[list[str] | None, str | None]:
     for k, text in enumerate(value):
         if not isinstance(text, str):
             return None, f"expression {k} must be a string, got {type(text).__name__}: {text!r}"
-        if not text.strip():
-            return None, f"expression {k} is empty or whitespace only"
+        problem = expression_problem(text)
+        if problem is not None:
+            return None, f"expression {k} {problem}"
         cleaned.append(text)
     return cleaned, None
 

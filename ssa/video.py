@@ -19,9 +19,11 @@ Sources
       of uint8, or a torch uint8 tensor of the same shapes (channel-last).
 
 Images are converted to RGB: grayscale is repeated over three channels, alpha is dropped (not
-composited), palette images are expanded; 16-bit and float images raise :class:`TypeError` (convert
-them to uint8 first, the right scaling depends on your data). EXIF orientation of image files is
-applied.
+composited), palette images are expanded. One rule for bit depth: 8 bits per channel only. 16-bit and
+float images raise :class:`TypeError`, whatever their colour type (grayscale, RGB or RGBA PNGs alike,
+numpy or torch arrays of another dtype): convert them to uint8 first, as the right scaling depends on
+your data (``x >> 8`` for full-range 16-bit, ``x >> 4`` for 12-bit data, ...). EXIF orientation of image
+files is applied.
 """
 
 from __future__ import annotations
@@ -213,13 +215,33 @@ def _as_rgb(array: np.ndarray, what: str) -> np.ndarray:
 _HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 
 
+def _stored_depth(image: Any) -> str | None:
+    """The high bit depth an image file stores (e.g. ``"RGB;16B"``), which PIL hides for RGB(A) PNGs
+    by opening them in 8-bit modes; None for 8-bit data (or an image already loaded)."""
+    for tile in getattr(image, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return rawmode
+    return None
+
+
+def check_bit_depth(image: Any, what: str) -> None:
+    """Raise ``TypeError`` unless the PIL image (opened, not yet loaded) holds 8 bits per channel: the
+    one bit-depth rule of every frame reader (see the module docstring)."""
+    stored = _stored_depth(image)
+    if image.mode in _HIGH_DEPTH_MODES or stored is not None:
+        raise TypeError(
+            f"{what}: {stored or image.mode!r} images (16-bit / 32-bit) are not supported; convert them to "
+            "8 bits per channel first (the scaling depends on your data, e.g. x >> 8 for full-range "
+            "16-bit)"
+        )
+
+
 def _pil_to_rgb(image: Any, what: str) -> np.ndarray:
     from PIL import ImageOps
 
-    if image.mode in _HIGH_DEPTH_MODES:
-        raise TypeError(
-            f"{what}: {image.mode!r} images (16-bit / 32-bit) are not supported; convert to 8-bit"
-        )
+    check_bit_depth(image, what)
     image = ImageOps.exif_transpose(image)
     if image.mode != "RGB":
         image = image.convert("RGB")

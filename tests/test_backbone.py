@@ -221,5 +221,15 @@ def test_bad_expressions(bad, err):
         validate_expressions(bad)
 
 
+@pytest.mark.parametrize("invisible", ["\x00", "\u200b", " \u200b\t\u200d", "\ufeff", "\u0301", "\x1b\x07"])
+def test_expressions_without_a_visible_character_are_refused(invisible):
+    with pytest.raises(ValueError, match="expression 1 is empty or has no visible character"):
+        validate_expressions(["the cat", invisible])
+
+
+def test_visible_characters_of_any_script_are_expressions():
+    assert validate_expressions(["猫", "?", "€", "7", "é\u200b"]) == ["猫", "?", "€", "7", "é\u200b"]
+
+
 def test_whitespace_is_normalised():
     assert validate_expressions("  the   cat\n") == ["the cat"]

@@ -113,6 +113,19 @@ def test_mevis_frames_match_files_and_subsets(tmp_path: Path) -> None:
     np.testing.assert_array_equal(masks, ds[1].masks)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mevis_16_bit_png_frames_are_refused_like_every_reader(tmp_path: Path, channels: int) -> None:
+    import cv2
+
+    _make_mevis(tmp_path)
+    shape = (H, W) if channels == 1 else (H, W, 3)
+    for name in ("00000", "00001", "00002"):  # video "a" as 16-bit PNGs (grayscale went white, RGB passed)
+        cv2.imwrite(str(tmp_path / "JPEGImages" / "a" / f"{name}.png"), np.full(shape, 300, np.uint16))
+    ds = MeViSDataset(tmp_path, frame_ext=".png")
+    with pytest.raises(TypeError, match=r"video 'a', frame '00000'.*16-bit"):
+        ds.load_frames("a")
+
+
 def test_mevis_without_mask_dict(tmp_path: Path) -> None:
     _make_mevis(tmp_path)
     (tmp_path / "mask_dict.json").unlink()

@@ -294,6 +294,47 @@ def test_truncated_weights(checkpoint, tmp_path, keep):
     assert str(weights) in str(info.value) and "corrupt" in str(info.value)
 
 
+def _rewrite_tensor(ckpt: Path, key_part: str, make) -> str:
+    """Replace the first tensor whose key contains ``key_part`` by ``make(tensor)``; returns its key."""
+    weights = ckpt / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(weights)
+    key = next(k for k in state if key_part in k)
+    state[key] = make(state[key])
+    save_file(state, weights, metadata=metadata)
+    return key
+
+
+@pytest.mark.parametrize(("make", "problem"), [
+    (lambda t: torch.full_like(t, float("nan")), "NaN or infinite"),  # loaded silently: empty masks
+    (lambda t: t.clone().index_fill_(0, torch.tensor([0]), float("inf")), "NaN or infinite"),
+    (lambda t: (t * 1000).to(torch.int32), "wrong dtype"),  # cast silently into the float parameter
+    (lambda t: t > 0, "wrong dtype"),
+])
+def test_non_finite_or_integer_weights_are_refused(checkpoint, tmp_path, make, problem):
+    ckpt = copy_checkpoint(checkpoint, tmp_path / "damaged")
+    key = _rewrite_tensor(ckpt, "video_decoder", make)
+    with pytest.raises(InvalidCheckpointError, match=problem) as info:
+        hub.load_pretrained(ckpt)
+    assert key in str(info.value) and str(ckpt / "model.safetensors") in str(info.value)
+
+
+def test_nan_weights_are_refused_before_the_clip_download(pretrained_model, fake_clip, tmp_path):
+    ckpt = hub.save_pretrained(pretrained_model, tmp_path / "trainable")
+    key = _rewrite_tensor(ckpt, "frame_decoder", lambda t: torch.full_like(t, float("nan")))
+    with pytest.raises(InvalidCheckpointError, match=f"NaN or infinite values: {key}"):
+        hub.load_pretrained(ckpt)
+    assert fake_clip == []
+
+
+def test_half_precision_weights_still_load(model, checkpoint, tmp_path):
+    ckpt = copy_checkpoint(checkpoint, tmp_path / "half")
+    key = _rewrite_tensor(ckpt, "video_decoder", lambda t: t.to(torch.bfloat16))
+    loaded = hub.load_pretrained(ckpt)
+    assert torch.equal(loaded.state_dict()[key], model.state_dict()[key].to(torch.bfloat16).float())
+
+
 def test_bad_config(checkpoint, tmp_path):
     ckpt = copy_checkpoint(checkpoint, tmp_path / "bad-json")
     (ckpt / "config.json").write_text("{not json")

@@ -244,6 +244,10 @@ GOOD = {"video": "v.mp4", "expressions": ["x"], "output": "o1"}
     ('{"video": "v.mp4", "expressions": 5, "output": "o2"}', "'expressions' must be a string or a list"),
     ('{"video": "v.mp4", "expressions": [], "output": "o2"}', "'expressions' is an empty list"),
     ('{"video": "v.mp4", "expressions": ["x", " "], "output": "o2"}', "expression 1 is empty"),
+    ('{"video": "v.mp4", "expressions": ["x", "\\u200b"], "output": "o2"}', "expression 1 is empty or has no "
+     "visible"),
+    ('{"video": "v.mp4", "expressions": "\\u0000", "output": "o2"}', "expression 0 is empty or has no "
+     "visible"),
     ('{"video": 3, "expressions": "x", "output": "o2"}', "'video' must be a non-empty path"),
     ('{"video": "v.mp4", "expressions": "x", "output": "o2", "colour": 1}', "unknown key(s) 'colour'"),
     ('{"video": "v.mp4", "expressions": "x", "output": "o2", "stride": 0}', "'stride' must be an integer"),

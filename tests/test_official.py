@@ -364,6 +364,18 @@ def test_refuses_wrong_shape(official_state, tmp_path):
     assert key in str(info.value) and f"(3, {official_state[key].shape[1]})" in str(info.value)
 
 
+@pytest.mark.parametrize(("make", "problem"), [
+    (lambda t: torch.full_like(t, float("nan")), "NaN or infinite"),
+    (lambda t: t.to(torch.int32), "wrong dtype"),
+])
+def test_refuses_nan_or_integer_weights(official_state, tmp_path, make, problem):
+    key = "vita_module.class_embed.weight"
+    torch.save({"model": {**official_state, key: make(official_state[key])}}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=problem) as info:
+        _convert(tmp_path / "bad.pth")
+    assert "video_decoder.class_head.weight" in str(info.value) and "bad.pth" in str(info.value)
+
+
 def test_refuses_paper_checkpoint_with_wrong_config(official_state, tmp_path):
     torch.save({"model": official_state}, tmp_path / "tiny.pth")
     config = dataclasses.replace(tiny_official_config(), hidden_dim=128, mask_dim=128)

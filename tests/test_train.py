@@ -270,3 +270,30 @@ def test_cli_train_warns_in_one_line_and_logs_no_temporary_path(data, tmp_path, 
     caplog.clear()
     assert main(["train", "--config", str(path), "--no-progress"]) == 2  # the message names the flag
     assert "--resume" in caplog.text and "resume=True" not in caplog.text
+
+
+@pytest.mark.parametrize("values,field", [
+    ({"hflip": "false"}, "hflip"),  # a string for a bool was taken as True
+    ({"lr": "x"}, "lr"),  # failed with a bare "'>' not supported" TypeError
+    ({"scales": ["64"]}, "scales"),
+    ({"iterations": 10.0}, "iterations"),
+    ({"unfreeze_clip": 1}, "unfreeze_clip"),
+    ({"weight_decay": float("nan")}, "weight_decay"),
+    ({"loss": {"deep_supervision": "false"}}, "deep_supervision"),
+    ({"loss": {"sim_weight": True}}, "sim_weight"),
+])
+def test_train_config_fields_are_type_checked(values, field):
+    with pytest.raises((TypeError, ValueError), match=rf"(TrainConfig|LossConfig)\.{field}\b"):
+        TrainConfig.from_dict(values)
+    with pytest.raises((TypeError, ValueError), match=rf"(TrainConfig|LossConfig)\.{field}\b"):
+        TrainConfig(**{k: v for k, v in values.items()})
+
+
+def test_cli_train_names_a_mistyped_field_before_any_work(data, tmp_path, caplog):
+    cfg = {"model": "ssa-tiny", "train_data": str(data), "output_dir": str(tmp_path / "cli"), "iterations": 1,
+           "batch_size": 2, **FAST, "hflip": "false"}
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 2
+    assert "TrainConfig.hflip must be bool, got str 'false'" in caplog.text
+    assert not (tmp_path / "cli").exists()

@@ -382,6 +382,22 @@ def test_in_memory_errors():
         read_frames(42)
 
 
+@pytest.mark.parametrize("shape", [(8, 10), (8, 10, 3), (8, 10, 4)], ids=["gray", "rgb", "rgba"])
+def test_16_bit_png_frames_are_refused_whatever_their_colour_type(tmp_path, shape):
+    import cv2
+
+    pixels = np.random.default_rng(0).integers(0, 65536, shape, dtype=np.uint16)
+    for i in range(2):
+        assert cv2.imwrite(str(tmp_path / f"{i:05d}.png"), pixels)
+    with pytest.raises(TypeError, match=r"00000\.png.*16-bit.*8 bits per channel"):
+        read_frames(tmp_path)
+    with pytest.raises(TypeError, match="16-bit"):
+        read_frames(tmp_path / "00000.png")
+    eight = (pixels >> 8).astype(np.uint8)
+    assert cv2.imwrite(str(tmp_path / "00000.png"), eight) and cv2.imwrite(str(tmp_path / "00001.png"), eight)
+    assert len(read_frames(tmp_path)) == 2  # the same files at 8 bits are read
+
+
 def test_read_frames_passes_source_fps():
     frames = read_frames(np.zeros((10, 8, 8, 3), np.uint8), source_fps=10.0, start=0.3, end=0.6)
     assert [f.index for f in frames] == [3, 4, 5]

@@ -223,6 +223,8 @@ class ReferringVideoDataset:
         """Load frames of ``video`` (all listed ones by default) as ``(H, W, 3)`` uint8 RGB arrays."""
         from PIL import Image, UnidentifiedImageError
 
+        from ssa.video import check_bit_depth
+
         names = self.frame_names(video) if frame_names is None else list(frame_names)
         out = []
         for name in names:
@@ -231,6 +233,7 @@ class ReferringVideoDataset:
                 raise FileNotFoundError(f"video {video!r}: frame {name!r} not found at {path}")
             try:
                 with Image.open(path) as image:
+                    check_bit_depth(image, f"video {video!r}, frame {name!r} ({path})")
                     out.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
             except (UnidentifiedImageError, OSError) as e:
                 raise ValueError(f"video {video!r}: cannot read frame {name!r} ({path}): {e}") from e

@@ -31,8 +31,9 @@ from timm.models.convnext import ConvNeXt
 from torch import Tensor, nn
 
 from ssa.config import SSAConfig
+from ssa.expressions import expression_problem, validate_expressions
 
-__all__ = ["FrozenCLIP", "TextFeatures", "validate_expressions"]
+__all__ = ["FrozenCLIP", "TextFeatures", "validate_expressions", "expression_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,29 +56,6 @@ class TextFeatures:
             self.words[index], self.word_mask[index], self.sentence[index],
             [self.expressions[i] for i in index.tolist()],
         )
-
-
-def validate_expressions(expressions: str | Sequence[str]) -> list[str]:
-    """Normalise one expression or a sequence of them to a list of stripped strings.
-
-    Raises ``TypeError`` for a non-string and ``ValueError`` for an empty or whitespace-only one.
-    """
-    if isinstance(expressions, str):
-        expressions = [expressions]
-    if not isinstance(expressions, Sequence) or isinstance(expressions, (bytes, bytearray)):
-        raise TypeError(
-            f"expressions must be a string or a sequence of strings, got {type(expressions).__name__}"
-        )
-    if len(expressions) == 0:
-        raise ValueError("no expression given: expressions is an empty sequence")
-    cleaned = []
-    for i, text in enumerate(expressions):
-        if not isinstance(text, str):
-            raise TypeError(f"expression {i} must be a string, got {type(text).__name__}: {text!r}")
-        if not text.strip():
-            raise ValueError(f"expression {i} is empty or whitespace only: {text!r}")
-        cleaned.append(" ".join(text.split()))
-    return cleaned
 
 
 class FrozenCLIP(nn.Module):

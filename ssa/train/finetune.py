@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ssa.config import PRESETS, SSAConfig
+from ssa.config import PRESETS, SSAConfig, check_field_types
 from ssa.distributed import ProcessGroup, torchrun_group
 from ssa.eval.evaluate import EVALUATION_LAYOUT
 from ssa.io import OutputLayout, check_output_dir, default_permissions
@@ -93,8 +93,15 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end (when val_data is given)
     loss: LossConfig = field(default_factory=LossConfig)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):
+            self.loss = LossConfig.from_dict(self.loss)
+        self.validate()
+
     def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
+        """Raise ValueError (:class:`~ssa.config.ConfigTypeError` for a wrong type, e.g. ``"false"`` for a
+        bool) naming the first bad field."""
+        check_field_types(self)
         positive = ("iterations", "batch_size", "num_frames", "grad_accum", "log_every", "save_every",
                     "keep_checkpoints")
         for name in positive:
@@ -114,14 +121,20 @@ class TrainConfig:
         if not (self.adapter_lr_mult > 0 and math.isfinite(self.adapter_lr_mult)):
             raise ValueError(f"TrainConfig.adapter_lr_mult must be a positive number, "
                              f"got {self.adapter_lr_mult!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or not 0 < self.lr_gamma <= 1:
-            raise ValueError("TrainConfig: weight_decay and grad_clip must be >= 0, lr_gamma in (0, 1]")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"TrainConfig.lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
         if any(not 0 < f < 1 for f in self.lr_drops):
             raise ValueError(f"TrainConfig.lr_drops must be fractions in (0, 1), got {self.lr_drops}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise ValueError(f"TrainConfig.precision must be auto|fp32|fp16|bf16, got {self.precision!r}")
         if self.scales is not None and (not self.scales or min(self.scales) < 32):
             raise ValueError(f"TrainConfig.scales must be short sides >= 32, got {self.scales}")
+        if self.crop is not None and self.crop < 1:
+            raise ValueError(f"TrainConfig.crop must be a positive integer or None, got {self.crop}")
         self.loss.validate()
 
     def to_dict(self) -> dict[str, Any]:

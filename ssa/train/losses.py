@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssa.config import check_field_types
 from ssa.modeling.outputs import SSAOutput
 from ssa.train.matcher import HungarianMatcher, match_cost, point_sample, uncertain_points
 
@@ -85,7 +86,9 @@ class LossConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
+        """Raise ``ValueError`` (:class:`~ssa.config.ConfigTypeError` for a wrong type) naming the first
+        invalid field."""
+        check_field_types(self)
         for name in ("class_weight", "mask_weight", "dice_weight", "sim_weight"):
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value) or value < 0:
