@@ -166,6 +166,7 @@ def main() -> None:
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
                      for name, v in table.items())
     card = (args.out / "README.md").read_text()
+    threads = torch.get_num_threads()
     card += f"""
 ## ssa-tiny-synthetic: the demo model
 
@@ -180,7 +181,7 @@ flips); inference at short side 96.
 Recipe: `weights/train_ssa_tiny_synthetic.py`.
 Weights stored in fp16 (loaded as fp32).
 Training time: {train_minutes:.1f} min on {platform.processor() or platform.machine()}
-({torch.get_num_threads()} threads, CPU), from the training log's throughput.
+({threads} thread{"s" if threads != 1 else ""}, CPU), from the training log's throughput.
 
 Held-out synthetic split (seed 1000, {args.val_videos} videos, never seen in training), measured by
 `ssa.eval.evaluate` (the same code as `ssa evaluate`), multi-object selection (score > 0.5):
