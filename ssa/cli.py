@@ -259,7 +259,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
             "Fine-tune SSA with ssa.train.finetune. CONFIG is a JSON file with 'model' (preset name, "
             "checkpoint dir or Hub repo id), 'train_data', 'output_dir', optionally 'val_data', and any "
             "TrainConfig field (iterations, batch_size, lr, ..., 'loss': {...}). Command-line options "
-            "override the file. Run under torchrun for DDP."
+            "override the file. Run under torchrun for DDP. With --resume, the fields given must equal "
+            "the checkpoint's training config (the others are taken from it); a difference is refused, "
+            "naming the fields, unless they are allowed with --allow-change."
         ),
     )
     p.add_argument("--config", type=Path, default=None, help="JSON training config")
@@ -272,7 +274,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="clips per step over all ranks")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --out that reads back whole (a damaged one "
+                        "is skipped with a warning), with its training config: options given must equal it")
+    p.add_argument("--allow-change", action="append", default=[], metavar="FIELD[,FIELD]",
+                   help="with --resume: let these fields differ from the checkpoint's config; only "
+                        "iterations, eval_every, log_every, save_every, keep_checkpoints and num_workers "
+                        "can (e.g. --allow-change iterations to extend a run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -300,9 +308,13 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"training needs {missing} (in --config or as --model/--data/--out)")
     model, data, out = values.pop("model"), values.pop("train_data"), values.pop("output_dir")
     val = values.pop("val_data", None)
-    config = TrainConfig.from_dict(values)
-    finetune(model, data, output_dir=out, val_data=val, config=config, resume=args.resume,
-             device=args.device, progress=not args.no_progress)
+    TrainConfig.from_dict(values)  # names a bad field before any work
+    allow = [name.strip() for item in args.allow_change for name in item.split(",") if name.strip()]
+    if allow and not args.resume:
+        raise ValueError("--allow-change applies only to --resume")
+    # the fields as given (not a whole config): a resumed run takes the others from its checkpoint
+    finetune(model, data, output_dir=out, val_data=val, resume=args.resume, allow_changes=allow,
+             device=args.device, progress=not args.no_progress, **values)
     return 0
 
 
