@@ -223,7 +223,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     _selection_options(p)
     p.add_argument("--no-resume", action="store_true",
-                   help="score every video again, even those an interrupted run finished")
+                   help="score every video again, even those an interrupted run finished (needed when the "
+                        "model, the data or the options changed since: resuming then refuses)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
 
