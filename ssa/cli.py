@@ -312,7 +312,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     _selection_options(p)
     p.add_argument("--no-resume", action="store_true",
-                   help="score every video again, even those an interrupted run finished")
+                   help="score every video again, even those an interrupted run finished (needed when the "
+                        "model, the data or the options changed since: resuming then refuses)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
 
@@ -351,7 +352,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
             "TrainConfig field (iterations, batch_size, lr, ..., 'loss': {...}). Command-line options "
             "override the file. Run under torchrun for DDP. A preset without pretrained CLIP weights "
             "(ssa-tiny) trains with a random frozen CLIP, which the command warns about: pretrain its "
-            "text tower first (README, Training)."
+            "text tower first (README, Training). With --resume, the fields given must equal "
+            "the checkpoint's training config (the others are taken from it); a difference is refused, "
+            "naming the fields, unless they are allowed with --allow-change."
         ),
     )
     p.add_argument("--config", type=Path, default=None, help="JSON training config")
@@ -367,7 +370,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="base learning rate of AdamW (default: the config's, else 5e-5 as officially; "
                         "the adapters train at 0.1x)")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --out that reads back whole (a damaged one "
+                        "is skipped with a warning), with its training config: options given must equal it")
+    p.add_argument("--allow-change", action="append", default=[], metavar="FIELD[,FIELD]",
+                   help="with --resume: let these fields differ from the checkpoint's config; only "
+                        "iterations, eval_every, log_every, save_every, keep_checkpoints and num_workers "
+                        "can (e.g. --allow-change iterations to extend a run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -399,11 +408,15 @@ def _train(args: argparse.Namespace) -> int:
     if not args.resume and output.is_dir() and any(output.iterdir()):  # said before importing torch
         raise FileExistsError(f"output directory {out} already exists and is not empty; choose a new "
                               "--out or pass --resume to continue the run it holds")
+    allow = [name.strip() for item in args.allow_change for name in item.split(",") if name.strip()]
+    if allow and not args.resume:
+        raise ValueError("--allow-change applies only to --resume")
     from ssa.train import TrainConfig, finetune
 
-    config = TrainConfig.from_dict(values)
-    finetune(model, data, output_dir=out, val_data=val, config=config, resume=args.resume,
-             device=args.device, progress=not args.no_progress)
+    TrainConfig.from_dict(values)  # names a bad field before any work
+    # the fields as given (not a whole config): a resumed run takes the others from its checkpoint
+    finetune(model, data, output_dir=out, val_data=val, resume=args.resume, allow_changes=allow,
+             device=args.device, progress=not args.no_progress, **values)
     return 0
 
 

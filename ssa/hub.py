@@ -37,7 +37,7 @@ from torch import Tensor
 
 import ssa
 from ssa.config import SSAConfig
-from ssa.io import default_permissions
+from ssa.io import default_permissions, remove_stale_temporaries, temp_prefix
 
 if TYPE_CHECKING:
     from ssa.modeling.model import SSAModel
@@ -54,6 +54,7 @@ __all__ = [
     "load_pth_state_dict",
     "DemoModelWarning",
     "check_weights",
+    "read_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ def _save(
     state = _state_dict_for_saving(model, kind)
     metadata = {"format": "pt", "ssa_version": ssa.__version__, "ssa_weights": kind}
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.ssa-tmp-", dir=target.parent))
+    remove_stale_temporaries(target.parent, target.name)
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name, "ssa-tmp"), dir=target.parent))
     try:
         config_file = staging / CONFIG_NAME
         config_file.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
@@ -221,7 +223,14 @@ def _write_safetensors(state: dict[str, Tensor], path: Path, metadata: dict[str,
     from safetensors.torch import save_file
 
     partial = path.with_name(path.name + ".partial")
-    save_file(state, str(partial), metadata=metadata)
+    try:
+        save_file(state, str(partial), metadata=metadata)
+    except Exception as err:  # safetensors reports a failed write (a full disk) as a SafetensorError
+        code = re.search(r"os error (\d+)|code: (\d+)", str(err))
+        if isinstance(err, OSError) or code is None:
+            raise
+        number = int(code.group(1) or code.group(2))
+        raise OSError(number, os.strerror(number), str(partial)) from err
     _fsync(partial)
     default_permissions(partial)  # safetensors writes it private (0600)
     os.replace(partial, path)
@@ -458,21 +467,10 @@ def load_pretrained(
     config_file, weights_file = _resolve_files(
         name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
     )
-    config = _read_config(config_file)
-    metadata, shapes, dtypes = _read_header(weights_file)
-    kind = _checkpoint_kind(metadata, shapes)
-    _validate_against_config(config, shapes, dtypes, kind, strict=strict, weights_file=weights_file,
-                             config_file=config_file)
-    if kind == "trainable" and not config.clip_pretrained:
-        raise InvalidCheckpointError(
-            f"{weights_file} holds only trainable weights (no {BACKBONE_PREFIX}* keys) but {config_file} "
-            "sets no clip_pretrained, so the frozen CLIP cannot be restored"
-        )
+    config, state, kind = _read_checked(config_file, weights_file, strict=strict)
 
     from ssa.modeling.model import SSAModel
 
-    state = _load_tensors(weights_file)
-    check_weights(dtypes, {}, weights_file, tensors=state)  # finite (the dtypes were checked above)
     # Build without downloading CLIP, then fill it: from the checkpoint (full) or open_clip (trainable).
     model = SSAModel(dataclasses.replace(config, clip_pretrained=None))
     model.config = config
@@ -490,6 +488,40 @@ def load_pretrained(
     logger.info("loaded SSA checkpoint %s (%s weights)", name_or_path, kind)
     _warn_if_demo(config_file)
     return model
+
+
+def _read_checked(
+    config_file: Path, weights_file: Path, *, strict: bool
+) -> tuple[SSAConfig, dict[str, Tensor], WeightsKind]:
+    """The config, the tensors and the kind of a checkpoint's files, checked against each other (keys,
+    shapes, dtypes, finite values) without building the model."""
+    config = _read_config(config_file)
+    metadata, shapes, dtypes = _read_header(weights_file)
+    kind = _checkpoint_kind(metadata, shapes)
+    _validate_against_config(config, shapes, dtypes, kind, strict=strict, weights_file=weights_file,
+                             config_file=config_file)
+    if kind == "trainable" and not config.clip_pretrained:
+        raise InvalidCheckpointError(
+            f"{weights_file} holds only trainable weights (no {BACKBONE_PREFIX}* keys) but {config_file} "
+            "sets no clip_pretrained, so the frozen CLIP cannot be restored"
+        )
+    state = _load_tensors(weights_file)
+    check_weights(dtypes, {}, weights_file, tensors=state)  # finite (the dtypes were checked above)
+    return config, state, kind
+
+
+def read_checkpoint(directory: str | os.PathLike[str]) -> tuple[SSAConfig, dict[str, Tensor]]:
+    """The config and the tensors of the local checkpoint ``directory``, checked as by
+    :func:`load_pretrained` (files present and readable, keys and shapes matching the config, dtypes,
+    finite values), without building the model or fetching a CLIP. Raises ``FileNotFoundError`` or
+    :class:`InvalidCheckpointError` naming the file and the problem."""
+    directory = Path(directory)
+    files = (directory / CONFIG_NAME, directory / WEIGHTS_NAME)
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"SSA checkpoint directory {directory} has no {file.name} ({file})")
+    config, state, _ = _read_checked(*files, strict=True)
+    return config, state
 
 
 def _place(model: SSAModel, device: str | torch.device | None, dtype: torch.dtype | None) -> SSAModel:

@@ -10,17 +10,24 @@
   :func:`atomic_output_dir` apply it to result folders.
 * :func:`write_segmentation` — one video's results (PNGs, RLE JSON, ``expressions.json``), written
   atomically; :func:`is_segmentation_output` tells a finished one.
+* :func:`temp_prefix` / :func:`remove_stale_temporaries` — the names of every temporary an atomic
+  write of ssa makes next to its target (``.<name>.tmp-p<pid>h<host>_*``; ``ssa-tmp`` for checkpoints,
+  ``old`` for the backup of a replaced folder) and their removal once their writer is gone: each writer
+  removes the stale temporaries of its own target before writing (training and evaluation runs clean
+  their whole folders when they start), logging each one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,6 +55,9 @@ __all__ = [
     "write_overlay_video",
     "h264_encoder",
     "atomic_write_text",
+    "temp_prefix",
+    "remove_stale_temporaries",
+    "is_leftover",
     "write_segmentation",
     "is_segmentation_output",
     "SEGMENTATION_INDEX",
@@ -269,6 +279,94 @@ def default_permissions(path: PathLike) -> None:
 
 # Leftovers of ssa's own atomic writes killed midway (mkdtemp / mkstemp / uuid names): owned anywhere.
 _LEFTOVER = re.compile(r"\..+\.(?:(?:ssa-)?tmp|old)-\w+(?:\.[A-Za-z0-9]+)?|\..+\.\w{8}\.tmp")
+# Those named by temp_prefix: the target's name, the kind, the writer's process id and host.
+_TAGGED = re.compile(r"\.(?P<name>.+)\.(?P<kind>ssa-tmp|tmp|old)-p(?P<pid>\d+)h(?P<host>[0-9a-f]{6})_\w*"
+                     r"(?:\.[A-Za-z0-9]+)?")
+_KINDS = ("tmp", "ssa-tmp", "old")
+
+
+def is_leftover(name: str) -> bool:
+    """Whether ``name`` is that of a temporary or backup an atomic write of ssa makes (and may leave
+    when killed): such entries are never results, inputs or foreign files."""
+    return _LEFTOVER.fullmatch(name) is not None
+
+
+@functools.cache
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def temp_prefix(name: str, kind: str = "tmp") -> str:
+    """The start of the name of a temporary sibling written on the way to the entry ``name``:
+    ``.<name>.<kind>-p<pid>h<host>_`` (``kind``: "tmp", "ssa-tmp" or "old" for a backup), so that a later
+    run can tell when its writer is gone (:func:`remove_stale_temporaries`)."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    return f".{name}.{kind}-p{os.getpid()}h{_host_tag()}_"
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether the process ``pid`` of this host still runs (True when that cannot be told)."""
+    if pid == os.getpid() or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
+
+
+def _entry_size(path: str) -> int:
+    if not os.path.isdir(path) or os.path.islink(path):
+        return os.lstat(path).st_size
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+def remove_stale_temporaries(folder: PathLike, name: str | None = None) -> list[Path]:
+    """Remove the temporaries that killed ssa writers left in ``folder``; return their paths.
+
+    Only entries named by :func:`temp_prefix` (for the target ``name`` only, when given) whose writer
+    process no longer runs on this host are removed, each logged with its size; a temporary of a live
+    writer, of another host or of an unknown writer (names without the tag) is kept. The backup
+    (``old``) of an interrupted replacement is kept while its target is missing (it then holds the only
+    copy of the previous output; a warning says so).
+    """
+    folder = Path(folder)
+    try:
+        with os.scandir(folder) as it:
+            entries = [(e, m) for e in it if (m := _TAGGED.fullmatch(e.name))]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry, m in entries:
+        if name is not None and m["name"] != name:
+            continue
+        if m["host"] != _host_tag() or _writer_alive(int(m["pid"])):
+            continue
+        if m["kind"] == "old" and not os.path.lexists(folder / m["name"]):
+            logger.warning("%s is the previous %s, kept aside by a replacement that was interrupted before "
+                           "the new one was in place; keeping it", entry.path, m["name"])
+            continue
+        try:
+            size = _entry_size(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError as e:
+            logger.warning("could not remove the stale temporary %s: %s", entry.path, e)
+            continue
+        logger.info("removed %s (%.1f MB), a temporary left by an ssa process that is gone (pid %s)",
+                    entry.path, size / 1e6, m["pid"])
+        removed.append(Path(entry.path))
+    return removed
 _SHOWN = 5  # foreign entries named in a refusal
 
 
@@ -477,13 +575,14 @@ def atomic_output_dir(path: PathLike, overwrite: bool = False, *, layout: Output
     inputs = list(inputs)
     check_output_dir(path, overwrite=overwrite, layout=layout, inputs=inputs, hint=hint)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), dir=path.parent))
     try:
         yield tmp
         default_permissions(tmp)
         check_output_dir(path, overwrite=overwrite, layout=layout, inputs=inputs, hint=hint)  # it may
         if path.exists():  # have appeared or changed meanwhile
-            backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            backup = path.parent / (temp_prefix(path.name, "old") + uuid.uuid4().hex[:8])
             os.replace(path, backup)
             try:
                 os.replace(tmp, path)
@@ -713,9 +812,9 @@ def write_overlay_video(
     if total is None and hasattr(frames, "__len__"):
         total = len(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.stem}.tmp-", suffix=path.suffix or ".mp4", dir=path.parent
-    )
+    remove_stale_temporaries(path.parent, path.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=path.suffix or ".mp4",
+                                    dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     frame_iter, mask_iter = iter(frames), iter(masks)
@@ -784,7 +883,8 @@ def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False,
     (:func:`check_output_file`)."""
     path = check_output_file(path, overwrite=overwrite, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import build
 from PIL import Image
 
@@ -239,14 +242,137 @@ def test_resume_skips_finished_videos(split, tmp_path, monkeypatch):
     assert calls == ["vid_a", "vid_b", "vid_c"]
 
 
-def test_resume_false_and_changed_settings_score_again(split, gt_predictions, tmp_path, monkeypatch):
+def _interrupt_at(monkeypatch, video: str) -> None:
+    """The next evaluation stops (as if killed) when it reaches ``video``, after recording the others."""
+    real = evaluate_module._evaluate_video
+
+    def interrupted(ctx, v):
+        if v == video:
+            raise KeyboardInterrupt
+        return real(ctx, v)
+
+    monkeypatch.setattr(evaluate_module, "_evaluate_video", interrupted)
+
+
+def _rows(summary) -> list[tuple]:
+    return [(r.video, r.exp_id, r.j, r.f) for r in summary.rows]
+
+
+def test_resume_refuses_the_records_of_another_model(split, tmp_path, monkeypatch):
+    """The model folder is replaced between the kill and the rerun: its records are not the new model's."""
+    checkpoint = tmp_path / "model"
+    build("ssa-tiny", seed=0).save_pretrained(checkpoint)
     out = tmp_path / "eval"
-    evaluate_module._write_record(out, "vid_a", {"split": "elsewhere", "source": "x"}, [])
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "vid_b")
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(str(checkpoint), split, out_dir=out, progress=False, device="cpu", threshold=0.0)
+    assert sorted(p.name for p in (out / ".partial").iterdir()) == ["vid_a.json"]
+    build("ssa-tiny", seed=1).save_pretrained(checkpoint, overwrite=True)
+    # was: vid_a's scores of the first model in the summary of the second
+    with pytest.raises(ValueError, match=r"in: model \(its config or weights\).*resume=False"):
+        evaluate(str(checkpoint), split, out_dir=out, progress=False, device="cpu", threshold=0.0)
+    again = evaluate(str(checkpoint), split, out_dir=out, progress=False, device="cpu", threshold=0.0,
+                     resume=False)
+    fresh = evaluate(str(checkpoint), split, progress=False, device="cpu", threshold=0.0)
+    assert _rows(again) == _rows(fresh) and dict(again) == dict(fresh)
+
+
+def test_resume_refuses_records_of_other_options(split, tmp_path, monkeypatch):
+    from ssa import SSAPipeline
+
+    pipe = SSAPipeline(build("ssa-tiny"), device="cpu")
+    out = tmp_path / "eval"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "vid_c")
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(pipe, split, out_dir=out, progress=False, threshold=0.0)
+    # was: the records silently scored again
+    with pytest.raises(ValueError, match=r"in: options \(threshold 0\.0 -> 0\.3\)"):
+        evaluate(pipe, split, out_dir=out, progress=False, threshold=0.3)
+    with pytest.raises(ValueError, match=r"mode 'multi' -> 'single'"):
+        evaluate(pipe, split, out_dir=out, progress=False, threshold=0.0, mode="single")
+    calls: list[str] = []
+    real = evaluate_module._evaluate_video
+    monkeypatch.setattr(evaluate_module, "_evaluate_video", lambda c, v: calls.append(v) or real(c, v))
+    evaluate(pipe, split, out_dir=out, progress=False, threshold=0.0)  # the same options: resumed
+    assert calls == ["vid_c"]
+
+
+def test_resume_refuses_records_of_changed_data_or_predictions(split, tmp_path, monkeypatch):
+    data = tmp_path / "split"
+    shutil.copytree(split, data)
+    preds = _write_predictions(data, tmp_path / "shifted", _shift)
+    out = tmp_path / "eval"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "vid_b")
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(preds, data, out_dir=out, progress=False)
+    meta = json.loads((data / "meta_expressions.json").read_text())
+    meta["videos"]["vid_a"]["expressions"]["0"]["anno_id"] = [2]  # the same ids, another object
+    (data / "meta_expressions.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"in: data"):  # was: vid_a's scores against the old object
+        evaluate(preds, data, out_dir=out, progress=False)
+    (data / "meta_expressions.json").write_text(json.dumps(json.loads((split / "meta_expressions.json")
+                                                                      .read_text())))
+    png = next((preds / "vid_a" / "0").iterdir())
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(png)  # another prediction for vid_a
+    with pytest.raises(ValueError, match=r"in: predictions"):
+        evaluate(preds, data, out_dir=out, progress=False)
+    assert evaluate(preds, data, out_dir=out, progress=False, resume=False)["expressions"] == 5
+
+
+def test_unreadable_records_and_resume_false_score_again(split, gt_predictions, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    (out / ".partial").mkdir(parents=True)
+    (out / ".partial" / "vid_a.json").write_text('{"video": "vid_a", "fingerp')  # cut by a kill
     calls: list[str] = []
     real = evaluate_module._evaluate_video
     monkeypatch.setattr(evaluate_module, "_evaluate_video", lambda c, v: calls.append(v) or real(c, v))
     assert evaluate(gt_predictions, split, out_dir=out, progress=False)["J&F"] == 1.0
-    assert calls == ["vid_a", "vid_b", "vid_c"]  # a record of other settings is not trusted
+    assert calls == ["vid_a", "vid_b", "vid_c"]  # an unreadable record is not trusted
+    evaluate_module._write_record(out, "vid_a", {"split": "elsewhere", "source": "x"}, [])
+    with pytest.raises(ValueError, match="earlier ssa version"):
+        evaluate(gt_predictions, split, out_dir=out, progress=False)
+    calls.clear()
+    assert evaluate(gt_predictions, split, out_dir=out, progress=False, resume=False)["J&F"] == 1.0
+    assert calls == ["vid_a", "vid_b", "vid_c"]
+
+
+def test_model_fingerprint_follows_config_and_weights():
+    from ssa.fingerprint import fingerprint, model_fingerprint
+
+    a, b = build("ssa-tiny", seed=0), build("ssa-tiny", seed=0)
+    assert model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad():
+        next(p for n, p in b.named_parameters() if n.startswith("video_decoder.")).view(-1)[0] += 1e-6
+    assert model_fingerprint(a) != model_fingerprint(b)
+    b.load_state_dict(a.state_dict())
+    b.config = dataclasses.replace(b.config, threshold=0.3)
+    assert model_fingerprint(a) != model_fingerprint(b)
+    assert fingerprint([1, "a"]) != fingerprint(["1", "a"]) != fingerprint({"1": "a"})
+    assert fingerprint(torch.zeros(2)) != fingerprint(torch.zeros(2, dtype=torch.float64))
+    assert fingerprint(torch.zeros(2, 3)) != fingerprint(torch.zeros(3, 2))
+
+
+def test_a_rerun_removes_the_temporaries_of_killed_writes(split, gt_predictions, tmp_path, caplog):
+    import subprocess
+
+    from ssa import io as ssa_io
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    tag = f"p{proc.pid}h{ssa_io._host_tag()}"
+    out = tmp_path / "eval"
+    left = [out / ".partial" / f".vid_a.json.tmp-{tag}_ab12cd34.tmp", out / f".summary.json.tmp-{tag}_x.tmp",
+            out / f".per_video.csv.tmp-{tag}_ab12cd34.tmp"]  # the last of a target this run does not write
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{")
+    with caplog.at_level("INFO", logger="ssa"):
+        evaluate(gt_predictions, split, out_dir=out, progress=False)
+    assert not any(p.exists() for p in left)
+    assert all(f"removed {p}" in caplog.text for p in left)
 
 
 def test_workers_match_in_process(split, tmp_path):

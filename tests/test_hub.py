@@ -425,6 +425,24 @@ def test_failed_save_leaves_nothing_behind(model, checkpoint, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
 
 
+def test_full_disk_while_saving_is_an_oserror(model, tmp_path, monkeypatch):
+    """safetensors reports a full disk as a SafetensorError; the message is the one it gives on a full
+    tmpfs (checked by hand: ``Error while serializing: I/O error: No space left on device (os error 28)``)."""
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        hub.save_pretrained(model, tmp_path / "new")
+    assert info.value.errno == errno.ENOSPC and info.value.filename.endswith("model.safetensors.partial")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_kill_before_new_weights_never_pairs_new_config_with_old_weights(checkpoint, tmp_path, monkeypatch):
     """Overwriting dies after the new config is in place: the old weights must already be gone."""
     ckpt = copy_checkpoint(checkpoint, tmp_path / "ckpt")

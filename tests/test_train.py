@@ -86,7 +86,8 @@ def test_resume_equals_an_uninterrupted_run(data, tmp_path):
     opts = dict(batch_size=2, progress=False, save_every=2, lr_drops=[], **FAST)
     straight = finetune("ssa-tiny", data, output_dir=tmp_path / "a", iterations=4, **opts)
     finetune("ssa-tiny", data, output_dir=tmp_path / "b", iterations=2, **opts)  # "killed" after step 2
-    resumed = finetune("ssa-tiny", data, output_dir=tmp_path / "b", iterations=4, resume=True, **opts)
+    resumed = finetune("ssa-tiny", data, output_dir=tmp_path / "b", iterations=4, resume=True,
+                       allow_changes=["iterations"], **opts)  # extending the run
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
@@ -105,7 +106,7 @@ def test_checkpoints_are_atomic(data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
         finetune("ssa-tiny", data, output_dir=out, iterations=2, batch_size=2, progress=False, resume=True,
-                 **FAST)
+                 allow_changes=["iterations"], **FAST)
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == [".step-0000009.tmp-abc", "step-0000001"]
 

@@ -19,8 +19,13 @@ the current or home directory, or one holding the split or the predictions is re
 * ``predictions/<video>/<exp_id>/<frame>.png`` — when a model is evaluated (submission layout, see
   :mod:`ssa.eval.submission`);
 * ``.partial/<video>.json`` — while a run is in progress, one record per finished video (written
-  atomically). A run that is interrupted and started again with ``resume=True`` skips those videos.
-  The folder is removed when the run completes, so a later run scores everything afresh.
+  atomically), with the run's fingerprint: the model (:func:`ssa.fingerprint.model_fingerprint` of its
+  config and weights) or the predictions (their files' names, sizes and times), the data (the split's
+  annotation files, frame names and sizes) and the options (mode, threshold, precision, chunk size,
+  frame extension). A run that is interrupted and started again with ``resume=True`` skips those
+  videos; records of another model, data or options make it refuse to resume (``ValueError`` naming
+  what differs: pass ``resume=False`` to score everything again). The folder is removed when the run
+  completes, so a later run scores everything afresh.
 
 Parallelism: ``workers > 0`` scores a predictions folder with a pool of that many processes (spawned,
 CPU only). Under ``torch.distributed`` (an initialised process group, or the ``WORLD_SIZE`` / ``RANK``
@@ -31,6 +36,7 @@ rank 0 writes the files, and every rank returns the same full summary.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -51,7 +57,8 @@ from ssa.data.datasets import MeViSDataset
 from ssa.distributed import ProcessGroup, torchrun_group
 from ssa.eval.metrics import jf, summarize
 from ssa.eval.submission import PREDICTIONS_LAYOUT, read_prediction, write_prediction
-from ssa.io import OutputLayout, atomic_write_text, check_output_dir
+from ssa.fingerprint import fingerprint as fingerprint_of
+from ssa.io import OutputLayout, atomic_write_text, check_output_dir, is_leftover, remove_stale_temporaries
 
 if TYPE_CHECKING:
     import torch
@@ -230,28 +237,107 @@ def _write_record(out_dir: Path, video: str, fingerprint: dict, rows: list[Expre
     atomic_write_text(_record_path(out_dir, video), json.dumps(payload), overwrite=True)
 
 
+_COMPARED = {"model": "model (its config or weights)", "predictions": "predictions (their files)",
+             "data": "data (the split's annotations, frames or frame extension)"}
+
+
+def _differences(recorded: Any, fingerprint: dict[str, Any]) -> list[str]:
+    """What differs between the fingerprint of a record and this run's, in words (empty: nothing)."""
+    if not isinstance(recorded, dict) or not all(k in recorded for k in ("data", "options")):
+        return ["settings (a record of an earlier ssa version, without fingerprints)"]
+    found = [what for key, what in _COMPARED.items() if recorded.get(key) != fingerprint.get(key)]
+    before, now = recorded["options"], fingerprint["options"]
+    if before != now:
+        keys = sorted(set(before) | set(now)) if isinstance(before, dict) else sorted(now)
+        was = before if isinstance(before, dict) else {}
+        changed = [k for k in keys if was.get(k) != now.get(k)]
+        found.append("options (" + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in changed) + ")")
+    return found
+
+
 def _read_record(
     out_dir: Path, video: str, fingerprint: dict, ctx: _Context
 ) -> list[ExpressionScore] | None:
-    """The rows of a finished video recorded by an earlier run with the same settings, else None."""
+    """The rows of a finished video recorded by an earlier run with the same model, data and options,
+    else None (no record, or an unreadable one: the video is scored again). A record of another model,
+    data or options raises ``ValueError`` naming what differs."""
     path = _record_path(out_dir, video)
     if not path.is_file():
         return None
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-        if payload["video"] != video or payload["fingerprint"] != fingerprint:
-            logger.info("%s: recorded with other settings, scoring %r again", path, video)
-            return None
+        if payload["video"] != video:
+            raise ValueError(f"it is the record of {payload['video']!r}")
+        differs = _differences(payload["fingerprint"], fingerprint)
         rows = [ExpressionScore(**r) for r in payload["rows"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         logger.warning("%s: unreadable progress record (%s), scoring %r again", path, e, video)
         return None
+    if differs:
+        raise ValueError(
+            f"{out_dir} holds the progress records of an interrupted evaluation that differs from this run "
+            f"in: {'; '.join(differs)} (first: {path.name}); refusing to resume with them: pass resume=False "
+            "(ssa evaluate --no-resume) to score every video again, or choose another out_dir"
+        )
     expected = [exp_id for exp_id, _, _ in ctx.items[video]]
     n_frames = len(ctx.dataset.frame_names(video))
     if [r.exp_id for r in rows] != expected or any(r.num_frames != n_frames for r in rows):
-        logger.info("%s: the split changed since it was recorded, scoring %r again", path, video)
+        logger.warning("%s: the record does not match the split's expressions or frames, scoring %r again",
+                       path, video)
         return None
     return rows
+
+
+def _data_fingerprint(dataset: MeViSDataset) -> str:
+    """The split's annotation files (bytes) and, per video, its frame names and file sizes."""
+    frames = []
+    for video in dataset.videos:
+        for name in dataset.frame_names(video):
+            try:
+                size = os.stat(dataset.frame_path(video, name)).st_size
+            except OSError:
+                size = -1
+            frames.append([video, name, size])
+    files = [dataset.meta_path] + ([dataset.mask_path] if dataset.mask_path.is_file() else [])
+    return fingerprint_of(files, dataset.frame_ext, frames)
+
+
+def _predictions_fingerprint(pred_dir: Path, videos: list[str]) -> str:
+    """Names, sizes and modification times of the predictions of ``videos`` (what the scores read)."""
+    entries = []
+    for video in videos:
+        for root, dirs, files in os.walk(pred_dir / video):
+            dirs[:] = sorted(d for d in dirs if not is_leftover(d))
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    entries.append([os.path.relpath(path, pred_dir), st.st_size, st.st_mtime_ns])
+    return fingerprint_of(entries)
+
+
+def _run_fingerprint(dataset: MeViSDataset, split_dir: Path, source: str, pred_dir: Path | None,
+                     pipe: SSAPipeline | None, options: dict[str, Any], videos: list[str]) -> dict[str, Any]:
+    """What the records of this run are valid for (the "split" and "source" entries are informational)."""
+    from ssa.fingerprint import model_fingerprint
+
+    values: dict[str, Any] = {"split": str(split_dir.resolve()), "source": source,
+                              "data": _data_fingerprint(dataset), "options": options}
+    if pipe is not None:
+        values["model"] = model_fingerprint(pipe.model)
+    else:
+        assert pred_dir is not None
+        values["predictions"] = _predictions_fingerprint(pred_dir, videos)
+    return values
+
+
+def _clean_out_dir(out: Path, videos: list[str]) -> None:
+    """Remove the temporaries killed writes of an earlier run left in ``out``."""
+    for folder in (out, out / PARTIAL_DIRNAME, out / PREDICTIONS_DIRNAME):
+        remove_stale_temporaries(folder)
+    for video in videos:
+        if (out / PREDICTIONS_DIRNAME / video).is_dir():
+            remove_stale_temporaries(out / PREDICTIONS_DIRNAME / video)
 
 
 # -- distributed ----------------------------------------------------------------------------------------
@@ -370,8 +456,9 @@ def evaluate(
         workers: processes scoring a predictions folder in parallel (0: in this process). A model always
             runs in this process.
         progress: a tqdm bar over videos (rank 0 only).
-        resume: skip videos recorded as finished in ``out_dir`` by an interrupted run with the same
-            split, predictions/model and settings; False scores every video again.
+        resume: skip videos recorded as finished in ``out_dir`` by an interrupted run; its records must
+            be of the same model (config and weights) or predictions, data and options, else
+            ``ValueError`` says what differs. False scores every video again (and drops the records).
         device, precision: for a model given as an SSAModel or a name (default: CUDA when available —
             the rank's ``LOCAL_RANK`` GPU under torchrun — else CPU); ignored for an SSAPipeline.
         mode, threshold: the pipeline's query selection ("multi": every query scoring above
@@ -387,7 +474,8 @@ def evaluate(
         FileNotFoundError: a missing split or predictions folder, or a missing prediction PNG (naming the
             video, expression and frame). ValueError: a split that is not in the MeViS layout or has no
             ground truth (no ``mask_dict.json``), a prediction of the wrong size, an ``out_dir`` that is
-            the current or home directory or holds the split or the predictions. FileExistsError: an
+            the current or home directory or holds the split or the predictions, progress records of
+            another model, data or options with ``resume=True``. FileExistsError: an
             ``out_dir`` holding files an evaluation does not write (named in the message).
     """
     if workers < 0:
@@ -407,11 +495,12 @@ def evaluate(
 
     with torchrun_group(device, objects=True) as dist:
         pred_dir, pipe, source = _resolve(predictions, _default_device(device, dist), precision)
-        fingerprint: dict[str, Any] = {"split": str(split_dir.resolve()), "source": source}
+        options: dict[str, Any] = {"frame_ext": frame_ext}
         if pipe is not None:
             mode = pipe.config.selection if mode is None else mode
             threshold = pipe.config.threshold if threshold is None else threshold
-            fingerprint.update(mode=mode, threshold=threshold)
+            options.update(mode=mode, threshold=threshold, precision=pipe.precision,
+                           chunk_size=pipe.chunk_size)
         ctx = _Context(
             dataset, _index_expressions(dataset), predictions=pred_dir, pipeline=pipe, mode=mode,
             threshold=threshold,
@@ -428,7 +517,15 @@ def evaluate(
 
         results: dict[str, list[ExpressionScore]] = {}
         error: BaseException | None = None
+        fingerprint: dict[str, Any] = {}
         try:
+            if out is not None:
+                if dist.rank == 0:
+                    _clean_out_dir(out, videos)
+                fingerprint = _run_fingerprint(dataset, split_dir, source, pred_dir, pipe, options, videos)
+                if not resume:  # the records of this rank's videos, from any earlier run
+                    for video in mine:
+                        _record_path(out, video).unlink(missing_ok=True)
             if out is not None and resume:
                 for video in mine:
                     rows = _read_record(out, video, fingerprint, ctx)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -25,7 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ssa.io import MASKS_LAYOUT, OutputLayout, atomic_output_dir, check_output_file, default_permissions
+from ssa.io import (
+    MASKS_LAYOUT,
+    OutputLayout,
+    atomic_output_dir,
+    check_output_file,
+    default_permissions,
+    is_leftover,
+    remove_stale_temporaries,
+    temp_prefix,
+)
 
 __all__ = ["prediction_path", "write_prediction", "read_prediction", "read_mask_png", "zip_submission",
            "PREDICTIONS_LAYOUT"]
@@ -38,8 +46,6 @@ PREDICTIONS_LAYOUT = OutputLayout(
     "predictions folder", dirs=((r".+", OutputLayout("video's predictions", dirs=((r".+", MASKS_LAYOUT),))),))
 """``<video>/<exp_id>/<frame>.png`` mask PNGs and nothing else."""
 
-# The temporary and backup folders of an interrupted ssa.io.atomic_output_dir (never a video or an id).
-_LEFTOVER = re.compile(r"\..+\.(?:tmp|old)-\w+")
 
 # A fixed timestamp makes the zip a function of the masks only (byte-identical for identical inputs).
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -175,7 +181,7 @@ def _submission_files(root: Path) -> list[tuple[Path, str]]:
     real_root = Path(os.path.realpath(root))
 
     def children(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.iterdir() if not _LEFTOVER.fullmatch(p.name))
+        return sorted(p for p in folder.iterdir() if not is_leftover(p.name))  # skip killed writes
 
     found = []
     for video in children(root):
@@ -218,7 +224,8 @@ def zip_submission(
     if not files:
         raise ValueError(f"no predictions found under {root} (expected <video>/<exp_id>/<frame>.png)")
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".tmp", dir=zip_path.parent)
+    remove_stale_temporaries(zip_path.parent, zip_path.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(zip_path.name), suffix=".tmp", dir=zip_path.parent)
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -4,17 +4,20 @@ The recipe: AdamW (lr 5e-4, weight decay 0.05) on the trainable parameters only,
 step decay, full-model gradient-norm clipping, gradient accumulation, AMP on CUDA (fp16 with a grad
 scaler, or bf16), DDP under ``torchrun`` (NCCL on GPU, gloo on CPU) with only rank 0 writing.
 Checkpoints are ``save_pretrained`` directories plus the training state, written to a temporary
-directory and renamed into place; ``resume=True`` continues from the newest one exactly.
+directory and renamed into place; ``resume=True`` continues exactly from the newest one that reads back
+whole, with the checkpoint's training config (changes are refused but for :data:`RESUMABLE_FIELDS`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -34,18 +37,29 @@ from tqdm.auto import tqdm
 from ssa.config import PRESETS, SSAConfig, check_field_types
 from ssa.distributed import ProcessGroup, torchrun_group
 from ssa.eval.evaluate import EVALUATION_LAYOUT
-from ssa.io import OutputLayout, check_output_dir, default_permissions
+from ssa.io import (
+    OutputLayout,
+    atomic_write_text,
+    check_output_dir,
+    default_permissions,
+    remove_stale_temporaries,
+    temp_prefix,
+)
 from ssa.modeling.model import SSAModel
 from ssa.train.data import ReferringClips, batch_keys, collate_clips
 from ssa.train.losses import LossConfig, SSACriterion
 
-__all__ = ["TrainConfig", "finetune", "latest_checkpoint", "TRAINING_LAYOUT"]
+__all__ = ["TrainConfig", "finetune", "latest_checkpoint", "TRAINING_LAYOUT", "RESUMABLE_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "training_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+RESUMABLE_FIELDS = ("iterations", "eval_every", "log_every", "save_every", "keep_checkpoints", "num_workers")
+"""The :class:`TrainConfig` fields a resumed run may change (``finetune(allow_changes=...)``, ``ssa train
+--allow-change``): how long the run goes and how often it logs, saves and evaluates, not what a step
+computes."""
 
 TRAINING_LAYOUT = OutputLayout(
     "training output", markers=(TRAIN_CONFIG_NAME,), files=(re.escape(TRAIN_CONFIG_NAME), r"log\.jsonl"),
@@ -267,18 +281,30 @@ def _weights_kind(cfg: TrainConfig) -> str:
     return "full" if cfg.unfreeze_clip else "auto"
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint ``output_dir/checkpoints/step-N`` or None.
-
-    A checkpoint directory appears only by an atomic rename once everything in it is written, so any
-    ``step-N`` directory is complete; temporary directories of an interrupted write are ignored.
-    """
+def _checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoint directories ``output_dir/checkpoints/step-N``, newest first."""
     folder = Path(output_dir) / "checkpoints"
     if not folder.is_dir():
-        return None
-    steps = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return max(steps)[1] if steps else None
+        return []
+    steps = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(steps, reverse=True)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint ``output_dir/checkpoints/step-N`` or None.
+
+    A checkpoint directory appears only by an atomic rename once everything in it is written, so a
+    ``step-N`` directory is complete unless damaged later; temporary directories of an interrupted write
+    are ignored. ``finetune(resume=True)`` skips a damaged one (with a warning) for the next older one.
+    """
+    found = _checkpoints(output_dir)
+    return found[0] if found else None
+
+
+def _write_error(what: str, path: Path, err: OSError) -> OSError:
+    """A one-line ``OSError`` (same errno) saying which write failed, e.g. on a full disk."""
+    reason = err.strerror or str(err)
+    return OSError(err.errno, f"could not write {what} {path}: {reason}")
 
 
 @contextlib.contextmanager
@@ -301,7 +327,7 @@ def _save_checkpoint(output_dir: Path, step: int, model: SSAModel, optimizer: to
     folder = output_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.tmp-", dir=folder))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), dir=folder))
     try:
         with _quiet("ssa.hub"):  # not its "saved ... to <temporary folder>": the final path is logged below
             model.save_pretrained(tmp / "model", weights=_weights_kind(cfg))
@@ -313,43 +339,189 @@ def _save_checkpoint(output_dir: Path, step: int, model: SSAModel, optimizer: to
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
-        torch.save(state, tmp / STATE_NAME)
-        (tmp / TRAIN_CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2))
-        for f in (tmp / STATE_NAME, tmp / TRAIN_CONFIG_NAME):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        buffer = io.BytesIO()  # torch reports a failed write (a full disk) as a RuntimeError: write it here
+        torch.save(state, buffer)
+        with open(tmp / STATE_NAME, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        del buffer
+        with open(tmp / TRAIN_CONFIG_NAME, "w", encoding="utf-8") as f:
+            f.write(json.dumps(cfg.to_dict(), indent=2))
+            f.flush()
+            os.fsync(f.fileno())
         default_permissions(tmp)
         if final.exists():  # the same step written again (e.g. a resumed run): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error("the checkpoint", final, err) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)))
-    for _, p in old[:-cfg.keep_checkpoints]:
+    for p in _checkpoints(output_dir)[cfg.keep_checkpoints:]:
         shutil.rmtree(p, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
     return final
 
 
-def _load_checkpoint(path: Path, model: SSAModel, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     scaler: Any) -> tuple[int, dict]:
-    """Weights, optimiser, schedule and scaler from ``path``; returns the step and the state (whose RNG
-    states are restored by the caller once the data loader has drawn its seed)."""
-    from ssa.hub import load_pretrained
+_STATE_KEYS = ("step", "optimizer", "scheduler", "torch_rng")
+# What reading a damaged checkpoint raises (torch.load: RuntimeError, UnpicklingError, EOFError).
+_DAMAGE = (OSError, ValueError, TypeError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)
 
-    loaded = load_pretrained(path / "model", device="cpu")
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("backbone.") for k in missing):
+
+@dataclass
+class _Checkpoint:
+    """A checkpoint read back whole and checked: its step, training config, weights and training state."""
+
+    path: Path
+    step: int
+    config: TrainConfig
+    weights: dict[str, Tensor]
+    state: dict[str, Any]
+
+
+def _read_train_config(path: Path) -> TrainConfig:
+    file = path / TRAIN_CONFIG_NAME
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON ({err})") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{file} does not hold a JSON object")
+    return TrainConfig.from_dict(values)
+
+
+def _read_checkpoint(path: Path, config: TrainConfig) -> _Checkpoint:
+    """The weights and training state of the checkpoint ``path`` (whose config was read), checked:
+    raises one of ``_DAMAGE`` saying what is wrong."""
+    from ssa.hub import read_checkpoint
+
+    _, weights = read_checkpoint(path / "model")
+    try:
+        state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as err:
+        reason = re.split(r"\.\s|\n", str(err).strip(), maxsplit=1)[0] or type(err).__name__
+        raise ValueError(f"{path / STATE_NAME} cannot be read ({reason})") from err
+    if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+        raise ValueError(f"{path / STATE_NAME} lacks the training state ({', '.join(_STATE_KEYS)})")
+    step = int(_STEP_DIR.match(path.name).group(1))  # type: ignore[union-attr]
+    if state["step"] != step:
+        raise ValueError(f"{path / STATE_NAME} is the state of step {state['step']!r}, not {step}")
+    return _Checkpoint(path, step, config, weights, state)
+
+
+def _flat_config(cfg: TrainConfig) -> dict[str, Any]:
+    """Field → JSON value, the loss's fields as ``loss.<name>`` (tuples and lists compare equal)."""
+    values = json.loads(json.dumps(cfg.to_dict()))
+    loss = values.pop("loss")
+    return {**values, **{f"loss.{k}": v for k, v in loss.items()}}
+
+
+def _resumed_config(requested: TrainConfig, given: dict[str, Any] | None, saved: TrainConfig,
+                    allow_changes: Sequence[str], path: Path) -> TrainConfig:
+    """The config a run resumed from the checkpoint ``path`` (trained with ``saved``) goes on with.
+
+    ``given``: the fields passed one by one when no whole config was (the others are then the
+    checkpoint's); None: ``requested`` is the whole config asked for. A field differing from the
+    checkpoint's raises ``ValueError`` naming it, unless it is in ``allow_changes``.
+    """
+    if given is not None:
+        requested = dataclasses.replace(saved, **given)
+    before, after = _flat_config(saved), _flat_config(requested)
+    changed = [name for name in before if before[name] != after[name]]
+    refused = [name for name in changed if name not in allow_changes]
+    if refused:
+        diffs = ", ".join(f"{name} ({before[name]!r} -> {after[name]!r})" for name in refused)
+        safe = [name for name in refused if name in RESUMABLE_FIELDS]
+        unsafe = [name for name in refused if name not in RESUMABLE_FIELDS]
+        advice = []
+        if safe:
+            advice.append(f"to change {', '.join(safe)}, pass allow_changes={safe!r} (ssa train "
+                          f"--allow-change {','.join(safe)})")
+        if unsafe:
+            advice.append(f"{', '.join(unsafe)} cannot change in a resumed run (only "
+                          f"{', '.join(RESUMABLE_FIELDS)} can): give the checkpoint's values or leave them "
+                          "out (a resumed run takes them from its checkpoint), or start a new run in another "
+                          "output folder")
+        raise ValueError(f"cannot resume from {path}: the requested training config differs from the "
+                         f"checkpoint's in {diffs}; " + "; ".join(advice))
+    if changed:
+        logger.info("resuming with %s changed as allowed", ", ".join(
+            f"{name} {before[name]!r} -> {after[name]!r}" for name in changed))
+    return requested
+
+
+def _resume_point(output_dir: Path, requested: TrainConfig, given: dict[str, Any] | None,
+                  allow_changes: Sequence[str]) -> tuple[TrainConfig, _Checkpoint | None]:
+    """The config to go on with and the newest checkpoint that reads back whole (None: none at all).
+
+    Checkpoints are tried newest first: one that cannot be read (files missing, truncated or corrupt,
+    NaN weights, ...) is skipped with a warning naming it and why; when none can, ``ValueError`` lists
+    them. A config differing from the checkpoint's raises at once (:func:`_resumed_config`).
+    """
+    found = _checkpoints(output_dir)
+    if not found:
+        logger.info("resume=True but no checkpoint in %s: starting from step 0", output_dir)
+        return requested, None
+    problems = []
+    for path in found:
+        try:
+            saved = _read_train_config(path)
+        except _DAMAGE as err:
+            problems.append(f"{path.name}: {err}")
+            logger.warning("skipping the damaged checkpoint %s: %s", path, err)
+            continue
+        cfg = _resumed_config(requested, given, saved, allow_changes, path)
+        try:
+            return cfg, _read_checkpoint(path, saved)
+        except _DAMAGE as err:
+            problems.append(f"{path.name}: {err}")
+            logger.warning("skipping the damaged checkpoint %s: %s", path, err)
+    raise ValueError(f"cannot resume in {output_dir}: none of its {len(found)} checkpoint(s) can be read "
+                     f"({'; '.join(problems)}); move the damaged ones away to start over from step 0")
+
+
+def _apply_checkpoint(ckpt: _Checkpoint, model: SSAModel, optimizer: torch.optim.Optimizer, scheduler: Any,
+                      scaler: Any) -> None:
+    """Weights, optimiser, schedule and scaler from a checkpoint read back whole (the RNG states are
+    restored by the caller once the data loader has drawn its seed)."""
+    own = model.state_dict()
+    unexpected = [k for k in ckpt.weights if k not in own]
+    missing = [k for k in own if k not in ckpt.weights and not k.startswith("backbone.")]
+    wrong = [k for k, t in ckpt.weights.items() if k in own and tuple(t.shape) != tuple(own[k].shape)]
+    if unexpected or missing or wrong:
         raise ValueError(
-            f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}"
+            f"checkpoint {ckpt.path} is of another network than the model being trained: missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}, other shapes {wrong[:5]}"
         )
-    state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler") is not None:
-        scaler.load_state_dict(state["scaler"])
-    return int(state["step"]), state
+    model.load_state_dict(ckpt.weights, strict=False)
+    optimizer.load_state_dict(ckpt.state["optimizer"])
+    scheduler.load_state_dict(ckpt.state["scheduler"])
+    if scaler is not None and ckpt.state.get("scaler") is not None:
+        scaler.load_state_dict(ckpt.state["scaler"])
+
+
+def _cut_log(log_path: Path, step: int) -> None:
+    """Keep the records of ``log.jsonl`` up to ``step`` (where a resumed run goes on from): the steps an
+    interrupted run logged after its last checkpoint are done again and logged anew."""
+    if not log_path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and int(record["step"]) <= step
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept), overwrite=True)
+        logger.info("%s: dropped %d record(s) after step %d (the interrupted run's)", log_path, dropped, step)
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -365,6 +537,7 @@ def finetune(
     val_data: Any = None,
     config: TrainConfig | None = None,
     resume: bool = False,
+    allow_changes: Sequence[str] = (),
     device: str | torch.device | None = None,
     progress: bool = True,
     **overrides: Any,
@@ -382,42 +555,79 @@ def finetune(
             (:func:`ssa.io.check_output_dir`).
         iterations, batch_size, num_frames, lr, **overrides: :class:`TrainConfig` fields (override
             ``config``). ``batch_size`` is the global number of clips per optimiser step.
-        val_data: a MeViS-layout split evaluated every ``eval_every`` steps and at the end (rank 0).
-        resume: continue from the newest checkpoint in ``output_dir`` (exactly: weights, optimiser,
-            schedule, RNG and data position).
+        val_data: a MeViS-layout split evaluated every ``eval_every`` steps and at the end (rank 0); it
+            may change when resuming.
+        resume: continue from the newest checkpoint in ``output_dir`` that reads back whole (exactly:
+            weights, optimiser, schedule, RNG and data position); a damaged newer one is skipped with a
+            warning naming it, ``ValueError`` when none can be read. The training config must be the
+            checkpoint's: without ``config`` the checkpoint's is reused, with the fields given here
+            compared to it; a given ``config`` is compared whole. A difference raises ``ValueError``
+            naming the fields, except for those in ``allow_changes``. ``log.jsonl`` is cut back to the
+            checkpoint's step (the steps after it are trained and logged again).
+        allow_changes: the fields a resumed run may change, among :data:`RESUMABLE_FIELDS`:
+            ``iterations`` (extend or shorten the run; the lr drops, fractions of ``iterations``, move
+            with it), ``eval_every``, ``log_every``, ``save_every``, ``keep_checkpoints`` and
+            ``num_workers`` (how often things happen, not what is computed). Anything else (lr, batch
+            size, seed, frames, loss, ...) would not match the optimiser and data state saved in the
+            checkpoint: start a new run for it.
         device: default ``cuda:LOCAL_RANK`` if available, else CPU.
+
+    Writes that fail (a full disk) raise ``OSError`` naming the file; a checkpoint is written whole or
+    not at all, and the temporaries of writes killed in an earlier run are removed (logged) when a run
+    starts in the same folder (:func:`ssa.io.remove_stale_temporaries`).
 
     Under ``torchrun`` the process group is set up here (NCCL on GPU, gloo on CPU), clips are split
     over ranks so that the global batch is the same as in one process, and only rank 0 writes.
     """
-    cfg = dataclasses.replace(config) if config is not None else TrainConfig()
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given: dict[str, Any] = {}
     for name, value in {"iterations": iterations, "batch_size": batch_size, "num_frames": num_frames,
                         "lr": lr, **overrides}.items():
         if value is None:
             continue
-        if name not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        if name not in names:
             raise TypeError(f"finetune() got an unknown option {name!r} (not a TrainConfig field)")
+        given[name] = value
+    if isinstance(allow_changes, str):
+        allow_changes = [allow_changes]
+    for name in allow_changes:
+        if name not in RESUMABLE_FIELDS:
+            raise ValueError(f"allow_changes: {name!r} cannot change in a resumed run; only "
+                             f"{', '.join(RESUMABLE_FIELDS)} can")
+    cfg = dataclasses.replace(config) if config is not None else TrainConfig()
+    for name, value in given.items():
         setattr(cfg, name, value)
     if isinstance(cfg.loss, dict):
         cfg.loss = LossConfig.from_dict(cfg.loss)
     cfg.validate()
 
     with torchrun_group(device) as d:
-        return _run(model_or_name, train_data, Path(output_dir), cfg, val_data, resume, device, progress, d)
+        return _run(model_or_name, train_data, Path(output_dir), cfg, val_data, resume, device, progress, d,
+                    given=given if config is None else None, allow_changes=list(allow_changes))
 
 
 def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig, val_data: Any,
-         resume: bool, device: Any, progress: bool, d: ProcessGroup) -> SSAModel:
+         resume: bool, device: Any, progress: bool, d: ProcessGroup, *, given: dict[str, Any] | None,
+         allow_changes: Sequence[str]) -> SSAModel:
+    inputs = [Path(p) for p in (model_or_name, train_data, val_data)
+              if isinstance(p, str | os.PathLike) and Path(p).exists()]
+    check_output_dir(output_dir, overwrite=resume, layout=TRAINING_LAYOUT, inputs=inputs,
+                     hint="choose a new directory or pass resume=True to continue", verb="continue in")
+    if d.main:  # the temporaries of writes killed in an earlier run here
+        for folder in (output_dir, output_dir / "checkpoints"):
+            remove_stale_temporaries(folder)
+    ckpt = None
+    if resume:
+        cfg, ckpt = _resume_point(output_dir, cfg, given, allow_changes)
+        if ckpt is not None and ckpt.step > cfg.iterations:
+            raise ValueError(f"cannot resume from {ckpt.path}: it is at step {ckpt.step}, beyond iterations "
+                             f"{cfg.iterations}")
     micro = cfg.batch_size // (d.world_size * cfg.grad_accum)
     if micro * d.world_size * cfg.grad_accum != cfg.batch_size:
         raise ValueError(
             f"batch_size {cfg.batch_size} is not divisible by world size {d.world_size} x grad_accum "
             f"{cfg.grad_accum}"
         )
-    inputs = [Path(p) for p in (model_or_name, train_data, val_data)
-              if isinstance(p, str | os.PathLike) and Path(p).exists()]
-    check_output_dir(output_dir, overwrite=resume, layout=TRAINING_LAYOUT, inputs=inputs,
-                     hint="choose a new directory or pass resume=True to continue", verb="continue in")
     dev = _pick_device(device, d)
     precision = cfg.precision if cfg.precision != "auto" else ("fp16" if dev.type == "cuda" else "fp32")
     if precision == "fp16" and dev.type != "cuda":
@@ -442,18 +652,22 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     start, state = 0, None
-    if resume:
-        ckpt = latest_checkpoint(output_dir)
-        if ckpt is None:
-            logger.info("resume=True but no checkpoint in %s: starting from step 0", output_dir)
-        else:
-            start, state = _load_checkpoint(ckpt, model, optimizer, scheduler, scaler)
-            logger.info("resumed from %s (step %d)", ckpt, start)
+    if ckpt is not None:
+        _apply_checkpoint(ckpt, model, optimizer, scheduler, scaler)
+        start, state = ckpt.step, ckpt.state
+        logger.info("resumed from %s (step %d)", ckpt.path, start)
     else:
         torch.manual_seed(cfg.seed)
+    log_path = output_dir / "log.jsonl"
     if d.main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / TRAIN_CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2))
+        try:
+            if resume:
+                _cut_log(log_path, start)
+            atomic_write_text(output_dir / TRAIN_CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2),
+                              overwrite=True)
+        except OSError as err:
+            raise _write_error("the run's files in", output_dir, err) from err
 
     ddp = model
     if d.world_size > 1:
@@ -469,7 +683,6 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
     trainable = [p for g in params for p in g["params"]]
-    log_path = output_dir / "log.jsonl"
     bar = tqdm(total=cfg.iterations, initial=start, desc="train", unit="it",
                disable=not (progress and d.main))
     window: list[dict[str, float]] = []
@@ -510,8 +723,7 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
                           clips_per_s=len(window) * micro * d.world_size / max(elapsed, 1e-9))
             window, tick = [], time.perf_counter()
             if d.main:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                _append_log(log_path, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 logger.debug("step %d %s", done, record)
         if d.main and (done % cfg.save_every == 0 or done == cfg.iterations):
@@ -526,9 +738,20 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
     model.eval()
     if d.main:
         final = output_dir / "model"
-        model.save_pretrained(final, weights=_weights_kind(cfg), overwrite=True)
+        try:
+            model.save_pretrained(final, weights=_weights_kind(cfg), overwrite=True)
+        except OSError as err:
+            raise _write_error("the trained model", final, err) from err
         logger.info("trained model saved to %s", final)
     return model
+
+
+def _append_log(log_path: Path, record: dict[str, Any]) -> None:
+    try:
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:
+        raise _write_error("the training log", log_path, err) from err
 
 
 def _clip_generators(seed: int, step: int, micro: int, keys: list[tuple[int, int]]) -> list[torch.Generator]:
@@ -562,6 +785,5 @@ def _evaluate(model: SSAModel, val_data: Any, out_dir: Path, dev: torch.device, 
     pipe = SSAPipeline(model, device=dev)
     summary = evaluate(pipe, val_data, out_dir=out_dir if d.main else None, progress=False, resume=False)
     if d.main:
-        with open(log_path, "a") as f:
-            f.write(json.dumps({"step": step, "eval": summary}) + "\n")
+        _append_log(log_path, {"step": step, "eval": summary})
         logger.info("step %d: J&F %.4f (J %.4f, F %.4f)", step, summary["J&F"], summary["J"], summary["F"])
