@@ -121,7 +121,7 @@ def main() -> None:
                 continue  # done in an earlier process; a later phase resumes from its checkpoint
             model = finetune(model, train, output_dir=run, iterations=iterations,
                              batch_size=args.batch_size, val_data=val, resume=args.resume or phase > 0,
-                             **RECIPE)
+                             allow_changes=["iterations"], **RECIPE)  # a later phase extends the run
     # the final model as finetune() saved it, loaded as users load it (CLIP frozen as the config says): the
     # shipped card and weights are the same whether this process trained it or --eval-only
     model = SSAModel.from_pretrained(run / "model")
