@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from ssa import SSAConfig, SSAModel, SSAPipeline
+from ssa.io.video import read_frames
 from ssa.preprocessing import preprocess_frames, resized_size
 from ssa.profiling import STAGES, PeakMemory, StageFlops, StageTimer
-from ssa.video import read_frames
 
 logger = logging.getLogger("bench")
 
@@ -182,7 +182,7 @@ def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
 
 
 def _video_size(video: str) -> tuple[int, int]:
-    from ssa.video import probe
+    from ssa.io.video import probe
 
     info = probe(video)
     return info.height, info.width

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ssa import __version__
+from ssa.version import __version__
 
 __all__ = ["main"]
 
@@ -40,7 +40,7 @@ _DEMO_HELP = (
 )
 
 _OFFICIAL_DATASETS = ("davis", "mevis", "ytvos")
-"""The keys of ssa.convert.OFFICIAL_DATASETS (that module imports torch; a test keeps them equal)."""
+"""The keys of ssa.official.OFFICIAL_DATASETS (that module imports torch; a test keeps them equal)."""
 
 _OVERWRITE_HINT = "pass --overwrite to replace it"
 
@@ -222,39 +222,34 @@ def _new_parents(path: Path) -> list[Path]:
 
 
 def _write_segment_outputs(args: argparse.Namespace, results: list[Any]) -> None:
-    """All the outputs or none: each overlay is encoded to a hidden temporary file beside its place, then
-    the masks folder appears (atomically, ssa.io.write_segmentation), then the overlays are renamed
-    into place. On any failure or Ctrl-C before that the temporary files and the folders made for
-    them are removed."""
-    import uuid
-
-    from ssa.io import check_output_file, write_segmentation
+    """All the outputs or none: each overlay is encoded to a hidden temporary file beside its place
+    (ssa.io.atomic_write), then the masks folder appears (atomically, ssa.io.write_segmentation), then
+    the overlays are renamed into place. On any failure or Ctrl-C before that the temporary files and
+    the folders made for them are removed."""
+    from ssa.io import atomic_write, write_segmentation
 
     progress = not args.no_progress
     inputs = [Path(args.video)]
-    staged: list[tuple[Path, Path]] = []  # (temporary file, final path)
     made: list[Path] = []
     try:
         made += _new_parents(args.out)
-        if args.overlay is not None:
-            for result, path in zip(results, _overlay_paths(args.overlay, len(results)), strict=True):
-                made += _new_parents(path)
-                tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix or '.mp4'}")
-                staged.append((tmp, path))
-                result.save_overlay(tmp, progress=progress)
-                check_output_file(path, overwrite=args.overwrite, inputs=inputs, hint=_OVERWRITE_HINT)
-        write_segmentation(results, args.out, overwrite=args.overwrite, inputs=inputs, progress=progress)
-        for tmp, path in staged:  # the overlays were checked just before the masks were written
-            os.replace(tmp, path)
+        with contextlib.ExitStack() as overlays:  # each renamed into place on leaving, after the masks
+            if args.overlay is not None:
+                for result, path in zip(results, _overlay_paths(args.overlay, len(results)), strict=True):
+                    made += _new_parents(path)
+                    tmp = overlays.enter_context(atomic_write(
+                        path, overwrite=args.overwrite, inputs=inputs, hint=_OVERWRITE_HINT,
+                        suffix=path.suffix or ".mp4"))
+                    result.save_overlay(tmp, progress=progress)
+            write_segmentation([r.to_expression_masks() for r in results], args.out,
+                               overwrite=args.overwrite, inputs=inputs, progress=progress)
     except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
         for folder in reversed(made):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if still empty
         raise
     logger.info("wrote %d expression(s) to %s", len(results), args.out)
-    for _, path in staged:
+    for path in _overlay_paths(args.overlay, len(results)) if args.overlay is not None else ():
         logger.info("wrote overlay %s", path)
 
 

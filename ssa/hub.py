@@ -17,27 +17,26 @@ downloaded, so a checkpoint whose config does not match its weights fails fast w
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
 import pickle
 import re
-import shutil
 import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-import ssa
 from ssa.config import SSAConfig
-from ssa.io import default_permissions, remove_stale_temporaries, temp_prefix
+from ssa.io import default_permissions, sync_to_disk, temporary_sibling
+from ssa.official import OFFICIAL_DATASETS, OfficialCheckpointError, convert_state_dict, read_official
+from ssa.version import __version__
 
 if TYPE_CHECKING:
     from ssa.modeling.model import SSAModel
@@ -91,6 +90,59 @@ class InvalidCheckpointError(ValueError):
 # ----------------------------------------------------------------------------------------------------
 # saving
 # ----------------------------------------------------------------------------------------------------
+_M = TypeVar("_M", bound=nn.Module)
+
+
+class PretrainedMixin:
+    """Checkpoints for a model class (:class:`ssa.SSAModel`): ``save_pretrained``, ``from_pretrained``,
+    ``from_official`` and ``push_to_hub``, implemented by this module's functions with the class passed
+    in, so that ``ssa.hub`` never imports the model (the model imports this mixin, not the reverse).
+
+    Not ``huggingface_hub.PyTorchModelHubMixin``: that mixin serialises ``__init__`` keyword arguments
+    to ``config.json`` and saves the whole state dict; ssa needs a validated :class:`~ssa.SSAConfig`
+    (presets, type checks), checkpoints without the frozen CLIP (``weights="trainable"``, refilled from
+    open_clip), fp16 weights, the authors' ``.pth`` conversion, bundled names, checks of keys, shapes,
+    dtypes and finite values before anything is built or downloaded, and a model card with measured
+    figures; overriding its ``_save_pretrained`` / ``_from_pretrained`` would replace all of it. The Hub
+    transfers themselves use ``huggingface_hub`` (``hf_hub_download``, ``HfApi``, ``ModelCard``).
+    """
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *,
+                        weights: Literal["auto", "trainable", "full"] = "auto", overwrite: bool = False,
+                        model_card: bool = True) -> Path:
+        """Write config.json, model.safetensors and README.md; see :func:`ssa.hub.save_pretrained`."""
+        return save_pretrained(self, save_directory, weights=weights, overwrite=overwrite,  # type: ignore[arg-type]
+                               model_card=model_card)
+
+    @classmethod
+    def from_pretrained(cls: type[_M], name_or_path: str | os.PathLike[str] = "ssa-tiny-synthetic", *,
+                        revision: str | None = None,
+                        cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False,
+                        token: str | bool | None = None, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, strict: bool = True,
+                        config: SSAConfig | None = None) -> _M:
+        """Load a bundled model, checkpoint directory, Hub repo or an official ``.pth`` checkpoint (eval
+        mode); see :func:`ssa.hub.load_pretrained`. The default is the bundled demo model. ``config``
+        describes the network of an official ``.pth`` (default: the paper's)."""
+        return load_pretrained(cls, name_or_path, revision=revision, cache_dir=cache_dir,
+                               local_files_only=local_files_only, token=token, device=device,
+                               dtype=dtype, strict=strict, config=config)
+
+    @classmethod
+    def from_official(cls: type[_M], path: str | os.PathLike[str], config: SSAConfig | None = None, *,
+                      dataset: str | None = None) -> _M:
+        """Build the model from the authors' ``model_final.pth``; see :func:`ssa.hub.load_official`."""
+        return load_official(cls, path, config, dataset=dataset)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload SSA model", revision: str | None = None,
+                    weights: Literal["auto", "trainable", "full"] = "auto") -> str:
+        """Upload this model to the Hub repo ``repo_id``; returns the commit URL. See
+        :func:`ssa.hub.push_to_hub`."""
+        return push_to_hub(self, repo_id, private=private, token=token,  # type: ignore[arg-type]
+                           commit_message=commit_message, revision=revision, weights=weights)
+
+
 def save_pretrained(
     model: SSAModel,
     save_directory: str | os.PathLike[str],
@@ -125,9 +177,7 @@ def _save(
     repo_id: str | None = None,
     source: Mapping[str, Any] | None = None,
 ) -> Path:
-    from ssa.modeling.model import SSAModel
-
-    if not isinstance(model, SSAModel):
+    if not isinstance(model, PretrainedMixin):
         raise TypeError(f"save_pretrained expects an SSAModel, got {type(model).__name__}")
     kind = _resolve_weights_kind(model, weights)
     target = Path(os.path.abspath(Path(save_directory).expanduser()))  # '.' and '..' get real names
@@ -144,14 +194,12 @@ def _save(
         logger.warning("%s exists; keeping it (pass overwrite=True to replace it)", target / MODEL_CARD_NAME)
 
     state = _state_dict_for_saving(model, kind)
-    metadata = {"format": "pt", "ssa_version": ssa.__version__, "ssa_weights": kind}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target.parent, target.name)
-    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name, "ssa-tmp"), dir=target.parent))
-    try:
+    metadata = {"format": "pt", "ssa_version": __version__, "ssa_weights": kind}
+    # Staged next to the folder (which may hold the user's own files, kept), then moved in file by file.
+    with temporary_sibling(target, directory=True, kind="ssa-tmp") as staging:
         config_file = staging / CONFIG_NAME
         config_file.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-        _fsync(config_file)
+        sync_to_disk(config_file)
         if write_card:
             card = render_model_card(
                 model.config, weights=kind, repo_id=repo_id or _local_name(target),
@@ -172,8 +220,6 @@ def _save(
         if write_card:
             os.replace(staging / MODEL_CARD_NAME, target / MODEL_CARD_NAME)
         os.replace(weights_file, target / WEIGHTS_NAME)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("saved SSA checkpoint (%s weights, %d tensors) to %s", kind, len(state), target)
     return target
 
@@ -222,23 +268,16 @@ def _state_dict_for_saving(model: SSAModel, kind: WeightsKind) -> dict[str, Tens
 def _write_safetensors(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    partial = path.with_name(path.name + ".partial")
     try:
-        save_file(state, str(partial), metadata=metadata)
+        save_file(state, str(path), metadata=metadata)
     except Exception as err:  # safetensors reports a failed write (a full disk) as a SafetensorError
         code = re.search(r"os error (\d+)|code: (\d+)", str(err))
         if isinstance(err, OSError) or code is None:
             raise
         number = int(code.group(1) or code.group(2))
-        raise OSError(number, os.strerror(number), str(partial)) from err
-    _fsync(partial)
-    default_permissions(partial)  # safetensors writes it private (0600)
-    os.replace(partial, path)
-
-
-def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError), open(path, "rb") as f:
-        os.fsync(f.fileno())
+        raise OSError(number, os.strerror(number), str(path)) from err
+    sync_to_disk(path)
+    default_permissions(path)  # safetensors writes it private (0600)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -316,7 +355,7 @@ a sentence, the model segments the object(s) the sentence refers to in every fra
 | parameters | {count(num_parameters)} |
 | trainable parameters | {count(num_trainable)} |
 | stored in `{WEIGHTS_NAME}` | {count(num_saved)}, {stored} |
-| ssa version | {ssa.__version__} |
+| ssa version | {__version__} |
 
 ## Usage
 
@@ -423,6 +462,7 @@ def _bundled_weights_dir(name: str) -> Path | None:
 
 
 def load_pretrained(
+    model_class: type[_M],
     name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
     revision: str | None = None,
@@ -433,8 +473,9 @@ def load_pretrained(
     dtype: torch.dtype | None = None,
     strict: bool = True,
     config: SSAConfig | None = None,
-) -> SSAModel:
-    """Load an SSA checkpoint from a bundled name, a local directory or a Hugging Face Hub repo id, or
+) -> _M:
+    """Load a ``model_class`` (:class:`ssa.SSAModel`; ``SSAModel.from_pretrained``) from a bundled name,
+    a local directory or a Hugging Face Hub repo id, or
     convert an official ``.pth`` / ``.pt`` checkpoint file of the authors.
 
     The tensors are checked against the config before the model is built or CLIP is downloaded: shapes,
@@ -446,18 +487,16 @@ def load_pretrained(
     file, and ``InvalidCheckpointError`` (a ``ValueError``) for corrupt files or config/weights mismatch.
 
     A path ending in ``.pth`` or ``.pt`` that is not a directory is an official detectron2 checkpoint:
-    it is converted with :func:`ssa.convert.convert_official` (``config``: its network, default the
-    paper's ``ssa-convnext-large``), which raises :class:`ssa.convert.OfficialCheckpointError` (a
+    it is converted with :func:`load_official` (``config``: its network, default the
+    paper's ``ssa-convnext-large``), which raises :class:`ssa.official.OfficialCheckpointError` (a
     ``ValueError``) for a file it cannot convert. ``config`` applies only to such files: a checkpoint
     directory or Hub repo carries its own ``config.json``.
     """
     official = _official_checkpoint_file(name_or_path)
     if official is not None:
-        from ssa.convert import convert_official
-
         if revision is not None:
             logger.warning("revision=%r is ignored for the local checkpoint file %s", revision, official)
-        model = convert_official(official, config)
+        model = load_official(model_class, official, config)
         return _place(model, device, dtype)
     if config is not None:
         raise ValueError(
@@ -467,12 +506,10 @@ def load_pretrained(
     config_file, weights_file = _resolve_files(
         name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token,
     )
-    config, state, kind = _read_checked(config_file, weights_file, strict=strict)
-
-    from ssa.modeling.model import SSAModel
+    config, state, kind = _read_checked(model_class, config_file, weights_file, strict=strict)
 
     # Build without downloading CLIP, then fill it: from the checkpoint (full) or open_clip (trainable).
-    model = SSAModel(dataclasses.replace(config, clip_pretrained=None))
+    model = model_class(dataclasses.replace(config, clip_pretrained=None))
     model.config = config
     if kind == "trainable":
         _load_clip(model, config, cache_dir=cache_dir)
@@ -491,15 +528,15 @@ def load_pretrained(
 
 
 def _read_checked(
-    config_file: Path, weights_file: Path, *, strict: bool
+    model_class: type[nn.Module], config_file: Path, weights_file: Path, *, strict: bool
 ) -> tuple[SSAConfig, dict[str, Tensor], WeightsKind]:
     """The config, the tensors and the kind of a checkpoint's files, checked against each other (keys,
     shapes, dtypes, finite values) without building the model."""
     config = _read_config(config_file)
     metadata, shapes, dtypes = _read_header(weights_file)
     kind = _checkpoint_kind(metadata, shapes)
-    _validate_against_config(config, shapes, dtypes, kind, strict=strict, weights_file=weights_file,
-                             config_file=config_file)
+    _validate_against_config(model_class, config, shapes, dtypes, kind, strict=strict,
+                             weights_file=weights_file, config_file=config_file)
     if kind == "trainable" and not config.clip_pretrained:
         raise InvalidCheckpointError(
             f"{weights_file} holds only trainable weights (no {BACKBONE_PREFIX}* keys) but {config_file} "
@@ -510,7 +547,8 @@ def _read_checked(
     return config, state, kind
 
 
-def read_checkpoint(directory: str | os.PathLike[str]) -> tuple[SSAConfig, dict[str, Tensor]]:
+def read_checkpoint(model_class: type[nn.Module], directory: str | os.PathLike[str]
+                    ) -> tuple[SSAConfig, dict[str, Tensor]]:
     """The config and the tensors of the local checkpoint ``directory``, checked as by
     :func:`load_pretrained` (files present and readable, keys and shapes matching the config, dtypes,
     finite values), without building the model or fetching a CLIP. Raises ``FileNotFoundError`` or
@@ -520,8 +558,89 @@ def read_checkpoint(directory: str | os.PathLike[str]) -> tuple[SSAConfig, dict[
     for file in files:
         if not file.is_file():
             raise FileNotFoundError(f"SSA checkpoint directory {directory} has no {file.name} ({file})")
-    config, state, _ = _read_checked(*files, strict=True)
+    config, state, _ = _read_checked(model_class, *files, strict=True)
     return config, state
+
+
+def load_official(model_class: type[_M], path: str | os.PathLike[str], config: SSAConfig | None = None, *,
+                  dataset: str | None = None) -> _M:
+    """Build a ``model_class`` (:class:`ssa.SSAModel`) from the authors' ``model_final.pth``
+    (``SSAModel.from_official`` / :func:`ssa.convert_official`).
+
+    ``config`` describes the checkpoint's network (default: the paper preset ``ssa-convnext-large``, the
+    network of all released checkpoints). ``dataset`` ("mevis", "ytvos" or "davis") sets the official
+    test-time behaviour for that benchmark in the returned config (short side, query selection). Every
+    tensor of the checkpoint must be used and every tensor of the network filled, shapes equal, else an
+    :class:`OfficialCheckpointError` lists the keys. Returns the model in eval mode, on the CPU.
+    """
+    if config is None:
+        config = SSAConfig.from_preset("ssa-convnext-large")
+    if not isinstance(config, SSAConfig):
+        raise TypeError(f"config must be an SSAConfig, got {type(config).__name__}")
+    if dataset is not None:
+        if dataset not in OFFICIAL_DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(OFFICIAL_DATASETS)}")
+        release = OFFICIAL_DATASETS[dataset]
+        config = dataclasses.replace(config, image_size=release.image_size, selection=release.selection)
+    official, extra = read_official(path)
+    has_clip = any(k.startswith("backbone.clip_model.") for k in official)
+    tensors = _expected_tensors(config, model_class)
+    expected = {k: shape for k, (shape, _) in tensors.items()}
+    expected_dtypes = {k: dtype for k, (_, dtype) in tensors.items()}
+    if not has_clip:  # a stripped checkpoint: CLIP comes from open_clip's weights
+        if not config.clip_pretrained:
+            raise OfficialCheckpointError(
+                f"{path} holds no frozen CLIP tensors (backbone.clip_model.*) and the config names no "
+                "clip_pretrained weights to take them from"
+            )
+        expected = {k: v for k, v in expected.items() if not k.startswith("backbone.")}
+    state = convert_state_dict(official, expected, source=str(path))
+    check_weights({k: t.dtype for k, t in state.items()}, expected_dtypes, path, tensors=state)
+    clip_pretrained = None if has_clip else config.clip_pretrained
+    model = model_class(dataclasses.replace(config, clip_pretrained=clip_pretrained))
+    model.config = config
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys or (has_clip and result.missing_keys):  # guarded by convert_state_dict
+        raise OfficialCheckpointError(f"load_state_dict disagreed: {result}")
+    if has_clip:
+        _compare_clip(model, config)
+    logger.info("converted %s (iteration %s): %d tensors", path, extra.get("iteration"), len(state))
+    return model.eval()
+
+
+
+
+def _compare_clip(model: Any, config: SSAConfig) -> None:
+    """Compare the checkpoint's frozen CLIP with open_clip's weights named by the config, when they are
+    in the local cache (nothing is downloaded); logs the result."""
+    if not config.clip_pretrained or config.clip_config is not None:
+        return
+    import open_clip
+
+    try:
+        pretrained = open_clip.get_pretrained_cfg(config.clip_model, config.clip_pretrained)
+        hf_hub = (pretrained or {}).get("hf_hub", "")
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id = hf_hub.rstrip("/")
+        cached = None
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            hit = try_to_load_from_cache(repo_id, filename)
+            if isinstance(hit, str):
+                cached = hit
+                break
+    except Exception as err:  # pragma: no cover - depends on the local cache
+        logger.info("could not look up open_clip's %s weights in the cache: %s", config.clip_pretrained, err)
+        return
+    if cached is None:
+        logger.info("open_clip's %s/%s weights are not cached: the checkpoint's CLIP was not compared",
+                    config.clip_model, config.clip_pretrained)
+        return
+    reference = open_clip.create_model(config.clip_model, pretrained=cached).state_dict()
+    ours = model.backbone.clip.state_dict()
+    diff = max(float((ours[k].float() - v.float()).abs().max()) for k, v in reference.items() if k in ours)
+    logger.info("the checkpoint's CLIP differs from open_clip's %s by at most %.3g",
+                config.clip_pretrained, diff)
 
 
 def _place(model: SSAModel, device: str | torch.device | None, dtype: torch.dtype | None) -> SSAModel:
@@ -638,7 +757,7 @@ def _hub_file(
             repo_id, filename, repo_type="model", revision=revision,
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
             local_files_only=local_files_only or offline, token=token,
-            library_name="ssa", library_version=ssa.__version__,
+            library_name="ssa", library_version=__version__,
         )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError) as err:
         if offline:
@@ -756,18 +875,17 @@ def _checkpoint_kind(metadata: Mapping[str, str], shapes: Mapping[str, tuple[int
     return "full" if any(k.startswith(BACKBONE_PREFIX) for k in shapes) else "trainable"
 
 
-def expected_shapes(config: SSAConfig) -> dict[str, tuple[int, ...]]:
-    """State-dict shapes of the network the config describes, from a meta-device model (no memory,
-    no download)."""
-    return {key: shape for key, (shape, _) in _expected_tensors(config).items()}
+def expected_shapes(config: SSAConfig, model_class: type[nn.Module]) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of the ``model_class`` network the config describes, from a meta-device model
+    (no memory, no download)."""
+    return {key: shape for key, (shape, _) in _expected_tensors(config, model_class).items()}
 
 
-def _expected_tensors(config: SSAConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def _expected_tensors(config: SSAConfig, model_class: type[nn.Module]
+                      ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """State-dict shapes and dtypes of the network the config describes (a meta-device model)."""
-    from ssa.modeling.model import SSAModel
-
     with torch.device("meta"):
-        skeleton = SSAModel(dataclasses.replace(config, clip_pretrained=None))
+        skeleton = model_class(dataclasses.replace(config, clip_pretrained=None))
     return {key: (tuple(value.shape), value.dtype) for key, value in skeleton.state_dict().items()}
 
 
@@ -813,6 +931,7 @@ def check_weights(
 
 
 def _validate_against_config(
+    model_class: type[nn.Module],
     config: SSAConfig,
     shapes: Mapping[str, tuple[int, ...]],
     dtypes: Mapping[str, str],
@@ -822,7 +941,7 @@ def _validate_against_config(
     weights_file: Path,
     config_file: Path,
 ) -> None:
-    tensors = _expected_tensors(config)
+    tensors = _expected_tensors(config, model_class)
     if kind == "trainable":
         tensors = {k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)}
     expected = {k: shape for k, (shape, _) in tensors.items()}

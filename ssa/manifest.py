@@ -333,7 +333,8 @@ def _run_entry(pipe: SSAPipeline, entry: ManifestEntry, overwrite: bool,
     if finished is not None:
         return "skipped", finished
     results = pipe(entry.video, list(entry.expressions), progress=False, **options)
-    write_segmentation(results, entry.output, overwrite=overwrite, inputs=inputs)
+    write_segmentation([r.to_expression_masks() for r in results], entry.output, overwrite=overwrite,
+                       inputs=[*inputs, entry.video])
     return "done", len(results[0]) if results else 0
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -42,10 +43,11 @@ from tqdm.auto import tqdm
 
 from ssa.modeling.backbone import validate_expressions
 from ssa.modeling.model import SSAModel
-from ssa.modeling.selection import Mode, mask_product, select_queries, upsample_masks
+from ssa.modeling.selection import Mode, query_masks, select_queries
 from ssa.preprocessing import preprocess_frames, resized_size
 
 if TYPE_CHECKING:
+    from ssa.io import ExpressionMasks
     from ssa.profiling import StageTimer
 
 __all__ = ["SSAPipeline", "RVOSResult", "FrameMasks", "preprocess_frames", "resized_size"]
@@ -104,27 +106,41 @@ class RVOSResult:
         return _label_map(self._unpack(self._packed_objects[:, t]), self.object_scores)
 
     # -- writers -----------------------------------------------------------------------------------
+    @property
+    def source_paths(self) -> list[Path]:
+        """The source video file or frame folder, when the result came from a path: what its writers
+        must never replace."""
+        video = self._source[0] if isinstance(self._source, tuple) and self._source else None
+        return [Path(video)] if isinstance(video, (str, os.PathLike)) else []
+
     def to_rle(self) -> list[dict[str, Any]]:
         """One COCO RLE dict per frame (``{"size": [H, W], "counts": str}``), pycocotools-compatible."""
         from ssa.io import encode_rle
 
         return [encode_rle(self.mask(t)) for t in range(len(self))]
 
+    def rle_record(self) -> dict[str, Any]:
+        """The JSON record :meth:`save_rle` writes (:func:`ssa.io.rle_record`)."""
+        from ssa.io import rle_record
+
+        return rle_record(self.expression, (self.mask(t) for t in range(len(self))), size=self.size,
+                          frame_names=self.frame_names, frame_indices=self.frame_indices,
+                          timestamps=self.timestamps, object_scores=self.object_scores)
+
+    def to_expression_masks(self) -> ExpressionMasks:
+        """This result as :func:`ssa.io.write_segmentation` takes it (label maps made lazily)."""
+        from ssa.io import ExpressionMasks
+
+        return ExpressionMasks(self.expression, list(self.frame_names),
+                               (self.labels(t) for t in range(len(self))), self.rle_record(),
+                               [float(s) for s in self.object_scores])
+
     def save_rle(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write a JSON file with the expression, frame names/indices/timestamps and the RLE masks."""
-        from ssa.io import _result_inputs, atomic_write_text
+        from ssa.io import atomic_write_text
 
-        payload = {
-            "expression": self.expression,
-            "size": list(self.size),
-            "frames": self.frame_names,
-            "frame_indices": self.frame_indices,
-            "timestamps": self.timestamps,
-            "object_scores": [float(s) for s in self.object_scores],
-            "masks": self.to_rle(),
-        }
-        return atomic_write_text(Path(path), json.dumps(payload), overwrite=overwrite,
-                                 inputs=_result_inputs(self))
+        return atomic_write_text(Path(path), json.dumps(self.rle_record()), overwrite=overwrite,
+                                 inputs=self.source_paths)
 
     def save_pngs(self, directory: str | Path, *, overwrite: bool = False, binary: bool = False) -> Path:
         """Write ``<directory>/<frame name>.png`` palette PNGs (MeViS/DAVIS layout).
@@ -134,13 +150,12 @@ class RVOSResult:
         unless ``overwrite=True``, and even then unless it holds mask PNGs only
         (:func:`ssa.io.check_output_dir`); it may not be or contain the source video.
         """
-        from ssa.io import MASKS_LAYOUT, _result_inputs, atomic_output_dir, write_palette_png
+        from ssa.io import MASKS_LAYOUT, atomic_output_dir, write_mask_pngs
 
+        labels = (self.mask(t).astype(np.uint8) if binary else self.labels(t) for t in range(len(self)))
         with atomic_output_dir(Path(directory), overwrite=overwrite, layout=MASKS_LAYOUT,
-                               inputs=_result_inputs(self)) as tmp:
-            for t, name in enumerate(self.frame_names):
-                labels = self.mask(t).astype(np.uint8) if binary else self.labels(t)
-                write_palette_png(tmp / f"{name}.png", labels)
+                               inputs=self.source_paths) as tmp:
+            write_mask_pngs(tmp, self.frame_names, labels)
         return Path(directory)
 
     def save_overlay(self, path: str | Path, *, fps: float | None = None, caption: bool = True,
@@ -150,8 +165,7 @@ class RVOSResult:
 
         An existing file is replaced only with ``overwrite=True`` and only if it is a regular file that
         is not the source video (:func:`ssa.io.check_output_file`)."""
-        from ssa.io import _result_inputs, write_overlay_video
-        from ssa.video import iter_frames
+        from ssa.io import iter_frames, write_overlay_video
 
         if self._source is None:
             raise ValueError("this result has no source video to draw the overlay on")
@@ -161,7 +175,7 @@ class RVOSResult:
         return write_overlay_video(
             Path(path), frames, labels, fps=fps or self.fps or 25.0,
             caption=self.expression if caption else None, progress=progress, overwrite=overwrite,
-            inputs=_result_inputs(self), total=len(self),
+            inputs=self.source_paths, total=len(self),
         )
 
 
@@ -261,7 +275,7 @@ class SSAPipeline:
         """Chunks of ``chunk_size`` decoded and preprocessed frames. Decoding and preprocessing run on a
         background thread, up to ``prefetch`` chunks ahead, so that they overlap with the model.
         ``desc`` and ``total`` (frames, when known) label the progress bar."""
-        from ssa.video import iter_frames
+        from ssa.io import iter_frames
 
         timer = self.timer
 
@@ -338,7 +352,7 @@ class SSAPipeline:
             with _PhaseBar("masks", len(state.indices), progress) as bar:
                 for features in state.mask_features:
                     with self._stage("masks"):
-                        masks = _chunk_masks(embeds, features.to(self.device), size, model_size)
+                        masks = _chunk_masks(embeds, features.to(self.device), model_size, size)
                     yield start, masks
                     start += features.shape[1]
                     bar.update(features.shape[1])
@@ -351,7 +365,7 @@ class SSAPipeline:
                     visual, text, clip_index, frame_chunk=self.frame_batch, row_chunk=self.frame_batch
                 )  # (E, k, Cm, h4, w4)
             with self._stage("masks"):
-                masks = _chunk_masks(embeds, features, size, model_size)
+                masks = _chunk_masks(embeds, features, model_size, size)
             yield start, masks
             start += len(chunk.frames)
 
@@ -378,21 +392,24 @@ class SSAPipeline:
         :meth:`stream` gives the same masks frame by frame with flat memory.
         """
         single = isinstance(expressions, str)
+        # 1. Check every argument before any decoding (clear errors, nothing expensive done yet).
         texts, options, call = self._check_call(expressions, mode, threshold, stride, fps, start, end,
                                                 max_frames, short_side, output_size)
+        # 2. Encode the expressions once (the frozen CLIP text tower).
         text = self.model.encode_text(texts)
+        # 3. Per-frame stages, chunk by chunk: frame queries (kept) and mask features (kept while they fit).
         state = self._frame_pass(video, options, call, text, progress, self.mask_feature_budget)
         if state.mask_features is None:
             logger.info("mask features exceeded the budget: recomputing them in a second pass")
+        # 4. Sequence stages over the whole video and query selection, for all expressions at once.
         class_logits, selected, embeds = self._select(state, text, call)
-
-        # Masks of the selected queries, chunk by chunk, at the output size, bit-packed.
+        # 5. Masks of the selected queries only, chunk by chunk, at the output size, bit-packed.
         size = call.output_size or state.size
         packer = _MaskPacker(size, len(text))
         for _, masks in self._mask_chunks(video, options, call, text, state, embeds, progress):
             with self._stage("masks"):
                 packer.add(masks)
-
+        # 6. One result per expression.
         scores = class_logits.softmax(-1)[..., 0].cpu().numpy()  # (E, N)
         frame_fps = _processed_fps(state.timestamps)
         results = []
@@ -510,7 +527,7 @@ class _Call:
 
 @dataclass
 class _Chunk:
-    frames: list[Any]  # ssa.video.Frame
+    frames: list[Any]  # ssa.io.video.Frame
     pixels: torch.Tensor  # (k, 3, h, w) CLIP-normalised, at the model's size
 
 
@@ -595,20 +612,11 @@ class _Failure:
     error: BaseException
 
 
-def _chunk_masks(embeds: list[torch.Tensor], features: torch.Tensor, size: tuple[int, int],
-                 model_size: tuple[int, int]) -> list[torch.Tensor]:
-    """Masks of the selected queries for a chunk of k frames: embeds per expression (K_i, Cm), features
-    (E, k, Cm, h4, w4) on the padded grid. Returns per expression a bool tensor (K_i, k, H, W) on the
-    CPU at ``size``."""
-    k = features.shape[1]
-    out = []
-    for i, embed in enumerate(embeds):
-        if embed.shape[0] == 0:
-            out.append(torch.zeros((0, k, *size), dtype=torch.bool))
-            continue
-        logits = mask_product(embed.float(), features[i].float())  # (K, k, h4, w4)
-        out.append(upsample_masks(logits, model_size, size).cpu())
-    return out
+def _chunk_masks(embeds: list[torch.Tensor], features: torch.Tensor, model_size: tuple[int, int],
+                 size: tuple[int, int]) -> list[torch.Tensor]:
+    """Per expression i, the bool masks (K_i, k, H, W) on the CPU of its selected queries' mask embeddings
+    ``embeds[i]`` (K_i, Cm) on a chunk's mask features ``features[i]`` (k, Cm, h4, w4)."""
+    return [query_masks(embed, features[i], model_size, size).cpu() for i, embed in enumerate(embeds)]
 
 
 class _MaskPacker:
@@ -648,7 +656,7 @@ def _expected_frames(video: Any, options: dict[str, Any]) -> int | None:
     """The number of frames a call will process, for the progress bar: exact for frame folders and
     arrays, the container's count (or duration × rate) for video files; None when unknown. Never
     raises: a bad source is reported by the decoding itself."""
-    from ssa.video import count_frames
+    from ssa.io import count_frames
 
     try:
         return count_frames(video, **options)

@@ -139,7 +139,7 @@ def test_every_option_has_help_and_the_demo_model_is_named(capsys):
 def test_convert_dataset_choices_match_the_converter():
     from ssa import hub
     from ssa.cli import _OFFICIAL_DATASETS, DEMO_MODEL
-    from ssa.convert import OFFICIAL_DATASETS
+    from ssa.official import OFFICIAL_DATASETS
 
     assert tuple(sorted(OFFICIAL_DATASETS)) == _OFFICIAL_DATASETS
     assert DEMO_MODEL == hub.DEFAULT_MODEL

@@ -358,7 +358,7 @@ def test_model_fingerprint_follows_config_and_weights():
 def test_a_rerun_removes_the_temporaries_of_killed_writes(split, gt_predictions, tmp_path, caplog):
     import subprocess
 
-    from ssa import io as ssa_io
+    from ssa.io import files as ssa_io
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

@@ -176,7 +176,7 @@ def test_round_trip_local_directory(model, checkpoint, frames):
 
 
 def test_load_onto_dtype(checkpoint):
-    loaded = hub.load_pretrained(str(checkpoint), dtype=torch.float64, device="cpu")
+    loaded = SSAModel.from_pretrained(str(checkpoint), dtype=torch.float64, device="cpu")
     assert {p.dtype for p in loaded.parameters()} == {torch.float64}
     assert loaded.device == torch.device("cpu")
 
@@ -195,7 +195,7 @@ def test_round_trip_through_offline_hub_cache(model, checkpoint, frames, tmp_pat
         assert Path(call["result"]).parent == repo_dir / "snapshots" / COMMIT
 
     # a pinned commit resolves to the same snapshot
-    pinned = hub.load_pretrained(repo_id, cache_dir=cache, revision=COMMIT)
+    pinned = SSAModel.from_pretrained(repo_id, cache_dir=cache, revision=COMMIT)
     assert_same_state(model, pinned)
 
 
@@ -203,7 +203,7 @@ def test_hub_cache_with_local_files_only(model, checkpoint, tmp_path, monkeypatc
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     build_hub_cache(tmp_path, "ssa-tests/ssa-tiny", checkpoint)
-    loaded = hub.load_pretrained("ssa-tests/ssa-tiny", cache_dir=tmp_path, local_files_only=True)
+    loaded = SSAModel.from_pretrained("ssa-tests/ssa-tiny", cache_dir=tmp_path, local_files_only=True)
     assert_same_state(model, loaded)
 
 
@@ -226,7 +226,7 @@ def test_local_files_only_and_not_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(WeightsNotFoundError, match="local_files_only=True"):
-        hub.load_pretrained("someone/ssa-not-cached", cache_dir=tmp_path, local_files_only=True)
+        SSAModel.from_pretrained("someone/ssa-not-cached", cache_dir=tmp_path, local_files_only=True)
 
 
 def _http_error(cls: type[Exception], message: str) -> Exception:
@@ -252,7 +252,7 @@ def test_hub_errors_are_mapped(monkeypatch, error_name, reason):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", failing_download)
     with pytest.raises(WeightsNotFoundError) as info:
-        hub.load_pretrained("someone/ssa-model", revision="v9")
+        SSAModel.from_pretrained("someone/ssa-model", revision="v9")
     assert "someone/ssa-model" in str(info.value) and reason in str(info.value)
 
 
@@ -263,7 +263,7 @@ def test_name_that_is_neither_path_nor_repo(name, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     with pytest.raises((FileNotFoundError, ValueError), match="neither an existing local directory"):
-        hub.load_pretrained(name)
+        SSAModel.from_pretrained(name)
 
 
 def test_missing_file_in_directory(checkpoint, tmp_path):
@@ -271,13 +271,13 @@ def test_missing_file_in_directory(checkpoint, tmp_path):
         ckpt = copy_checkpoint(checkpoint, tmp_path / f"without-{name}")
         (ckpt / name).unlink()
         with pytest.raises(FileNotFoundError) as info:
-            hub.load_pretrained(ckpt)
+            SSAModel.from_pretrained(ckpt)
         assert name in str(info.value) and str(ckpt) in str(info.value)
 
 
 def test_file_instead_of_directory(checkpoint):
     with pytest.raises(NotADirectoryError, match="directory"):
-        hub.load_pretrained(checkpoint / "model.safetensors")
+        SSAModel.from_pretrained(checkpoint / "model.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_truncated_weights(checkpoint, tmp_path, keep):
     data = weights.read_bytes()
     weights.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(InvalidCheckpointError) as info:
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
     assert str(weights) in str(info.value) and "corrupt" in str(info.value)
 
 
@@ -316,7 +316,7 @@ def test_non_finite_or_integer_weights_are_refused(checkpoint, tmp_path, make, p
     ckpt = copy_checkpoint(checkpoint, tmp_path / "damaged")
     key = _rewrite_tensor(ckpt, "video_decoder", make)
     with pytest.raises(InvalidCheckpointError, match=problem) as info:
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
     assert key in str(info.value) and str(ckpt / "model.safetensors") in str(info.value)
 
 
@@ -324,14 +324,14 @@ def test_nan_weights_are_refused_before_the_clip_download(pretrained_model, fake
     ckpt = hub.save_pretrained(pretrained_model, tmp_path / "trainable")
     key = _rewrite_tensor(ckpt, "frame_decoder", lambda t: torch.full_like(t, float("nan")))
     with pytest.raises(InvalidCheckpointError, match=f"NaN or infinite values: {key}"):
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
     assert fake_clip == []
 
 
 def test_half_precision_weights_still_load(model, checkpoint, tmp_path):
     ckpt = copy_checkpoint(checkpoint, tmp_path / "half")
     key = _rewrite_tensor(ckpt, "video_decoder", lambda t: t.to(torch.bfloat16))
-    loaded = hub.load_pretrained(ckpt)
+    loaded = SSAModel.from_pretrained(ckpt)
     assert torch.equal(loaded.state_dict()[key], model.state_dict()[key].to(torch.bfloat16).float())
 
 
@@ -339,11 +339,11 @@ def test_bad_config(checkpoint, tmp_path):
     ckpt = copy_checkpoint(checkpoint, tmp_path / "bad-json")
     (ckpt / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
     values = json.loads((checkpoint / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**values, "no_such_field": 1}))
     with pytest.raises(ValueError, match=r"config\.json.*no_such_field"):
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
 
 
 @pytest.mark.parametrize(("field", "value", "key"), [
@@ -356,7 +356,7 @@ def test_config_not_matching_tensors(checkpoint, tmp_path, fake_clip, field, val
     values[field] = value
     (ckpt / "config.json").write_text(json.dumps(values))
     with pytest.raises(ValueError, match="does not match") as info:
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
     assert key in str(info.value)
     assert fake_clip == []
 
@@ -367,7 +367,7 @@ def test_trainable_checkpoint_mismatch_fails_before_clip_download(pretrained_mod
     values["num_queries"] = 12
     (ckpt / "config.json").write_text(json.dumps(values))
     with pytest.raises(ValueError, match=r"checkpoint shape \(8, 64\) vs config shape \(12, 64\)"):
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
     assert fake_clip == []  # failed on the meta-device comparison, no CLIP fetched
 
 
@@ -378,8 +378,8 @@ def test_strict_rejects_extra_keys(model, checkpoint, tmp_path, frames):
     state["extra.weight"] = torch.zeros(3)
     save_file(state, str(weights), metadata={"format": "pt", "ssa_weights": "full"})
     with pytest.raises(ValueError, match=r"1 unexpected key\(s\): \['extra.weight'\]"):
-        hub.load_pretrained(ckpt)
-    loose = hub.load_pretrained(ckpt, strict=False)
+        SSAModel.from_pretrained(ckpt)
+    loose = SSAModel.from_pretrained(ckpt, strict=False)
     assert torch.equal(run(model, frames), run(loose, frames))
 
 
@@ -397,7 +397,7 @@ def test_existing_checkpoint_is_not_overwritten(model, checkpoint, tmp_path, fra
 
     other.save_pretrained(ckpt, overwrite=True)
     assert (ckpt / "model.safetensors").read_bytes() != before["model.safetensors"]
-    assert torch.equal(run(other, frames), run(hub.load_pretrained(ckpt), frames))
+    assert torch.equal(run(other, frames), run(SSAModel.from_pretrained(ckpt), frames))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
 
 
@@ -439,7 +439,7 @@ def test_full_disk_while_saving_is_an_oserror(model, tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(OSError, match="No space left on device") as info:
         hub.save_pretrained(model, tmp_path / "new")
-    assert info.value.errno == errno.ENOSPC and info.value.filename.endswith("model.safetensors.partial")
+    assert info.value.errno == errno.ENOSPC and info.value.filename.endswith("model.safetensors")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -459,7 +459,7 @@ def test_kill_before_new_weights_never_pairs_new_config_with_old_weights(checkpo
     monkeypatch.setattr(hub.os, "replace", real_replace)
     assert not (ckpt / "model.safetensors").exists()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
@@ -492,7 +492,7 @@ def test_trainable_checkpoint(pretrained_model, fake_clip, checkpoint, tmp_path,
 
 def test_full_checkpoint_of_pretrained_model_needs_no_download(pretrained_model, fake_clip, tmp_path, frames):
     ckpt = pretrained_model.save_pretrained(tmp_path / "full", weights="full")
-    loaded = hub.load_pretrained(ckpt)
+    loaded = SSAModel.from_pretrained(ckpt)
     assert fake_clip == []
     assert loaded.config == pretrained_model.config
     assert torch.equal(run(pretrained_model, frames), run(loaded, frames))
@@ -512,7 +512,7 @@ def test_trainable_checkpoint_without_pretrained_tag_is_rejected(pretrained_mode
     values["clip_pretrained"] = None
     (ckpt / "config.json").write_text(json.dumps(values))
     with pytest.raises(ValueError, match="only trainable weights"):
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
 
 
 def test_clip_download_failure_is_weights_not_found(pretrained_model, tmp_path, monkeypatch):
@@ -524,7 +524,7 @@ def test_clip_download_failure_is_weights_not_found(pretrained_model, tmp_path, 
 
     monkeypatch.setattr(FrozenCLIP, "load_pretrained", unavailable)
     with pytest.raises(WeightsNotFoundError, match="frozen CLIP could not be fetched"):
-        hub.load_pretrained(ckpt)
+        SSAModel.from_pretrained(ckpt)
 
 
 # ----------------------------------------------------------------------------------------------------

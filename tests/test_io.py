@@ -10,8 +10,6 @@ from PIL import Image
 from ssa.io import (
     DAVIS_PALETTE,
     OutputLayout,
-    _caption_band,
-    _wrap,
     atomic_output_dir,
     decode_rle,
     encode_rle,
@@ -21,6 +19,7 @@ from ssa.io import (
     write_overlay_video,
     write_palette_png,
 )
+from ssa.io.overlay import _caption_band, _wrap
 
 mask_api = pytest.importorskip("pycocotools.mask")
 
@@ -228,7 +227,7 @@ def test_caption_wraps_on_a_band_above_the_frame(tmp_path):
 
 
 def test_overlay_video_bool_masks_and_frames_objects(tmp_path):
-    from ssa.video import read_frames
+    from ssa.io.video import read_frames
 
     frames, masks = overlay_inputs(t=3, h=40, w=48)
     path = write_overlay_video(

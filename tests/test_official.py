@@ -25,9 +25,11 @@ import ssa
 import ssa.cli
 import ssa.convert
 import ssa.hub
+import ssa.official
 from ssa import SSAConfig, SSAModel
-from ssa.convert import OfficialCheckpointError, convert_official, convert_state_dict
+from ssa.convert import OfficialCheckpointError, convert_official
 from ssa.modeling.sequential_alignment import apply_order
+from ssa.official import convert_state_dict
 
 OFFICIAL = Path(
     os.environ.get("SSA_OFFICIAL_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "official"
@@ -261,7 +263,7 @@ def test_converted_parameter_counts(converted):
 def test_converted_keeps_every_checkpoint_tensor(converted, official_state):
     state = converted.state_dict()
     for key, value in official_state.items():
-        target = ssa.convert.official_key(key)
+        target = ssa.official.official_key(key)
         if target is None:
             assert key in {"criterion.empty_weight", "vita_criterion.empty_weight"}, key
             continue
@@ -308,7 +310,7 @@ def test_paper_scale_key_map():
     assert _counts(skeleton)[:2] == (PAPER_TRAINABLE, PAPER_TRAINABLE_NO_ADAPTERS)
     assert _counts(skeleton)[2] == totals["frozen parameters"]
     # trainable and frozen are the same tensors on both sides
-    frozen_official = {ssa.convert.official_key(k) for k, (_, kind) in keys.items() if kind == "frozen"}
+    frozen_official = {ssa.official.official_key(k) for k, (_, kind) in keys.items() if kind == "frozen"}
     frozen_ours = {n for n, p in skeleton.named_parameters() if not p.requires_grad}
     assert frozen_official == frozen_ours
 
@@ -444,7 +446,7 @@ def test_from_pretrained_pth(converted):
     model = SSAModel.from_pretrained(CHECKPOINT, config=tiny_official_config(), dtype=torch.float64)
     assert not model.training and next(model.parameters()).dtype == torch.float64
     assert model.config == converted.config
-    model = ssa.hub.load_pretrained(str(CHECKPOINT), config=tiny_official_config())
+    model = SSAModel.from_pretrained(str(CHECKPOINT), config=tiny_official_config())
     assert _same_state(model, converted)
     assert ssa.convert_official is convert_official
 

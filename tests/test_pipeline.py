@@ -273,7 +273,7 @@ def test_progress_bars_have_totals_and_named_phases(pipe, video_file, capsys, tm
         pipe.mask_feature_budget = saved
     bars = _bars(capsys.readouterr().err)
     assert "10/10" in bars["decode+encode"] and "10/10" in bars["masks (2nd pass)"]
-    write_segmentation([result], tmp_path / "out", progress=True)
+    write_segmentation([result.to_expression_masks()], tmp_path / "out", progress=True)
     result.save_overlay(tmp_path / "ov.mp4", progress=True)
     bars = _bars(capsys.readouterr().err)
     assert f"{T // 2}/{T // 2}" in bars["writing"] and f"{T // 2}/{T // 2}" in bars["overlay"]

@@ -11,7 +11,7 @@ import pytest
 from ssa.cli import main
 from ssa.data import MeViSDataset
 from ssa.data.synthetic import STORIES, generate_video, write_split
-from ssa.video import read_frames
+from ssa.io.video import read_frames
 
 
 @pytest.fixture(scope="module")

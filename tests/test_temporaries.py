@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ssa import io as ssa_io
 from ssa.io import atomic_output_dir, atomic_write_text, is_leftover, remove_stale_temporaries, temp_prefix
+from ssa.io import files as ssa_io
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""ssa.video: decoding files (PyAV), folders, lists and arrays; sampling; rotation; errors."""
+"""ssa.io.video: decoding files (PyAV), folders, lists and arrays; sampling; rotation; errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from media import RATE, H, T, W, encode, pick_encoder
 from PIL import Image
 
-from ssa.video import Frame, VideoDecodeError, count_frames, iter_frames, probe, read_frames
+from ssa.io.video import Frame, VideoDecodeError, count_frames, iter_frames, probe, read_frames
 
 
 def gray_frames(n: int = T, h: int = H, w: int = W) -> list[np.ndarray]:

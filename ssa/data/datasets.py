@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ssa.io import decode_rle, read_palette_png
-from ssa.video import _natural_key
+from ssa.io.video import natural_key
 
 __all__ = ["Sample", "ReferringVideoDataset", "MeViSDataset", "RefYouTubeVOSDataset", "RefDAVISDataset",
            "ClipSampler"]
@@ -132,7 +132,7 @@ class ReferringVideoDataset:
         self._frames: dict[str, list[str]] = {}
         self._expressions: dict[tuple[str, str], dict[str, Any]] = {}
         self._index: list[tuple[str, str]] = []
-        for video in sorted(meta["videos"], key=_natural_key):
+        for video in sorted(meta["videos"], key=natural_key):
             entry = meta["videos"][video]
             where = f"{self.meta_path}, video {video!r}"
             _check_component(video, "video id", where)
@@ -149,7 +149,7 @@ class ReferringVideoDataset:
             if not isinstance(entry["expressions"], dict):
                 raise ValueError(f"{where}: 'expressions' must be an object keyed by expression id")
             self._frames[video] = list(frames)
-            for exp_id in sorted(entry["expressions"], key=_natural_key):
+            for exp_id in sorted(entry["expressions"], key=natural_key):
                 exp = entry["expressions"][exp_id]
                 ewhere = f"{where}, expression {exp_id!r}"
                 _check_component(exp_id, "expression id", ewhere)
@@ -223,7 +223,7 @@ class ReferringVideoDataset:
         """Load frames of ``video`` (all listed ones by default) as ``(H, W, 3)`` uint8 RGB arrays."""
         from PIL import Image, UnidentifiedImageError
 
-        from ssa.video import check_bit_depth
+        from ssa.io.video import check_bit_depth
 
         names = self.frame_names(video) if frame_names is None else list(frame_names)
         out = []

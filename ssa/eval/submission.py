@@ -14,26 +14,16 @@ wrote (:func:`ssa.io.check_output_dir` / :func:`ssa.io.check_output_file`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ssa.io import (
-    MASKS_LAYOUT,
-    OutputLayout,
-    atomic_output_dir,
-    check_output_file,
-    default_permissions,
-    is_leftover,
-    remove_stale_temporaries,
-    temp_prefix,
-)
+from ssa.io import MASKS_LAYOUT, OutputLayout, atomic_output_dir, atomic_write, check_output_file, is_leftover
+from ssa.io.masks import read_mask_png, write_binary_png
 
 __all__ = ["prediction_path", "write_prediction", "read_prediction", "read_mask_png", "zip_submission",
            "PREDICTIONS_LAYOUT"]
@@ -84,8 +74,6 @@ def write_prediction(
     folder is written completely or not at all; an existing non-empty one raises FileExistsError unless
     ``overwrite`` is True and it holds mask PNGs only. Returns the folder.
     """
-    from PIL import Image
-
     masks = np.asarray(masks)
     names = [_check_name(n, "frame name") for n in frame_names]
     if masks.ndim != 3:
@@ -103,27 +91,8 @@ def write_prediction(
     folder = prediction_path(root, video, exp_id, "x").parent
     with atomic_output_dir(folder, overwrite=overwrite, layout=MASKS_LAYOUT) as tmp:
         for name, mask in zip(names, masks, strict=True):  # mask: (H, W)
-            pixels = np.where(mask != 0, 255, 0).astype(np.uint8)
-            Image.fromarray(pixels).save(tmp / f"{name}.png", format="PNG")  # uint8 (H, W): mode "L"
+            write_binary_png(tmp / f"{name}.png", mask)
     return folder
-
-
-def read_mask_png(path: PathLike) -> np.ndarray:
-    """An (H, W) bool mask from a PNG of any mode: non-zero (palette index / gray / any colour channel,
-    alpha ignored) is foreground."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image)
-            if image.mode in ("LA", "PA", "RGBA"):
-                pixels = pixels[..., :-1]  # drop alpha
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read mask image {path}: {e}") from e
-    if pixels.ndim == 3:
-        return pixels.any(axis=-1)
-    return pixels != 0
 
 
 def read_prediction(
@@ -223,23 +192,12 @@ def zip_submission(
         check_output_file(zip_path, overwrite=overwrite, inputs=[path for path, _ in files])
     if not files:
         raise ValueError(f"no predictions found under {root} (expected <video>/<exp_id>/<frame>.png)")
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(zip_path.parent, zip_path.name)
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(zip_path.name), suffix=".tmp", dir=zip_path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_write(zip_path, overwrite=overwrite, suffix=".tmp") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for path, name in files:
                 info = zipfile.ZipInfo(f"{prefix}/{name}" if prefix else name, date_time=_ZIP_DATE)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, path.read_bytes())
-        check_output_file(zip_path, overwrite=overwrite)  # it may have appeared meanwhile
-        default_permissions(tmp_name)
-        os.replace(tmp_name, zip_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
     logger.info("wrote %s (%d masks)", zip_path, len(files))
     return zip_path

@@ -17,16 +17,14 @@ expressions and let callers chunk the per-frame stages over time.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssa.config import SSAConfig
+from ssa.hub import PretrainedMixin
 from ssa.modeling.adapter import SemanticAlignmentAdapter
 from ssa.modeling.backbone import FrozenCLIP, TextFeatures
 from ssa.modeling.frame_decoder import FrameDecoderOutput, FrameQueryDecoder
@@ -49,7 +47,7 @@ Expressions = str | Sequence[str] | Sequence[str | Sequence[str]]
 _SIZE_DIVISOR = 32
 
 
-class SSAModel(nn.Module):
+class SSAModel(PretrainedMixin, nn.Module):
     """Semantic and Sequential Alignment network for referring video object segmentation."""
 
     def __init__(self, config: SSAConfig) -> None:
@@ -108,42 +106,6 @@ class SSAModel(nn.Module):
                 "trainable": sum(p.numel() for p in params if p.requires_grad),
             }
         return rows
-
-    # -- checkpoints (ssa.hub) ------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike[str], *,
-                        weights: Literal["auto", "trainable", "full"] = "auto", overwrite: bool = False,
-                        model_card: bool = True) -> Path:
-        """Write config.json, model.safetensors and README.md; see :func:`ssa.hub.save_pretrained`."""
-        from ssa import hub
-
-        return hub.save_pretrained(self, save_directory, weights=weights, overwrite=overwrite,
-                                   model_card=model_card)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "ssa-tiny-synthetic", *,
-                        revision: str | None = None,
-                        cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False,
-                        token: str | bool | None = None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None, strict: bool = True,
-                        config: SSAConfig | None = None) -> SSAModel:
-        """Load a bundled model, checkpoint directory, Hub repo or an official ``.pth`` checkpoint (eval
-        mode); see :func:`ssa.hub.load_pretrained`. The default is the bundled demo model. ``config``
-        describes the network of an official ``.pth`` (default: the paper's)."""
-        from ssa import hub
-
-        return hub.load_pretrained(name_or_path, revision=revision, cache_dir=cache_dir,
-                                   local_files_only=local_files_only, token=token, device=device,
-                                   dtype=dtype, strict=strict, config=config)
-
-    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
-                    commit_message: str = "Upload SSA model", revision: str | None = None,
-                    weights: Literal["auto", "trainable", "full"] = "auto") -> str:
-        """Upload this model to the Hub repo ``repo_id``; returns the commit URL. See
-        :func:`ssa.hub.push_to_hub`."""
-        from ssa import hub
-
-        return hub.push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
-                               revision=revision, weights=weights)
 
     # -- 1. the expression-independent visual pass ----------------------------------------------------
     def encode_video(self, frames: Tensor) -> VisualFeatures:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Mode", "select_queries", "select_masks", "mask_product", "upsample_masks"]
+__all__ = ["Mode", "select_queries", "select_masks", "mask_product", "upsample_masks", "query_masks"]
 
 Mode = Literal["multi", "single"]
 """Query selection: "multi" (every query above the threshold, united) or "single" (the best one)."""
@@ -61,6 +61,16 @@ def upsample_masks(logits: Tensor, model_size: tuple[int, int], size: tuple[int,
     return (x > 0).reshape(*lead, *size)
 
 
+def query_masks(embed: Tensor, features: Tensor, model_size: tuple[int, int], size: tuple[int, int]
+                ) -> Tensor:
+    """Binary masks (K, T, H, W) at ``size`` of K selected queries: their mask embeddings (K, C) times T
+    frames' mask features (T, C, h4, w4) (:func:`mask_product`, in fp32), upsampled by
+    :func:`upsample_masks`. What the pipeline makes, chunk by chunk, for the selected queries only."""
+    if embed.shape[0] == 0:
+        return torch.zeros((0, features.shape[0], *size), dtype=torch.bool, device=features.device)
+    return upsample_masks(mask_product(embed.float(), features.float()), model_size, size)
+
+
 def select_masks(class_logits: Tensor, mask_logits: Tensor, model_size: tuple[int, int],
                  size: tuple[int, int], mode: Mode = "multi", threshold: float = 0.5
                  ) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,5 +90,5 @@ def select_masks(class_logits: Tensor, mask_logits: Tensor, model_size: tuple[in
     if keep.numel() == 0:
         empty = torch.zeros((t, *size), dtype=torch.bool, device=mask_logits.device)
         return empty, empty[None, :0].reshape(0, t, *size), scores
-    objects = upsample_masks(mask_logits[keep], model_size, size)  # (K, T, H, W)
+    objects = upsample_masks(mask_logits[keep], model_size, size)  # (K, T, H, W), the kept queries only
     return objects.any(dim=0), objects, scores

@@ -20,7 +20,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -39,11 +38,10 @@ from ssa.distributed import ProcessGroup, torchrun_group
 from ssa.eval.evaluate import EVALUATION_LAYOUT
 from ssa.io import (
     OutputLayout,
+    atomic_write,
     atomic_write_text,
     check_output_dir,
-    default_permissions,
     remove_stale_temporaries,
-    temp_prefix,
 )
 from ssa.modeling.model import SSAModel
 from ssa.train.data import ReferringClips, batch_keys, collate_clips
@@ -327,39 +325,31 @@ def _save_checkpoint(output_dir: Path, step: int, model: SSAModel, optimizer: to
     folder = output_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), dir=folder))
-    try:
-        with _quiet("ssa.hub"):  # not its "saved ... to <temporary folder>": the final path is logged below
-            model.save_pretrained(tmp / "model", weights=_weights_kind(cfg))
-        state = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-        buffer = io.BytesIO()  # torch reports a failed write (a full disk) as a RuntimeError: write it here
-        torch.save(state, buffer)
-        with open(tmp / STATE_NAME, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        del buffer
-        with open(tmp / TRAIN_CONFIG_NAME, "w", encoding="utf-8") as f:
-            f.write(json.dumps(cfg.to_dict(), indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        default_permissions(tmp)
-        if final.exists():  # the same step written again (e.g. a resumed run): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    try:  # the same step written again (e.g. a resumed run) is replaced
+        with atomic_write(final, directory=True, check=False) as tmp:
+            with _quiet("ssa.hub"):  # not "saved ... to <temporary folder>": the final path is logged below
+                model.save_pretrained(tmp / "model", weights=_weights_kind(cfg))
+            state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            }
+            buffer = io.BytesIO()  # torch reports a failed write (a full disk) as a RuntimeError
+            torch.save(state, buffer)
+            with open(tmp / STATE_NAME, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            del buffer
+            with open(tmp / TRAIN_CONFIG_NAME, "w", encoding="utf-8") as f:
+                f.write(json.dumps(cfg.to_dict(), indent=2))
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error("the checkpoint", final, err) from err
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for p in _checkpoints(output_dir)[cfg.keep_checkpoints:]:
         shutil.rmtree(p, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
@@ -398,7 +388,7 @@ def _read_checkpoint(path: Path, config: TrainConfig) -> _Checkpoint:
     raises one of ``_DAMAGE`` saying what is wrong."""
     from ssa.hub import read_checkpoint
 
-    _, weights = read_checkpoint(path / "model")
+    _, weights = read_checkpoint(SSAModel, path / "model")
     try:
         state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as err:

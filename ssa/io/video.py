@@ -2,7 +2,7 @@
 
 Every source yields :class:`Frame` objects holding an ``(H, W, 3)`` uint8 RGB image::
 
-    from ssa.video import iter_frames, probe
+    from ssa.io.video import iter_frames, probe
     info = probe("clip.mp4")                       # size after rotation, fps, duration, ...
     for frame in iter_frames("clip.mp4", fps=5, start=2.0, end=10.0):
         frame.image, frame.index, frame.timestamp, frame.name
@@ -51,6 +51,8 @@ __all__ = [
     "count_frames",
     "iter_frames",
     "read_frames",
+    "check_bit_depth",
+    "natural_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -191,7 +193,8 @@ class _Sampler:
 # image conversion
 
 
-def _natural_key(name: str) -> tuple:
+def natural_key(name: str) -> tuple:
+    """Sort key of a name with numbers compared as numbers (``2.jpg`` before ``10.jpg``), case-insensitive."""
     parts = re.split(r"(\d+)", name.lower())
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
 
@@ -291,7 +294,7 @@ def _list_frame_files(folder: Path) -> list[Path]:
     ]
     if not files:
         raise ValueError(f"no frame images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
-    return sorted(files, key=lambda p: _natural_key(p.name))
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _check_video_array(array: np.ndarray) -> None:
