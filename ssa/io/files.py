@@ -3,9 +3,9 @@
 * :func:`check_output_dir` / :func:`check_output_file` — the one rule of what ssa may write or replace
   (its own outputs only, never an input or the folders around them); :func:`prepare_output_dir` /
   :func:`atomic_output_dir` apply it to result folders.
-* :func:`atomic_write` — the one atomic write of a file: a temporary sibling renamed into place on
-  success, removed on failure; :func:`atomic_write_text` / :func:`atomic_output_dir` are built on the
-  same rename (:func:`_commit`).
+* :func:`atomic_write` — the one atomic write of a file or folder: a temporary sibling renamed into
+  place on success, removed on failure; :func:`atomic_write_text` / :func:`atomic_output_dir` are
+  built on it, and :func:`temporary_sibling` is its staging half (for writers that move several files).
 * :func:`temp_prefix` / :func:`remove_stale_temporaries` — the names of every temporary an atomic
   write of ssa makes next to its target (``.<name>.tmp-p<pid>h<host>_*``; ``ssa-tmp`` for checkpoints,
   ``old`` for the backup of a replaced folder) and their removal once their writer is gone: each writer
