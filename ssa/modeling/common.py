@@ -103,6 +103,19 @@ class CrossAttentionLayer(nn.Module):
         )[0]
         return self.norm(x + self.dropout(out))
 
+    def forward_single_key(self, x: Tensor, memory: Tensor) -> Tensor:
+        """:meth:`forward` for a memory of one token (B, 1, C) and no masks, without dropout: the
+        softmax over one key is exactly 1 whatever the queries, so every query reads the same
+        ``out_proj(v_proj(memory))`` and the queries' projections are never needed (x (B, N, C))."""
+        attn = self.attn
+        c = x.shape[-1]
+        if memory.shape[1] != 1:
+            raise ValueError(f"forward_single_key needs one memory token, got {memory.shape[1]}")
+        w_v = attn.in_proj_weight[2 * c:] if attn.in_proj_weight is not None else attn.v_proj_weight
+        b_v = attn.in_proj_bias[2 * c:] if attn.in_proj_bias is not None else None
+        value = F.linear(memory, w_v, b_v)  # (B, 1, C)
+        return self.norm(x + attn.out_proj(value))
+
 
 class SelfAttentionLayer(nn.Module):
     """Post-norm self-attention: ``norm(x + attn(x + pos, x + pos, x))``."""
