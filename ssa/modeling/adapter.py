@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssa.modeling.common import MLP, CrossAttentionLayer, sine_encoding, sine_position_2d
+from ssa.modeling.common import MLP, CrossAttentionLayer, cached_sine_position_2d, sine_encoding
 
 __all__ = ["SemanticAlignmentAdapter"]
 
@@ -56,8 +56,8 @@ class SemanticAlignmentAdapter(nn.Module):
                              f"{tuple(visual.shape)}")
         residual = F.relu(self.conv2(F.relu(self.conv1(visual)))) + visual  # f_mr
         tokens = self.linear_v(visual).flatten(2).transpose(1, 2)  # (B, HW, D_a)
-        pos = sine_position_2d(h, w, self.dim, device=visual.device, dtype=tokens.dtype, normalize=False)
-        pos = pos.flatten(1).transpose(0, 1)[None]  # (1, HW, D_a)
+        pos = cached_sine_position_2d(h, w, self.dim, visual.device, tokens.dtype, normalize=False)[None]
+        # (1, HW, D_a)
         lw = self.linear_l(words)  # (B, L, D_a)
         word_pos = sine_encoding(torch.arange(1, lw.shape[1] + 1, device=lw.device), self.dim).to(lw.dtype)
         word_stream = self.cross_attention(tokens, lw, pos=pos, memory_pos=word_pos[None],

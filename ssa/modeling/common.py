@@ -3,6 +3,7 @@ and feed-forward sub-layers."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -14,6 +15,7 @@ __all__ = [
     "sine_position_2d",
     "sine_position_1d",
     "sine_encoding",
+    "cached_sine_position_2d",
     "CrossAttentionLayer",
     "SelfAttentionLayer",
     "FFNLayer",
@@ -79,6 +81,17 @@ def sine_position_2d(height: int, width: int, dim: int, device: torch.device | N
         [py[:, None, :].expand(height, width, half), px[None, :, :].expand(height, width, half)], dim=-1
     )
     return pos.permute(2, 0, 1).to(dtype)  # (dim, H, W)
+
+
+@functools.lru_cache(maxsize=32)
+def cached_sine_position_2d(height: int, width: int, dim: int, device: torch.device | None = None,
+                            dtype: torch.dtype = torch.float32, normalize: bool = True) -> Tensor:
+    """:func:`sine_position_2d` as (height·width, dim) tokens, computed once per size and kept (the
+    heads ask for the same few sizes every frame; the sines of a stride-4 map cost as much as a
+    small matrix product). Shared: never modify the result in place."""
+    with torch.inference_mode(False), torch.no_grad():
+        pos = sine_position_2d(height, width, dim, device=device, dtype=dtype, normalize=normalize)
+        return pos.flatten(1).transpose(0, 1).contiguous()  # (H·W, dim)
 
 
 def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:

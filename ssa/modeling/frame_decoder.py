@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssa.modeling.common import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, sine_position_2d
+from ssa.modeling.common import (
+    MLP,
+    CrossAttentionLayer,
+    FFNLayer,
+    SelfAttentionLayer,
+    cached_sine_position_2d,
+)
 
 __all__ = ["FrameQueryDecoder", "FrameDecoderOutput", "attention_mask_from_logits"]
 
@@ -141,8 +147,8 @@ class FrameQueryDecoder(nn.Module):
             h, w = feat.shape[-2:]
             sizes.append((h, w))
             memories.append(feat.flatten(2).transpose(1, 2) + self.level_embed.weight[level].to(feat.dtype))
-            pos = sine_position_2d(h, w, self.hidden_dim, device=feat.device, dtype=feat.dtype)  # (C, h, w)
-            positions.append(pos.flatten(1).transpose(0, 1).unsqueeze(0))
+            pos = cached_sine_position_2d(h, w, self.hidden_dim, feat.device, feat.dtype)  # (h·w, C)
+            positions.append(pos.unsqueeze(0))
 
         query_pos = self.query_pos.weight.unsqueeze(0).expand(batch, -1, -1).to(queries.dtype)  # (B, N, C)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssa.modeling.common import FFNLayer, sine_position_2d
+from ssa.modeling.common import FFNLayer, cached_sine_position_2d
 from ssa.modeling.fusion import TextFusionBlock
 
 __all__ = ["multi_scale_deformable_attention", "MSDeformAttn", "DeformableEncoderLayer", "PixelDecoder",
@@ -330,8 +330,8 @@ class PixelDecoder(nn.Module):
             h, w = x.shape[-2:]
             shapes.append((int(h), int(w)))
             srcs.append(x.flatten(2).transpose(1, 2))  # (B, h·w, C)
-            p = sine_position_2d(h, w, self.hidden_dim, device=x.device, dtype=x.dtype)  # (C, h, w)
-            pos.append(p.flatten(1).transpose(0, 1) + self.level_embed[level].to(x.dtype))  # (h·w, C)
+            p = cached_sine_position_2d(h, w, self.hidden_dim, x.device, x.dtype)  # (h·w, C)
+            pos.append(p + self.level_embed[level].to(x.dtype))  # (h·w, C)
         src = torch.cat(srcs, dim=1)  # (B, S, C)
         pos_all = torch.cat(pos, dim=0)[None]  # (1, S, C)
         ref = self._reference_points(shapes, src.device, torch.float32)  # (S, 2)
