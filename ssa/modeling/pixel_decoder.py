@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ssa.modeling.common import FFNLayer, cached_sine_position_2d
 from ssa.modeling.fusion import TextFusionBlock
@@ -321,6 +322,14 @@ class PixelDecoder(nn.Module):
             points.append(torch.stack([gx, gy], dim=-1).reshape(h * w, 2))
         return torch.cat(points, dim=0)  # (S, 2)
 
+    checkpoint_layers = False  # recompute layers in backward (SSAModel.set_activation_checkpointing)
+
+    def _layer(self, i: int, src: Tensor, text: Tensor, pos: Tensor, ref: Tensor,
+               shapes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        """Fusion block i (Eq. 5) then deformable encoder layer i: src (B, S, C), text (B, 1, C)."""
+        src, text = self.fusion_layers[i](src, text)
+        return self.layers[i](src, pos, ref, shapes), text
+
     def forward(self, features: Sequence[Tensor], text: Tensor) -> PixelDecoderOutput:
         self._check(features, text)
         b = features[0].shape[0]
@@ -337,9 +346,12 @@ class PixelDecoder(nn.Module):
         ref = self._reference_points(shapes, src.device, torch.float32)  # (S, 2)
         ref = ref[None, :, None, :].expand(b, -1, len(shapes), 2)  # (B, S, L, 2)
 
-        for fusion, layer in zip(self.fusion_layers, self.layers, strict=True):
-            src, text = fusion(src, text)  # Eq. 5
-            src = layer(src, pos_all, ref, shapes)  # (B, S, C)
+        recompute = self.checkpoint_layers and torch.is_grad_enabled()
+        for i in range(len(self.layers)):
+            if recompute:  # keep only the layer's inputs; recompute it in the backward pass
+                src, text = checkpoint(self._layer, i, src, text, pos_all, ref, shapes, use_reentrant=False)
+            else:
+                src, text = self._layer(i, src, text, pos_all, ref, shapes)
 
         multi_scale = []
         start = 0
