@@ -16,7 +16,8 @@ reports per stage:
   frames_wait             time the model waited for frames: the part of decode + preprocess not hidden
 
 The same process also times the frozen CLIP visual pass alone on the same (already preprocessed) frames,
-in the pipeline's chunks, so ``end-to-end / CLIP`` compares like with like. Medians over repeats.
+in the pipeline's chunks, so ``end-to-end / CLIP`` compares like with like; each repeat runs every E and
+then the CLIP pass, so that a changing machine load slows them alike. Medians over repeats.
 Peak memory: RSS sampled every 10 ms (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
 ``--sweep-frames`` runs each length in a fresh process (RSS is per process) and plots peak memory
 against T. CLIP weights are random (no download): the cost is that of the real architecture.
@@ -159,12 +160,20 @@ def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"), "runs": {},
     }
     pipe(video, EXPRESSIONS[:1], max_frames=2, progress=False)  # warm-up (lazy init, allocator), not timed
-    for e in args.expressions:
-        rows = []
-        for _ in range(args.repeats):
+    # Repeat by repeat, every E and the CLIP pass alone one after the other: a load that changes over
+    # the measurement slows them alike, so their ratios hold.
+    all_rows: dict[int, list[dict[str, Any]]] = {e: [] for e in args.expressions}
+    clip_times = []
+    for _ in range(args.repeats):
+        for e in args.expressions:
             with tempfile.TemporaryDirectory() as tmp:
-                rows.append(run_once(pipe, video, EXPRESSIONS[:e], args.stream, Path(tmp), args.mode))
-            logger.info("E=%d: %.2f s", e, rows[-1]["wall"])
+                all_rows[e].append(run_once(pipe, video, EXPRESSIONS[:e], args.stream, Path(tmp), args.mode))
+            logger.info("E=%d: %.2f s", e, all_rows[e][-1]["wall"])
+        if not args.no_clip_alone:
+            clip_times.append(clip_alone(pipe, video, None))
+            logger.info("CLIP pass alone: %.2f s", clip_times[-1])
+    for e in args.expressions:
+        rows = all_rows[e]
         report["runs"][e] = {
             "wall": statistics.median(r["wall"] for r in rows),
             "frames": rows[0]["frames"],
@@ -177,8 +186,8 @@ def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
             with StageFlops(pipe) as flops:
                 pipe(video, EXPRESSIONS[:e], mode=args.mode, progress=False)
             report["runs"][e]["flops"] = flops.stages()
-    if not args.no_clip_alone:
-        report["clip_alone"] = statistics.median(clip_alone(pipe, video, None) for _ in range(args.repeats))
+    if clip_times:
+        report["clip_alone"] = statistics.median(clip_times)
     report.update(summarize(report))
     return report
 
