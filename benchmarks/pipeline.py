@@ -16,7 +16,9 @@ reports per stage:
   frames_wait             time the model waited for frames: the part of decode + preprocess not hidden
 
 The same process also times the frozen CLIP visual pass alone on the same (already preprocessed) frames,
-in the pipeline's chunks, so ``end-to-end / CLIP`` compares like with like. Medians over repeats.
+in the pipeline's chunks and in its frame batches (the faster counts: the best the trunk reaches), so
+``end-to-end / CLIP`` compares like with like; each repeat runs every E and
+then the CLIP pass, so that a changing machine load slows them alike. Medians over repeats.
 Peak memory: RSS sampled every 10 ms (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
 ``--sweep-frames`` runs each length in a fresh process (RSS is per process) and plots peak memory
 against T. CLIP weights are random (no download): the cost is that of the real architecture.
@@ -131,8 +133,9 @@ def _write_frame(frame: Any, out: Path) -> None:
         write_palette_png(folder / f"{frame.name}.png", frame.labels(e))
 
 
-def clip_alone(pipe: SSAPipeline, video: str, max_frames: int | None) -> float:
-    """Seconds of the frozen CLIP visual pass alone over the video's frames, in the pipeline's chunks."""
+def clip_alone(pipe: SSAPipeline, video: str, max_frames: int | None, batch: int | None = None) -> float:
+    """Seconds of the frozen CLIP visual pass alone over the video's frames, ``batch`` frames at a time
+    (default: the pipeline's chunks)."""
     model = pipe.model
     frames = [f.image for f in read_frames(video, max_frames=max_frames)]
     pixels = preprocess_frames(frames, pipe.config.image_size, pipe.config.max_size)
@@ -142,8 +145,9 @@ def clip_alone(pipe: SSAPipeline, video: str, max_frames: int | None) -> float:
     with torch.no_grad(), pipe._autocast():
         sync()
         start = time.perf_counter()
-        for s in range(0, len(pixels), pipe.chunk_size):
-            model.backbone.encode_image(pixels[s:s + pipe.chunk_size].to(pipe.device))  # no adapters
+        step = batch or pipe.chunk_size
+        for s in range(0, len(pixels), step):
+            model.backbone.encode_image(pixels[s:s + step].to(pipe.device))  # no adapters
         sync()
     return time.perf_counter() - start
 
@@ -155,15 +159,27 @@ def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
         "model_size": list(resized_size(*_video_size(video), pipe.config.image_size, pipe.config.max_size)),
         "video": video,
         "chunk_size": pipe.chunk_size, "stream": args.stream, "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(), "runs": {},
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"), "runs": {},
     }
     pipe(video, EXPRESSIONS[:1], max_frames=2, progress=False)  # warm-up (lazy init, allocator), not timed
-    for e in args.expressions:
-        rows = []
-        for _ in range(args.repeats):
+    # Repeat by repeat, every E and the CLIP pass alone one after the other: a load that changes over
+    # the measurement slows them alike, so their ratios hold.
+    all_rows: dict[int, list[dict[str, Any]]] = {e: [] for e in args.expressions}
+    clip_times = []
+    for _ in range(args.repeats):
+        for e in args.expressions:
             with tempfile.TemporaryDirectory() as tmp:
-                rows.append(run_once(pipe, video, EXPRESSIONS[:e], args.stream, Path(tmp), args.mode))
-            logger.info("E=%d: %.2f s", e, rows[-1]["wall"])
+                all_rows[e].append(run_once(pipe, video, EXPRESSIONS[:e], args.stream, Path(tmp), args.mode))
+            logger.info("E=%d: %.2f s", e, all_rows[e][-1]["wall"])
+        if not args.no_clip_alone:
+            # the faster of whole chunks and the pipeline's frame batches: the best the trunk reaches
+            both = {b: clip_alone(pipe, video, None, b) for b in sorted({pipe.chunk_size, pipe.frame_batch})}
+            clip_times.append(min(both.values()))
+            logger.info("CLIP pass alone: %s",
+                        ", ".join(f"{s:.2f} s in batches of {b}" for b, s in both.items()))
+    for e in args.expressions:
+        rows = all_rows[e]
         report["runs"][e] = {
             "wall": statistics.median(r["wall"] for r in rows),
             "frames": rows[0]["frames"],
@@ -176,9 +192,57 @@ def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
             with StageFlops(pipe) as flops:
                 pipe(video, EXPRESSIONS[:e], mode=args.mode, progress=False)
             report["runs"][e]["flops"] = flops.stages()
-    if not args.no_clip_alone:
-        report["clip_alone"] = statistics.median(clip_alone(pipe, video, None) for _ in range(args.repeats))
+    if clip_times:
+        report["clip_alone"] = statistics.median(clip_times)
+    report.update(summarize(report))
     return report
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a report (E = the first of ``--expressions``):
+
+    end_to_end_s     wall time of the whole run
+    clip_alone_s     the frozen CLIP visual pass alone on the same frames, same process
+    flop_floor_s     the run's FLOPs / the GFLOP/s of that CLIP pass: the time if every stage ran at the
+                     CLIP's arithmetic throughput (needs ``--flops``)
+    ratio_to_floor   end_to_end_s / flop_floor_s
+    per_stage        {stage: {"s", "gflop", "gflop_per_s"}}
+    per_expression   each expression beyond the first: its extra seconds, extra GFLOP, its own floor
+                     (extra FLOPs at the CLIP's throughput), ratio_to_floor, and its time and FLOP shares
+                     of the first run
+    """
+    runs = report["runs"]
+    es = sorted(runs, key=int)
+    first = runs[es[0]]
+    clip_s = report.get("clip_alone")
+    out: dict[str, Any] = {"expressions": int(es[0]), "end_to_end_s": first["wall"], "clip_alone_s": clip_s,
+                           "flop_floor_s": None, "ratio_to_floor": None, "clip_alone_gflop_per_s": None}
+    flops = first.get("flops")
+    out["per_stage"] = {
+        stage: {"s": first["stages"][stage],
+                "gflop": None if flops is None else flops[stage] / 1e9,
+                "gflop_per_s": (flops[stage] / 1e9 / first["stages"][stage]
+                                if flops is not None and first["stages"][stage] > 0 else None)}
+        for stage in STAGES
+    }
+    rate = None
+    if flops is not None and clip_s:
+        rate = flops["clip_visual"] / clip_s  # FLOP/s of the CLIP pass alone
+        out["clip_alone_gflop_per_s"] = rate / 1e9
+        out["flop_floor_s"] = sum(flops.values()) / rate
+        out["ratio_to_floor"] = first["wall"] / out["flop_floor_s"]
+    out["per_expression"] = {}
+    for e in es[1:]:
+        n = int(e) - int(es[0])
+        extra_s = (runs[e]["wall"] - first["wall"]) / n
+        row: dict[str, Any] = {"extra_s": extra_s, "time_share": extra_s / first["wall"]}
+        if flops is not None and "flops" in runs[e]:
+            extra = (sum(runs[e]["flops"].values()) - sum(flops.values())) / n
+            row.update(extra_gflop=extra / 1e9, flop_share=extra / sum(flops.values()))
+            if rate is not None:
+                row.update(floor_s=extra / rate, ratio_to_floor=extra_s / (extra / rate))
+        out["per_expression"][e] = row
+    return out
 
 
 def _video_size(video: str) -> tuple[int, int]:
@@ -220,6 +284,16 @@ def markdown(report: dict[str, Any]) -> str:
     for e in es[1:]:
         extra = (runs[e]["wall"] - first["wall"]) / (int(e) - int(es[0])) / first["wall"]
         lines.append(f"- each expression beyond {es[0]} (E={e}): +{100 * extra:.1f}% of the E={es[0]} time")
+    if report.get("ratio_to_floor") is not None:
+        rate = report["clip_alone_gflop_per_s"]
+        lines.append(f"- FLOP floor (the run's FLOPs at the CLIP pass's {rate:.1f} GFLOP/s): "
+                     f"{report['flop_floor_s']:.3f} s; end to end / floor = "
+                     f"**{report['ratio_to_floor']:.3f}**")
+    for e, row in report.get("per_expression", {}).items():
+        if row.get("ratio_to_floor") is not None:
+            lines.append(f"- each expression beyond {es[0]} (E={e}): {row['extra_s']:.3f} s for "
+                         f"{row['extra_gflop']:.1f} GFLOP, its own floor {row['floor_s']:.3f} s: "
+                         f"**{row['ratio_to_floor']:.3f}** x")
     io = first["stages"]["decode"] + first["stages"]["preprocess"]
     lines.append(f"- exposed decode + preprocess: {100 * first['frames_wait'] / first['wall']:.1f}% of wall "
                  f"time (the thread spent {io:.3f} s)")
@@ -251,17 +325,38 @@ def _flops_table(runs: dict[Any, dict[str, Any]], es: list[Any]) -> list[str]:
     return lines + [""]
 
 
-def plot(report: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> None:
+def _require_matplotlib() -> None:
+    """Raise SystemExit with the install hint when matplotlib is missing (``--plot`` needs it)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        logger.warning("matplotlib is not installed (pip install 'ssa[bench]'): no plot written")
-        return
-    panels = bool(report) + bool(sweep)
+        raise SystemExit("--plot needs matplotlib, which is not installed: pip install 'ssa[bench]' "
+                         "(or pip install matplotlib)") from None
+
+
+def plot(report: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> None:
+    """Time per stage (and GFLOP/s per stage with ``--flops``) of the first run; peak memory against T
+    of a ``--sweep-frames`` run."""
+    _require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = {s: v["gflop_per_s"] for s, v in report.get("per_stage", {}).items()
+             if v.get("gflop_per_s") is not None and v["gflop"] > 0}
+    panels = bool(report) + bool(rates) + bool(sweep)
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    if rates:
+        ax = axes[0][1]
+        names = list(rates)
+        ax.barh(names[::-1], [rates[s] for s in names][::-1], color="tab:green")
+        if report.get("clip_alone_gflop_per_s"):
+            ax.axvline(report["clip_alone_gflop_per_s"], color="k", ls="--", label="CLIP pass alone")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("GFLOP/s")
+        ax.set_title(f"throughput per stage; end to end / FLOP floor = {report['ratio_to_floor']:.2f}"
+                     if report.get("ratio_to_floor") else "throughput per stage", fontsize=10)
     if report:
         run = report["runs"][sorted(report["runs"], key=int)[0]]
         names = list(STAGES) + ["frames_wait"]
@@ -295,6 +390,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk-size", type=int, default=16)
     p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--stream", action="store_true", help="use pipe.stream (flat memory) and write per frame")
@@ -307,9 +403,14 @@ def main() -> None:
                    help="peak memory against T: each length in a fresh process (E = first of --expressions)")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON ('-' for stdout)")
     p.add_argument("--markdown", type=Path, default=None, help="write the Markdown table here too")
-    p.add_argument("--plot", type=Path, default=None, help="PNG of time per stage (and memory against T)")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="PNG of time (and GFLOP/s) per stage, and memory against T (needs matplotlib)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.plot:
+        _require_matplotlib()  # fail before the (long) measurement, not after it
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         report: dict[str, Any] = {}

@@ -134,31 +134,54 @@ def test_padding_words_change_nothing():
 
 def test_sentence_stream_has_a_single_key():
     """The sentence stream attends to one key: its weight is 1 whatever the pixels' queries and the
-    key are, so the attention's q/k projections do not affect it (they do affect the word stream)."""
+    key are, so the attention's q/k projections do not affect it (they do affect the word stream).
+    Inference computes it without them (``forward_single_key``), equal to the full attention."""
     adapter = _adapter()
     visual, words, mask, sentence = _inputs()
-    streams = []
-    hook = adapter.cross_attention.register_forward_hook(lambda m, i, o: streams.append(o.detach()))
-    try:
-        with torch.no_grad():
-            out, _ = adapter(visual, words, mask, sentence)
-            d = adapter.dim
-            adapter.cross_attention.attn.in_proj_weight[:2 * d].normal_()  # q and k projections
-            adapter.cross_attention.attn.in_proj_bias[:2 * d].normal_()
-            out2, _ = adapter(visual, words, mask, sentence)
-    finally:
-        hook.remove()
-    word, sent, word2, sent2 = streams
-    torch.testing.assert_close(sent2, sent, atol=1e-6, rtol=0)
+    a = adapter.cross_attention
+    d = adapter.dim
+    with torch.no_grad():
+        tokens = adapter.linear_v(visual).flatten(2).transpose(1, 2)
+        key = adapter.linear_l(sentence)[:, None]
+        pos = torch.randn(1, tokens.shape[1], d)
+        full = a(tokens, key, pos=pos)
+        out, _ = adapter(visual, words, mask, sentence)
+        word = a(tokens, adapter.linear_l(words), key_padding_mask=~mask)
+        a.attn.in_proj_weight[:2 * d].normal_()  # q and k projections
+        a.attn.in_proj_bias[:2 * d].normal_()
+        full2 = a(tokens, key, pos=pos)
+        fast = a.forward_single_key(tokens, key)
+        out2, _ = adapter(visual, words, mask, sentence)
+        word2 = a(tokens, adapter.linear_l(words), key_padding_mask=~mask)
+    torch.testing.assert_close(full2, full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
     assert (word2 - word).abs().max() > 1e-3
     assert (out2 - out).abs().max() > 1e-4
     # so the sentence stream is LN(W_v F_v + out_proj(v_proj(W_l F_s))): the same text for every pixel
-    a = adapter.cross_attention
     with torch.no_grad():
-        tokens = adapter.linear_v(visual).flatten(2).transpose(1, 2)
-        value = adapter.linear_l(sentence) @ a.attn.in_proj_weight[2 * d:].T + a.attn.in_proj_bias[2 * d:]
-        expected = a.norm(tokens + a.attn.out_proj(value)[:, None])
-    torch.testing.assert_close(sent, expected, atol=1e-5, rtol=1e-5)
+        value = key @ a.attn.in_proj_weight[2 * d:].T + a.attn.in_proj_bias[2 * d:]
+        expected = a.norm(tokens + a.attn.out_proj(value))
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one memory token"):
+        a.forward_single_key(tokens, torch.cat([key, key], dim=1))
+
+
+def test_training_path_with_dropout_off_equals_inference():
+    """In training with attention dropout the sentence stream runs the full attention; with the
+    dropout off (eval) the single-key path: both give the same output and gate weights."""
+    adapter = _adapter()
+    visual, words, mask, sentence = _inputs()
+    with torch.no_grad():
+        out, weights = adapter(visual, words, mask, sentence)
+        adapter.train()
+        for m in adapter.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        adapter.cross_attention.attn.dropout = 1e-12  # the full path, no element dropped in practice
+        torch.manual_seed(0)
+        out_train, weights_train = adapter(visual, words, mask, sentence)
+    torch.testing.assert_close(out_train, out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights_train, weights, atol=1e-6, rtol=1e-5)
 
 
 def test_output_depends_on_the_sentence_and_the_visual_input_per_sample():

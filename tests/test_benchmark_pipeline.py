@@ -47,6 +47,22 @@ def test_stage_report(tmp_path):
     assert two["pixel_decoder"] == 2 * one["pixel_decoder"] > 0
     md = (tmp_path / "report.md").read_text()
     assert "end to end" in md and "clip_visual" in md and "FLOPs of the whole run" in md
+    assert "end to end / floor" in md
+    # the headline figures (E = 1)
+    assert report["end_to_end_s"] == report["runs"]["1"]["wall"]
+    assert report["clip_alone_s"] == report["clip_alone"]
+    rate = one["clip_visual"] / report["clip_alone_s"]
+    assert report["flop_floor_s"] == pytest.approx(sum(one.values()) / rate)
+    assert report["ratio_to_floor"] == pytest.approx(report["end_to_end_s"] / report["flop_floor_s"])
+    assert set(report["per_stage"]) == set(STAGES)
+    for stage, row in report["per_stage"].items():
+        assert row["s"] == report["runs"]["1"]["stages"][stage]
+        assert row["gflop"] == pytest.approx(one[stage] / 1e9)
+        if one[stage] > 0:
+            assert row["gflop_per_s"] == pytest.approx(row["gflop"] / row["s"])
+    extra = report["per_expression"]["2"]
+    assert extra["extra_gflop"] == pytest.approx((sum(two.values()) - sum(one.values())) / 1e9)
+    assert extra["ratio_to_floor"] == pytest.approx(extra["extra_s"] / (extra["extra_gflop"] * 1e9 / rate))
 
 
 def test_memory_sweep_in_fresh_processes(tmp_path):
@@ -90,3 +106,23 @@ def test_sparse_products_count_their_nonzeros():
     values = torch.randn(40, 8)
     assert _mm_flops(dense, values) == 2 * 50 * 40 * 8
     assert _mm_flops(dense.to_sparse_csr(), values) == 2 * 50 * 8
+
+
+def test_plot_needs_matplotlib(tmp_path):
+    """--plot without matplotlib stops at once with the install hint (a stub package that fails to
+    import stands in for the missing one)."""
+    stub = tmp_path / "stub" / "matplotlib"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stub.parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(SCRIPT), "--preset", "ssa-tiny", "--plot", str(tmp_path / "p.png")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert "pip install 'ssa[bench]'" in done.stderr
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    _run(tmp_path, "--frames", "3", "--expressions", "1", "--flops", "--plot", str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssa.modeling.common import MLP, CrossAttentionLayer, sine_encoding, sine_position_2d
+from ssa.modeling.common import MLP, CrossAttentionLayer, cached_sine_position_2d, sine_encoding
 
 __all__ = ["SemanticAlignmentAdapter"]
 
@@ -56,18 +56,25 @@ class SemanticAlignmentAdapter(nn.Module):
                              f"{tuple(visual.shape)}")
         residual = F.relu(self.conv2(F.relu(self.conv1(visual)))) + visual  # f_mr
         tokens = self.linear_v(visual).flatten(2).transpose(1, 2)  # (B, HW, D_a)
-        pos = sine_position_2d(h, w, self.dim, device=visual.device, dtype=tokens.dtype, normalize=False)
-        pos = pos.flatten(1).transpose(0, 1)[None]  # (1, HW, D_a)
+        pos = cached_sine_position_2d(h, w, self.dim, visual.device, tokens.dtype, normalize=False)[None]
+        # (1, HW, D_a)
         lw = self.linear_l(words)  # (B, L, D_a)
         word_pos = sine_encoding(torch.arange(1, lw.shape[1] + 1, device=lw.device), self.dim).to(lw.dtype)
         word_stream = self.cross_attention(tokens, lw, pos=pos, memory_pos=word_pos[None],
-                                           key_padding_mask=~word_mask)
-        sentence_stream = self.cross_attention(tokens, self.linear_l(sentence)[:, None], pos=pos)
+                                           key_padding_mask=~word_mask)  # (B, HW, D_a)
+        sentence = self.linear_l(sentence)[:, None]  # (B, 1, D_a)
+        if self.training and self.cross_attention.attn.dropout > 0:
+            sentence_stream = self.cross_attention(tokens, sentence, pos=pos)
+        else:  # one key: its attention weight is exactly 1, the pixels' queries are not needed
+            sentence_stream = self.cross_attention.forward_single_key(tokens, sentence)
 
-        def to_map(x: Tensor) -> Tensor:  # (B, HW, D_a) → (B, C_v, H, W)
-            return self.up_v(x).transpose(1, 2).reshape(b, c, h, w)
-
-        # (B, 3, C_v, H, W)
-        streams = torch.stack([to_map(sentence_stream), to_map(word_stream), residual], dim=1)
-        weights = self.gate(streams.mean(dim=(-2, -1)).flatten(1)).softmax(dim=-1)  # (B, 3), Eq. 4
-        return torch.einsum("bs,bschw->bchw", weights, streams), weights
+        # U is affine, so GAP(U x) = U GAP(x) and Σ_s w_s U x_s = U (Σ_s w_s x_s) + (Σ_s w_s) b_U: the
+        # gate reads the pooled streams and one U product serves both attention streams (Eq. 4).
+        pooled = torch.stack([self.up_v(sentence_stream.mean(1)), self.up_v(word_stream.mean(1)),
+                              residual.mean(dim=(-2, -1))], dim=1)  # (B, 3, C_v)
+        weights = self.gate(pooled.flatten(1)).softmax(dim=-1)  # (B, 3), Eq. 4
+        w_s, w_w, w_r = (weights[:, i, None, None] for i in range(3))  # (B, 1, 1) each
+        mixed = F.linear(w_s * sentence_stream + w_w * word_stream, self.up_v.weight)  # (B, HW, C_v)
+        mixed = mixed + (w_s + w_w) * self.up_v.bias
+        out = mixed.transpose(1, 2).reshape(b, c, h, w) + w_r[..., None] * residual  # (B, C_v, H, W)
+        return out, weights

@@ -3,6 +3,7 @@ and feed-forward sub-layers."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -14,6 +15,7 @@ __all__ = [
     "sine_position_2d",
     "sine_position_1d",
     "sine_encoding",
+    "cached_sine_position_2d",
     "CrossAttentionLayer",
     "SelfAttentionLayer",
     "FFNLayer",
@@ -81,6 +83,17 @@ def sine_position_2d(height: int, width: int, dim: int, device: torch.device | N
     return pos.permute(2, 0, 1).to(dtype)  # (dim, H, W)
 
 
+@functools.lru_cache(maxsize=32)
+def cached_sine_position_2d(height: int, width: int, dim: int, device: torch.device | None = None,
+                            dtype: torch.dtype = torch.float32, normalize: bool = True) -> Tensor:
+    """:func:`sine_position_2d` as (height·width, dim) tokens, computed once per size and kept (the
+    heads ask for the same few sizes every frame; the sines of a stride-4 map cost as much as a
+    small matrix product). Shared: never modify the result in place."""
+    with torch.inference_mode(False), torch.no_grad():
+        pos = sine_position_2d(height, width, dim, device=device, dtype=dtype, normalize=normalize)
+        return pos.flatten(1).transpose(0, 1).contiguous()  # (H·W, dim)
+
+
 def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
 
@@ -102,6 +115,19 @@ class CrossAttentionLayer(nn.Module):
             attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
         )[0]
         return self.norm(x + self.dropout(out))
+
+    def forward_single_key(self, x: Tensor, memory: Tensor) -> Tensor:
+        """:meth:`forward` for a memory of one token (B, 1, C) and no masks, without dropout: the
+        softmax over one key is exactly 1 whatever the queries, so every query reads the same
+        ``out_proj(v_proj(memory))`` and the queries' projections are never needed (x (B, N, C))."""
+        attn = self.attn
+        c = x.shape[-1]
+        if memory.shape[1] != 1:
+            raise ValueError(f"forward_single_key needs one memory token, got {memory.shape[1]}")
+        w_v = attn.in_proj_weight[2 * c:] if attn.in_proj_weight is not None else attn.v_proj_weight
+        b_v = attn.in_proj_bias[2 * c:] if attn.in_proj_bias is not None else None
+        value = F.linear(memory, w_v, b_v)  # (B, 1, C)
+        return self.norm(x + attn.out_proj(value))
 
 
 class SelfAttentionLayer(nn.Module):

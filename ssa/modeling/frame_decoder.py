@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from ssa.modeling.common import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, sine_position_2d
+from ssa.modeling.common import (
+    MLP,
+    CrossAttentionLayer,
+    FFNLayer,
+    SelfAttentionLayer,
+    cached_sine_position_2d,
+)
 
 __all__ = ["FrameQueryDecoder", "FrameDecoderOutput", "attention_mask_from_logits"]
 
@@ -124,6 +131,16 @@ class FrameQueryDecoder(nn.Module):
         mask_logits = torch.einsum("bnd,bdhw->bnhw", mask_embed, mask_features)  # (B, N, H4, W4)
         return normed, class_logits, mask_logits, mask_embed
 
+    checkpoint_layers = False  # recompute layers in backward (SSAModel.set_activation_checkpointing)
+
+    def _layer(self, i: int, x: Tensor, memory: Tensor, memory_pos: Tensor, query_pos: Tensor,
+               attn_mask: Tensor, text: Tensor) -> Tensor:
+        """Layer i: masked cross-attention to ``memory`` → self-attention → text cross-attention → FFN."""
+        x = self.cross_attn_layers[i](x, memory, pos=query_pos, memory_pos=memory_pos, attn_mask=attn_mask)
+        x = self.self_attn_layers[i](x, pos=query_pos)
+        x = self.text_attn_layers[i](x, text, pos=query_pos)
+        return self.ffn_layers[i](x)  # (B, N, C)
+
     def forward(self, text: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor
                 ) -> FrameDecoderOutput:
         """Decode N queries that start as ``text`` (B, 1, C), F̂_s^t, against ``multi_scale``
@@ -141,8 +158,8 @@ class FrameQueryDecoder(nn.Module):
             h, w = feat.shape[-2:]
             sizes.append((h, w))
             memories.append(feat.flatten(2).transpose(1, 2) + self.level_embed.weight[level].to(feat.dtype))
-            pos = sine_position_2d(h, w, self.hidden_dim, device=feat.device, dtype=feat.dtype)  # (C, h, w)
-            positions.append(pos.flatten(1).transpose(0, 1).unsqueeze(0))
+            pos = cached_sine_position_2d(h, w, self.hidden_dim, feat.device, feat.dtype)  # (h·w, C)
+            positions.append(pos.unsqueeze(0))
 
         query_pos = self.query_pos.weight.unsqueeze(0).expand(batch, -1, -1).to(queries.dtype)  # (B, N, C)
 
@@ -157,12 +174,11 @@ class FrameQueryDecoder(nn.Module):
         for i in range(self.num_layers):
             level = i % self.num_levels
             attn_mask = attention_mask_from_logits(mask_logits, sizes[level], self.num_heads)
-            x = self.cross_attn_layers[i](
-                x, memories[level], pos=query_pos, memory_pos=positions[level], attn_mask=attn_mask
-            )
-            x = self.self_attn_layers[i](x, pos=query_pos)
-            x = self.text_attn_layers[i](x, text, pos=query_pos)
-            x = self.ffn_layers[i](x)  # (B, N, C)
+            args = (i, x, memories[level], positions[level], query_pos, attn_mask, text)
+            if self.checkpoint_layers and torch.is_grad_enabled():  # recompute the layer in backward
+                x = checkpoint(self._layer, *args, use_reentrant=False)
+            else:
+                x = self._layer(*args)  # (B, N, C)
             normed, class_logits, mask_logits, mask_embed = self._predict(x, mask_features)
             class_preds.append(class_logits)
             mask_preds.append(mask_logits)

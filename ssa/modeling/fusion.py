@@ -57,6 +57,8 @@ class _BiAttention(nn.Module):
         return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
 
     def forward(self, v: Tensor, l: Tensor) -> tuple[Tensor | None, Tensor]:
+        if not (self.training and self.dropout > 0):
+            return self._forward_factored(v, l)
         q = self._split(self.v_proj(v)) * self.head_dim ** -0.5  # (B, h, S, d)
         k = self._split(self.l_proj(l))  # (B, h, L, d)
         logits = q @ k.transpose(-2, -1)  # (B, h, S, L)
@@ -69,6 +71,40 @@ class _BiAttention(nn.Module):
             delta_v = (probs_v @ self._split(self.values_l_proj(l))).transpose(1, 2).flatten(2)  # (B, S, E)
             delta_v = self.out_v_proj(delta_v)
         return delta_v, self.out_l_proj(delta_l)
+
+    def _forward_factored(self, v: Tensor, l: Tensor) -> tuple[Tensor | None, Tensor]:
+        """:meth:`forward` without dropout, with every projection of the S visual tokens folded into
+        the L text tokens' side (the same sums in another order, equal up to float rounding):
+
+            A_h = (v W_q,h + b_q,h) k_hᵀ / √d = v (W_q,hᵀ k_hᵀ / √d) + b_q,h k_hᵀ / √d     (S×C)(C×L)
+            Δv  = Σ_h softmax_l(A_h) (u_h W_ov,hᵀ) + b_ov,  u_h = (W_vl l)_h              (S×L)(L×C)
+            Δl_h = softmax_S(A_hᵀ) (v W_vv,hᵀ + b_vv,h) = (softmax_S(A_hᵀ) v) W_vv,hᵀ + b_vv,h
+
+        so no (S, E) tensor is formed: the visual side costs O(S·C·h·L) instead of O(S·C·E)."""
+        b, s, c = v.shape
+        n, h, d = l.shape[1], self.heads, self.head_dim
+        k = self._split(self.l_proj(l)) * d ** -0.5  # (B, h, L, d)
+        w_q = self.v_proj.weight.view(h, d, c)  # (h, d, C)
+        key_in_v = torch.einsum("bhld,hdc->bhlc", k, w_q)  # (B, h, L, C): W_q,hᵀ k_h
+        key_bias = torch.einsum("bhld,hd->bhl", k, self.v_proj.bias.view(h, d))  # (B, h, L)
+        logits = v @ key_in_v.flatten(1, 2).transpose(1, 2) + key_bias.flatten(1)[:, None]  # (B, S, h·L)
+        logits = logits.view(b, s, h, n)
+        probs_l = logits.flatten(2).transpose(1, 2).softmax(dim=-1)  # (B, h·L, S) over the tokens
+        read = (probs_l @ v).view(b, h, n, c)  # (B, h, L, C) = softmax_S(A_hᵀ) v
+        w_vv = self.values_v_proj.weight.view(h, d, c)
+        delta_l = torch.einsum("bhlc,hdc->blhd", read, w_vv) + self.values_v_proj.bias.view(h, d)
+        delta_l = self.out_l_proj(delta_l.flatten(2))  # (B, L, C)
+        delta_v = None
+        if self.to_visual:
+            u = self._split(self.values_l_proj(l))  # (B, h, L, d)
+            w_ov = self.out_v_proj.weight.view(c, h, d)  # (C, h, d)
+            per_key = torch.einsum("bhld,chd->bhlc", u, w_ov).flatten(1, 2)  # (B, h·L, C)
+            if n == 1:  # one key: softmax_l is exactly 1, every token gets the same Δv
+                delta_v = (per_key.sum(1, keepdim=True) + self.out_v_proj.bias).expand(b, s, c)
+            else:
+                probs_v = logits.softmax(dim=-1).flatten(2)  # (B, S, h·L) over the keys
+                delta_v = probs_v @ per_key + self.out_v_proj.bias  # (B, S, C)
+        return delta_v, delta_l
 
 
 class TextFusionBlock(nn.Module):

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ssa.config import SSAConfig
 from ssa.hub import PretrainedMixin
@@ -174,14 +175,42 @@ class SSAModel(PretrainedMixin, nn.Module):
         and their text (words (R, L, D), word_mask (R, L), sentence (R, D)): the four adapted stage
         maps res2..res5 and the adapters' stream weights (R, 4, 3) (None without adapters)."""
         x, features, weights = stem, [], []
+        recompute = self.checkpoint_trunk and torch.is_grad_enabled()
         for i in range(4):
-            if i > 0:
-                x = self.backbone.run_stage(i, x)
-            if self.adapters is not None:
-                x, w = self.adapters[i](x, words, word_mask, sentence)  # Eq. 3-4
+            if recompute:  # keep only the segment's input; its activations are recomputed in backward
+                x, w = checkpoint(self._stage_and_adapter, i, x, words, word_mask, sentence,
+                                  use_reentrant=False)
+            else:
+                x, w = self._stage_and_adapter(i, x, words, word_mask, sentence)
+            if w is not None:
                 weights.append(w)
             features.append(x)
         return features, torch.stack(weights, dim=1) if weights else None
+
+    def _stage_and_adapter(self, i: int, x: Tensor, words: Tensor, word_mask: Tensor, sentence: Tensor
+                           ) -> tuple[Tensor, Tensor | None]:
+        """CLIP stage i (i >= 1) and adapter i: one segment of :meth:`encode_stages`."""
+        if i > 0:
+            x = self.backbone.run_stage(i, x)
+        if self.adapters is None:
+            return x, None
+        return self.adapters[i](x, words, word_mask, sentence)  # Eq. 3-4
+
+    @property
+    def checkpoint_trunk(self) -> bool:
+        """Whether the visual pass recomputes in backward (:meth:`set_activation_checkpointing`)."""
+        return getattr(self, "_checkpoint_trunk", False)
+
+    def set_activation_checkpointing(self, trunk: bool = False, decoders: bool = False) -> SSAModel:
+        """Trade compute for memory in training: with ``trunk``, each CLIP stage 1-3 and the adapter
+        after it (and adapter 0) keep only their input while gradients are recorded, and run again in
+        the backward pass; with ``decoders``, so do the pixel decoder's fusion + deformable layers and
+        the frame decoder's layers. Results and gradients are unchanged (dropout and drop-path masks are
+        replayed); inference without gradients is unaffected. Not part of the config or checkpoints."""
+        self._checkpoint_trunk = bool(trunk)
+        self.pixel_decoder.checkpoint_layers = bool(decoders)
+        self.frame_decoder.checkpoint_layers = bool(decoders)
+        return self
 
     def decode_pixels(self, features: list[Tensor], sentence: Tensor) -> PixelDecoderOutput:
         """The pixel decoder with its text fusion, in fp32 with autocast off (as the official network

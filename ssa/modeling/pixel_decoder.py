@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from ssa.modeling.common import FFNLayer, sine_position_2d
+from ssa.modeling.common import FFNLayer, cached_sine_position_2d
 from ssa.modeling.fusion import TextFusionBlock
 
 __all__ = ["multi_scale_deformable_attention", "MSDeformAttn", "DeformableEncoderLayer", "PixelDecoder",
@@ -92,38 +93,46 @@ def multi_scale_deformable_attention(
 def _sample_sparse(value: Tensor, shapes: Sequence[tuple[int, int]], sampling_locations: Tensor,
                    attention_weights: Tensor) -> Tensor:
     """The same sum as the grid_sample path, as one sparse (B·M·Q × B·M·S) matrix times the values
-    (B·M·S × D): row (b, m, q) holds, for each level l, point p and bilinear corner, the weight
-    A_mlqp · corner weight at that corner's token (zero for corners outside the map, as grid_sample's
-    zero padding with align_corners=False). Inference only (no autograd through the indices)."""
+    (B·M·S × D, head (b, m) reading its own S rows): row (b, m, q) holds, for each corner c, level l
+    and point p, the weight A_mlqp · (the bilinear weight of c) at that corner's token (zero for
+    corners outside the map, as grid_sample's zero padding with align_corners=False). The weights and
+    columns are computed corner by corner on contiguous (B·M·Q, L·P) tensors, then laid out row by
+    row in one copy. Inference only (no autograd through the indices)."""
     b, s, m, d = value.shape
-    q = sampling_locations.shape[1]
-    locations = sampling_locations.permute(0, 2, 1, 3, 4, 5)  # (B, M, Q, L, P, 2)
-    weights = attention_weights.permute(0, 2, 1, 3, 4)  # (B, M, Q, L, P)
-    columns, values = [], []
-    start = 0
-    for level, (h, w) in enumerate(shapes):
-        x = locations[:, :, :, level, :, 0] * w - 0.5  # pixel coordinates, centres at integers
-        y = locations[:, :, :, level, :, 1] * h - 0.5
-        x0, y0 = x.floor(), y.floor()
-        fx, fy = x - x0, y - y0  # (B, M, Q, P)
-        x0, y0 = x0.long(), y0.long()
-        a = weights[:, :, :, level]
-        for dx, dy, corner in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                               (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-            xi, yi = x0 + dx, y0 + dy
-            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-            columns.append(start + yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1))
-            values.append(corner * a * inside)
-        start += h * w
-    per_row = 4 * len(shapes) * sampling_locations.shape[4]  # non-zeros per row: 4 corners · L · P
-    block = torch.arange(b * m, device=value.device).view(b, m, 1, 1) * s  # head (b, m) reads its own S
-    col = (torch.stack(columns, dim=-1) + block[..., None]).reshape(-1)
-    crow = torch.arange(0, b * m * q * per_row + 1, per_row, device=value.device)
+    q, num_levels, p = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    device = value.device
+    rows = b * m * q
+    # per nonzero of a row (level l, point p): the level's width, height and first token, (L·P,)
+    widths = torch.tensor([w for _, w in shapes], dtype=torch.float32, device=device).repeat_interleave(p)
+    heights = torch.tensor([h for h, _ in shapes], dtype=torch.float32, device=device).repeat_interleave(p)
+    starts = torch.tensor([0] + [h * w for h, w in shapes][:-1], device=device).cumsum(0).repeat_interleave(p)
+    # (B, Q, M, L, P, 2) → (B·M·Q, L·P) per coordinate, rows in (b, m, q) order
+    locations = sampling_locations.float().permute(5, 0, 2, 1, 3, 4).reshape(2, rows, num_levels * p)
+    weights = attention_weights.float().permute(0, 2, 1, 3, 4).reshape(rows, num_levels * p)
+    x = locations[0] * widths - 0.5  # pixel coordinates, centres at integers
+    y = locations[1] * heights - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    # corners in the order (x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)
+    in_x = ((x0 >= 0) & (x0 < widths), (x0 >= -1) & (x0 < widths - 1))
+    in_y = ((y0 >= 0) & (y0 < heights), (y0 >= -1) & (y0 < heights - 1))
+    wx, wy = (1 - fx, fx), (1 - fy, fy)
+    corners = ((0, 0), (1, 0), (0, 1), (1, 1))
+    values = torch.stack([torch.where(in_x[i] & in_y[j], wx[i] * wy[j] * weights, 0.0)
+                          for i, j in corners], dim=1)  # (B·M·Q, 4, L·P): row by row
+    first = (y0 * widths + x0).long() + starts  # the token of corner (x0, y0), (B·M·Q, L·P)
+    head = (torch.arange(b * m, device=device) * s).repeat_interleave(q)[:, None]  # (B·M·Q, 1)
+    first = first + head
+    step = widths.long()
+    col = torch.stack([torch.where(in_x[i] & in_y[j], first + (i + j * step), head)
+                       for i, j in corners], dim=1)  # (B·M·Q, 4, L·P); outside: any valid column, weight 0
+    per_row = 4 * num_levels * p  # nonzeros per row
+    crow = torch.arange(0, rows * per_row + 1, per_row, device=device)
     # float32 throughout (sparse kernels have no half types), also under autocast
-    with warnings.catch_warnings(), torch.autocast(value.device.type, enabled=False):
+    with warnings.catch_warnings(), torch.autocast(device.type, enabled=False):
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        matrix = torch.sparse_csr_tensor(crow, col, torch.stack(values, dim=-1).reshape(-1).float(),
-                                         size=(b * m * q, b * m * s), check_invariants=False)
+        matrix = torch.sparse_csr_tensor(crow, col.reshape(-1), values.reshape(-1),
+                                         size=(rows, b * m * s), check_invariants=False)
         out = matrix @ value.float().permute(0, 2, 1, 3).reshape(b * m * s, d)  # (B·M·Q, D)
     return out.view(b, m, q, d).permute(0, 2, 1, 3).reshape(b, q, m * d).to(value.dtype)
 
@@ -313,6 +322,14 @@ class PixelDecoder(nn.Module):
             points.append(torch.stack([gx, gy], dim=-1).reshape(h * w, 2))
         return torch.cat(points, dim=0)  # (S, 2)
 
+    checkpoint_layers = False  # recompute layers in backward (SSAModel.set_activation_checkpointing)
+
+    def _layer(self, i: int, src: Tensor, text: Tensor, pos: Tensor, ref: Tensor,
+               shapes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        """Fusion block i (Eq. 5) then deformable encoder layer i: src (B, S, C), text (B, 1, C)."""
+        src, text = self.fusion_layers[i](src, text)
+        return self.layers[i](src, pos, ref, shapes), text
+
     def forward(self, features: Sequence[Tensor], text: Tensor) -> PixelDecoderOutput:
         self._check(features, text)
         b = features[0].shape[0]
@@ -322,16 +339,19 @@ class PixelDecoder(nn.Module):
             h, w = x.shape[-2:]
             shapes.append((int(h), int(w)))
             srcs.append(x.flatten(2).transpose(1, 2))  # (B, h·w, C)
-            p = sine_position_2d(h, w, self.hidden_dim, device=x.device, dtype=x.dtype)  # (C, h, w)
-            pos.append(p.flatten(1).transpose(0, 1) + self.level_embed[level].to(x.dtype))  # (h·w, C)
+            p = cached_sine_position_2d(h, w, self.hidden_dim, x.device, x.dtype)  # (h·w, C)
+            pos.append(p + self.level_embed[level].to(x.dtype))  # (h·w, C)
         src = torch.cat(srcs, dim=1)  # (B, S, C)
         pos_all = torch.cat(pos, dim=0)[None]  # (1, S, C)
         ref = self._reference_points(shapes, src.device, torch.float32)  # (S, 2)
         ref = ref[None, :, None, :].expand(b, -1, len(shapes), 2)  # (B, S, L, 2)
 
-        for fusion, layer in zip(self.fusion_layers, self.layers, strict=True):
-            src, text = fusion(src, text)  # Eq. 5
-            src = layer(src, pos_all, ref, shapes)  # (B, S, C)
+        recompute = self.checkpoint_layers and torch.is_grad_enabled()
+        for i in range(len(self.layers)):
+            if recompute:  # keep only the layer's inputs; recompute it in the backward pass
+                src, text = checkpoint(self._layer, i, src, text, pos_all, ref, shapes, use_reentrant=False)
+            else:
+                src, text = self._layer(i, src, text, pos_all, ref, shapes)
 
         multi_scale = []
         start = 0

@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 STATE_NAME = "training_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-RESUMABLE_FIELDS = ("iterations", "eval_every", "log_every", "save_every", "keep_checkpoints", "num_workers")
+RESUMABLE_FIELDS = ("iterations", "eval_every", "log_every", "save_every", "keep_checkpoints", "num_workers",
+                    "activation_checkpointing")
 """The :class:`TrainConfig` fields a resumed run may change (``finetune(allow_changes=...)``, ``ssa train
 --allow-change``): how long the run goes and how often it logs, saves and evaluates, not what a step
 computes."""
@@ -98,6 +99,9 @@ class TrainConfig:
     # train the CLIP too: True (both towers) or "visual" (its visual tower only); for CLIPs without
     # pretrained weights such as the tiny demo model's
     unfreeze_clip: bool | str = False
+    # activation checkpointing (memory for compute; same results): False, True (the visual pass and the
+    # decoders), "trunk" (CLIP stages 1-3 with their adapters) or "decoders" (pixel and frame decoders)
+    activation_checkpointing: bool | str = False
     num_workers: int = 0
     log_every: int = 20
     save_every: int = 1000
@@ -141,6 +145,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
         if any(not 0 < f < 1 for f in self.lr_drops):
             raise ValueError(f"TrainConfig.lr_drops must be fractions in (0, 1), got {self.lr_drops}")
+        if self.activation_checkpointing not in (False, True, "trunk", "decoders"):
+            raise ValueError("TrainConfig.activation_checkpointing must be False, True, 'trunk' or "
+                             f"'decoders', got {self.activation_checkpointing!r}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise ValueError(f"TrainConfig.precision must be auto|fp32|fp16|bf16, got {self.precision!r}")
         if self.scales is not None and (not self.scales or min(self.scales) < 32):
@@ -626,6 +633,9 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
     model = _build_model(model_or_name, cfg.seed, cfg.unfreeze_clip)
     if cfg.unfreeze_clip:
         model.backbone.unfreeze(text=cfg.unfreeze_clip != "visual")
+    ckpt_mode = cfg.activation_checkpointing
+    model.set_activation_checkpointing(trunk=ckpt_mode in (True, "trunk"),
+                                       decoders=ckpt_mode in (True, "decoders"))
     model.to(dev).train()
     dataset = _load_dataset(train_data)
     mc = model.config
@@ -725,6 +735,7 @@ def _run(model_or_name: Any, train_data: Any, output_dir: Path, cfg: TrainConfig
         if d.world_size > 1:
             dist.barrier()
     bar.close()
+    model.set_activation_checkpointing(False, False)
     model.eval()
     if d.main:
         final = output_dir / "model"
