@@ -120,8 +120,8 @@ def main() -> None:
                 pipe(video, texts, progress=False)
             flops[which] = counter.stages()
             with torch.no_grad():  # the model's mask logits, to compare the variants' outputs
+                from ssa.io import read_frames
                 from ssa.preprocessing import preprocess_frames
-                from ssa.video import read_frames
 
                 frames = [f.image for f in read_frames(video, max_frames=2)]
                 pixels = preprocess_frames(frames, pipe.config.image_size, pipe.config.max_size)

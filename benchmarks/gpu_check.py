@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import EXPRESSIONS, write_video  # noqa: E402
 
 from ssa import SSAConfig, SSAModel, SSAPipeline  # noqa: E402
+from ssa.io import read_frames  # noqa: E402
 from ssa.preprocessing import preprocess_frames  # noqa: E402
 from ssa.profiling import StageTimer  # noqa: E402
-from ssa.video import read_frames  # noqa: E402
 
 logger = logging.getLogger("gpu_check")
 
