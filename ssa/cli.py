@@ -365,6 +365,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="base learning rate of AdamW (default: the config's, else 5e-5 as officially; "
                         "the adapters train at 0.1x)")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
+    p.add_argument("--activation-checkpointing", choices=("off", "all", "trunk", "decoders"), default=None,
+                   help="recompute activations in backward to fit a smaller GPU: the CLIP stages with "
+                        "their adapters (trunk), the pixel and frame decoder layers (decoders) or both "
+                        "(all); same gradients, more compute (default: off)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --out that reads back whole (a damaged one "
                         "is skipped with a warning), with its training config: options given must equal it")
@@ -392,6 +396,9 @@ def _train(args: argparse.Namespace) -> int:
                        ("batch_size", args.batch_size), ("lr", args.lr)):
         if value is not None:
             values[key] = value
+    if args.activation_checkpointing is not None:
+        values["activation_checkpointing"] = {"off": False, "all": True}.get(
+            args.activation_checkpointing, args.activation_checkpointing)
     missing = [k for k in ("model", "train_data", "output_dir") if k not in values]
     if missing:
         raise ValueError(f"training needs {missing} (in --config or as --model/--data/--out)")

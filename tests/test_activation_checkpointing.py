@@ -107,3 +107,18 @@ def test_option_is_validated():
     with pytest.raises(ValueError, match="activation_checkpointing"):
         TrainConfig(activation_checkpointing=1)
     assert TrainConfig().activation_checkpointing is False
+
+
+@pytest.mark.parametrize("flag, expected", [("all", True), ("trunk", "trunk"), ("decoders", "decoders"),
+                                            ("off", False), (None, "absent")])
+def test_ssa_train_passes_activation_checkpointing(tmp_path, monkeypatch, flag, expected):
+    import ssa.train
+    from ssa.cli import main
+
+    seen = {}
+    monkeypatch.setattr(ssa.train, "finetune", lambda *a, **kw: seen.update(kw))
+    data = tmp_path / "data"
+    data.mkdir()
+    args = ["train", "--model", "ssa-tiny", "--data", str(data), "--out", str(tmp_path / "run")]
+    assert main(args + ([] if flag is None else ["--activation-checkpointing", flag])) == 0
+    assert seen.get("activation_checkpointing", "absent") == expected
