@@ -22,7 +22,7 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ssa import SSAConfig, SSAModel, hub
+from ssa import SSAConfig, SSAModel, hub, model_card
 from ssa.hub import InvalidCheckpointError, WeightsNotFoundError
 from ssa.modeling.backbone import FrozenCLIP
 
@@ -546,12 +546,12 @@ def test_model_card(model, checkpoint):
 
 def test_model_card_base_model_for_pretrained_clip():
     config = SSAConfig.from_preset("ssa-convnext-large")
-    assert hub.clip_base_model(config) == "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup"
-    text = hub.render_model_card(config, weights="trainable", repo_id="org/ssa-large")
+    assert model_card.clip_base_model(config) == "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup"
+    text = model_card.render_model_card(config, weights="trainable", repo_id="org/ssa-large")
     card = ModelCard(text)
     assert card.data.base_model == "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup"
     assert 'SSAPipeline.from_pretrained("org/ssa-large")' in text
-    assert hub.clip_base_model(dataclasses.replace(config, clip_pretrained=None)) is None
+    assert model_card.clip_base_model(dataclasses.replace(config, clip_pretrained=None)) is None
 
 
 def test_push_to_hub(model, monkeypatch):
@@ -627,3 +627,7 @@ def test_pth_refuses_arbitrary_objects(tmp_path):
     assert not marker.exists()
     with pytest.raises(FileNotFoundError):
         hub.load_pth_state_dict(tmp_path / "missing.pth")
+
+
+def test_the_model_card_names_the_weights_file_the_hub_writes():
+    assert model_card.WEIGHTS_FILE == hub.WEIGHTS_NAME
