@@ -60,6 +60,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "ssa-tiny-synthetic"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "README.md"
 BACKBONE_PREFIX = "backbone."
@@ -113,7 +115,7 @@ class PretrainedMixin:
                                model_card=model_card)
 
     @classmethod
-    def from_pretrained(cls: type[_M], name_or_path: str | os.PathLike[str] = "ssa-tiny-synthetic", *,
+    def from_pretrained(cls: type[_M], name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, *,
                         revision: str | None = None,
                         cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False,
                         token: str | bool | None = None, device: str | torch.device | None = None,
@@ -281,8 +283,6 @@ def _write_safetensors(state: dict[str, Tensor], path: Path, metadata: dict[str,
 # ----------------------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------------------
-BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "ssa-tiny-synthetic"
 
 
 def bundled_models() -> list[str]:
