@@ -26,6 +26,8 @@ from ssa.io.files import OutputLayout, PathLike, atomic_output_dir
 
 __all__ = [
     "DAVIS_PALETTE",
+    "PALETTE_RGB",
+    "as_labels",
     "encode_rle",
     "decode_rle",
     "write_palette_png",
@@ -178,11 +180,12 @@ DAVIS_PALETTE: bytes = _davis_palette()
 """The DAVIS / PASCAL VOC colour map, 256 RGB triples (768 bytes): 0 black, 1 (128, 0, 0), 2 (0, 128, 0),
 3 (128, 128, 0), 4 (0, 0, 128), ..."""
 
-_PALETTE_RGB = np.frombuffer(DAVIS_PALETTE, dtype=np.uint8).reshape(256, 3)
-_PALETTE_LUTS = [np.ascontiguousarray(_PALETTE_RGB[:, c]) for c in range(3)]
+PALETTE_RGB = np.frombuffer(DAVIS_PALETTE, dtype=np.uint8).reshape(256, 3)
+""":data:`DAVIS_PALETTE` as a (256, 3) uint8 array: the RGB colour of each label."""
 
 
-def _as_labels(labels: np.ndarray, what: str) -> np.ndarray:
+def as_labels(labels: np.ndarray, what: str) -> np.ndarray:
+    """An (H, W) uint8 label map from bool or integer labels in 0..255; ``what`` names it in errors."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"{what}: expected an (H, W) label map, got shape {labels.shape}")
@@ -205,7 +208,7 @@ def write_palette_png(path: PathLike, labels: np.ndarray) -> None:
     from PIL import Image
 
     path = Path(path)
-    labels = np.ascontiguousarray(_as_labels(labels, str(path)))
+    labels = np.ascontiguousarray(as_labels(labels, str(path)))
     h, w = labels.shape
     image = Image.frombytes("P", (w, h), labels.tobytes())
     image.putpalette(DAVIS_PALETTE)

@@ -13,11 +13,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ssa.io.files import PathLike, atomic_write, check_output_file
-from ssa.io.masks import _PALETTE_LUTS, _PALETTE_RGB, _as_labels
+from ssa.io.masks import PALETTE_RGB, as_labels
 
 __all__ = ["write_overlay_video", "h264_encoder"]
 
 logger = logging.getLogger(__name__)
+
+_PALETTE_LUTS = [np.ascontiguousarray(PALETTE_RGB[:, c]) for c in range(3)]  # per channel, for cv2.LUT
 
 
 _H264_CANDIDATES = ("libx264", "libopenh264", "h264")
@@ -111,7 +113,7 @@ def _overlay(image: np.ndarray, labels: np.ndarray | None, band: np.ndarray | No
             for k in present:
                 binary = (labels == k).view(np.uint8)
                 contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-                rgb = tuple(int(v) for v in _PALETTE_RGB[k])
+                rgb = tuple(int(v) for v in PALETTE_RGB[k])
                 cv2.drawContours(out, contours, -1, rgb, thickness, cv2.LINE_AA)
     if band is not None:
         out = np.concatenate([band, out], axis=0)
@@ -194,7 +196,7 @@ def write_overlay_video(
                         mask = next(mask_iter)
                     except StopIteration:
                         raise ValueError(f"masks ran out at frame {count}: fewer masks than frames") from None
-                    labels = None if mask is None else _as_labels(mask, f"mask {count}")
+                    labels = None if mask is None else as_labels(mask, f"mask {count}")
                     if labels is not None and labels.shape != image.shape[:2]:
                         raise ValueError(
                             f"mask {count} has shape {labels.shape} but frame {count} is {image.shape[:2]}"
