@@ -96,6 +96,12 @@ class SSAConfig:
     frame-decoder predictions (the official ``LAST_LAYER_NUM`` 3), each supervised by L_v and L_sim;
     inference uses the last one only."""
 
+    # -- experimental: not in the official network (ssa.experimental) -------------------------------
+    experimental_motion_features: bool = False
+    """Pixel motion features (:mod:`ssa.experimental.motion`): an encoder of each frame's temporal
+    difference adds to the mask features and the frame decoder's stride-8 level. Not in the official
+    network (official checkpoints have it off); the demo model ``ssa-tiny-synthetic`` uses it."""
+
     # -- test-time behaviour (the pipeline's defaults) --------------------------------------------------
     selection: str = "multi"
     """Default selection of video queries: "multi" (every query with score > ``threshold``, united: the

@@ -315,10 +315,12 @@ class SSAPipeline:
         clip_index = torch.zeros(len(text), dtype=torch.long)
         state = _VideoState(mask_features=[] if mask_feature_budget > 0 else None)
         total = _expected_frames(video, options) if progress else None
+        previous = None  # the frame before the chunk (only the experimental motion features read it)
         with self._autocast():
             for chunk in self._chunks(video, options, call, progress, "decode+encode", total):
                 self._record_frames(state, chunk)
-                visual = model.encode_video(chunk.pixels.to(self.device))
+                visual = model.encode_video(chunk.pixels.to(self.device), previous)
+                previous = chunk.pixels[-1]
                 out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
                                           row_chunk=self.frame_batch)
                 state.queries.append(out.queries.float().cpu())
@@ -358,9 +360,11 @@ class SSAPipeline:
                     bar.update(features.shape[1])
             return
         clip_index = torch.zeros(len(text), dtype=torch.long)
+        previous = None
         for chunk in self._chunks(video, options, call, progress, "masks (2nd pass)", len(state.indices)):
             with self._autocast():
-                visual = self.model.encode_video(chunk.pixels.to(self.device))
+                visual = self.model.encode_video(chunk.pixels.to(self.device), previous)
+                previous = chunk.pixels[-1]
                 features = self.model.encode_mask_features(
                     visual, text, clip_index, frame_chunk=self.frame_batch, row_chunk=self.frame_batch
                 )  # (E, k, Cm, h4, w4)

@@ -21,6 +21,7 @@ safetensors, config, model card with the measured table).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -53,11 +54,14 @@ RECIPE = {
 }
 TEXT_PRETRAINING = {"steps": 300, "batch_size": 64, "lr": 1e-3}
 # command-line options that make the recipe; a run continued with --init-from must repeat them
-RECIPE_ARGS = ("train_videos", "val_videos", "train_stories", "batch_size")
+RECIPE_ARGS = ("train_videos", "val_videos", "train_stories", "batch_size", "experimental_motion_features")
 # options of earlier versions of this recipe, retired (experiments/retired.md), and their "off" values:
 # a model made with them off is a model of this recipe
 RETIRED_ARGS = {"visual_pretraining": False, "all_instances": False, "empty_unmatched": False,
                 "video_positive_iou": 0.0}
+# options a continued run may switch on although the model it continues had them off (the new parts
+# start at zero, so the continued model starts out as the one it continues)
+ADDABLE_ARGS = {"experimental_motion_features": False}
 
 
 def main() -> None:
@@ -79,6 +83,9 @@ def main() -> None:
                    help="continue a model shipped by this recipe (a directory with its results.json): a "
                         "fresh run from its weights trains the phases of --iterations after the ones it was "
                         "trained with; everything else in the recipe must be the same")
+    p.add_argument("--experimental-motion-features", action="store_true",
+                   help="pixel motion features (ssa.experimental.motion, not in the official network); "
+                        "may be switched on when continuing a model without them (--init-from)")
     p.add_argument("--eval-only", action="store_true", help="evaluate and ship the finished run")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -105,11 +112,12 @@ def main() -> None:
     started = time.perf_counter()
     if not args.eval_only:
         torch.manual_seed(0)
-        config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128)
+        config = SSAConfig.from_preset("ssa-tiny", image_size=96, max_size=128,
+                                       experimental_motion_features=args.experimental_motion_features)
         if args.init_from:  # its text tower is pretrained (and frozen) already, its trunk trained
             model = SSAModel.from_pretrained(args.init_from).float()
             if model.config != config:
-                raise SystemExit(f"--init-from {args.init_from}: its config differs from this recipe's")
+                model = _with_added_parts(model, config, args.init_from)
         else:
             model = SSAModel(config)
             pretrain_text_tower(model, [text for _, _, text in MeViSDataset(train).expressions()],
@@ -166,6 +174,13 @@ def main() -> None:
     rows = "\n".join(f"| {name} | {v['expressions']} | {v['J']:.3f} | {v['F']:.3f} | {v['J&F']:.3f} |"
                      for name, v in table.items())
     card = (args.out / "README.md").read_text()
+    motion_line = ""
+    if args.experimental_motion_features:
+        since = prior.get("motion_features_since", offset if args.init_from else 0)
+        motion_line = ("\n**Experimental, not in the official network:** pixel motion features "
+                       "(`SSAConfig.experimental_motion_features`, `ssa.experimental.motion`), trained "
+                       + (f"from step {since} on (added at zero to the {since}-iteration model)." if since
+                          else "from the start."))
     threads = torch.get_num_threads()
     card += f"""
 ## ssa-tiny-synthetic: the demo model
@@ -178,7 +193,7 @@ on the training expressions (`ssa.train.pretrain_text_tower`, {TEXT_PRETRAINING[
 frozen; the CLIP visual tower trained from scratch with the rest by `ssa.train.finetune`, {iterations}
 of {args.batch_size} clips × {RECIPE['num_frames']} frames (short side drawn from 72-120,
 flips); inference at short side 96.
-Recipe: `weights/train_ssa_tiny_synthetic.py`.
+Recipe: `weights/train_ssa_tiny_synthetic.py`.{motion_line}
 Weights stored in fp16 (loaded as fp32).
 Training time: {train_minutes:.1f} min on {platform.processor() or platform.machine()}
 ({threads} thread{"s" if threads != 1 else ""}, CPU), from the training log's throughput.
@@ -196,8 +211,29 @@ plain background, nothing about natural videos.
     (args.out / "README.md").write_text(card)
     (args.out / "results.json").write_text(json.dumps({"heldout": table, "train_minutes": train_minutes,
                                                        "iterations": schedule, "fresh_starts": fresh_starts,
-                                                       "recipe": recipe_args}, indent=2))
+                                                       "recipe": recipe_args,
+                                                       **({"motion_features_since": since}
+                                                          if args.experimental_motion_features else {})},
+                                                      indent=2))
     logger.info("wrote %s", args.out)
+
+
+def _with_added_parts(model: SSAModel, config: SSAConfig, source: Path) -> SSAModel:
+    """``model`` rebuilt as ``config`` where the two differ only by ADDABLE_ARGS switched on: its weights
+    copied, the added parts at their (output-neutral) initialisation."""
+    added = {k for k, off in ADDABLE_ARGS.items() if getattr(model.config, k) == off != getattr(config, k)}
+    if dataclasses.replace(model.config, **{k: getattr(config, k) for k in added}) != config:
+        raise SystemExit(f"--init-from {source}: its config differs from this recipe's")
+    grown = SSAModel(config)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("experimental_") for k in missing):
+        raise SystemExit(f"--init-from {source}: cannot add {sorted(added)} (missing {missing}, "
+                         f"unexpected {unexpected})")
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    for name, param in grown.named_parameters():  # frozen as the continued model was (its text tower)
+        param.requires_grad_(name not in frozen)
+    logger.info("continuing %s with %s switched on (added parts start at zero)", source, sorted(added))
+    return grown
 
 
 def _and(numbers: list[int]) -> str:

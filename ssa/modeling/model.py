@@ -17,6 +17,7 @@ expressions and let callers chunk the per-frame stages over time.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ssa.config import SSAConfig
+from ssa.experimental.motion import PixelMotionEncoder
 from ssa.hub import PretrainedMixin
 from ssa.modeling.adapter import SemanticAlignmentAdapter
 from ssa.modeling.backbone import FrozenCLIP, TextFeatures
@@ -85,6 +87,10 @@ class SSAModel(PretrainedMixin, nn.Module):
             c.hidden_dim, c.num_queries, c.num_heads, c.video_decoder_layers, c.video_decoder_ffn_dim,
             c.mask_dim, c.dropout,
         )
+        # not in the official network (SSAConfig.experimental_motion_features, ssa.experimental.motion)
+        self.experimental_motion = (
+            PixelMotionEncoder(c.hidden_dim, c.mask_dim) if c.experimental_motion_features else None
+        )
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -109,11 +115,13 @@ class SSAModel(PretrainedMixin, nn.Module):
         return rows
 
     # -- 1. the expression-independent visual pass ----------------------------------------------------
-    def encode_video(self, frames: Tensor) -> VisualFeatures:
+    def encode_video(self, frames: Tensor, previous: Tensor | None = None) -> VisualFeatures:
         """CLIP stem + stage 0 of CLIP-normalised frames (T, 3, H, W) or clips (B, T, 3, H, W).
 
         Frames are zero-padded (bottom/right) to a multiple of 32. The result does not depend on any
-        expression and is reused for all of them.
+        expression and is reused for all of them. ``previous`` is the frame before each clip, (3, H, W)
+        or (B, 3, H, W); only the experimental motion features read it (a caller that runs a video in
+        chunks passes the last frame of the chunk before, so chunks give what the whole video gives).
         """
         frames = _check_frames(frames)
         b, t, _, h, w = frames.shape
@@ -121,7 +129,17 @@ class SSAModel(PretrainedMixin, nn.Module):
         images = frames.reshape(b * t, 3, h, w).to(self.device)
         if ph or pw:
             images = F.pad(images, (0, pw, 0, ph))
-        return VisualFeatures(self.backbone.encode_stem(images), b, t, (h, w), (h + ph, w + pw))
+        motion = None
+        if self.experimental_motion is not None:
+            before = None
+            if previous is not None:
+                before = previous[None] if previous.dim() == 3 else previous
+                if tuple(before.shape) != (b, 3, h, w):
+                    raise ValueError(f"previous frames must be (3, H, W) or (B, 3, H, W) matching the frames "
+                                     f"{(b, 3, h, w)}, got {tuple(previous.shape)}")
+                before = F.pad(before.to(images), (0, pw, 0, ph))
+            motion = self.experimental_motion.encode(images.reshape(b, t, *images.shape[1:]), before)
+        return VisualFeatures(self.backbone.encode_stem(images), b, t, (h, w), (h + ph, w + pw), motion)
 
     # -- 2. frozen text pass ----------------------------------------------------------------------------
     def encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
@@ -231,8 +249,21 @@ class SSAModel(PretrainedMixin, nn.Module):
             pair = pair_of_row[r]
             stem = visual.stem[r] if rows is None else visual.stem[rows[r]]
             features, weights = self.encode_stages(stem, words[pair], word_mask[pair], sentence[pair])
-            out.append((self.decode_pixels(features, resized[pair]), weights))
+            pixels = self.decode_pixels(features, resized[pair])
+            if visual.motion is not None:  # experimental: not in the official network
+                motion = visual.motion[r] if rows is None else visual.motion[rows[r]]
+                pixels = self._add_motion(pixels, motion)
+            out.append((pixels, weights))
         return out
+
+    def _add_motion(self, pixels: PixelDecoderOutput, motion: Tensor) -> PixelDecoderOutput:
+        """The experimental motion features added to one slice of rows' pixel-decoder output."""
+        to_mask, to_video, to_stride8 = self.experimental_motion.project(motion.to(pixels.mask_features))
+        return dataclasses.replace(
+            pixels, mask_features=pixels.mask_features + to_mask,
+            video_mask_features=pixels.video_mask_features + to_video,
+            multi_scale=[*pixels.multi_scale[:-1], pixels.multi_scale[-1] + to_stride8],
+        )
 
     def encode_mask_features(self, visual: VisualFeatures, text: TextFeatures,
                              clip_index: Tensor | None = None, *, frame_chunk: int | None = None,

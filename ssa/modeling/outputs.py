@@ -19,12 +19,18 @@ class VisualFeatures:
     num_frames: int  # T
     image_size: tuple[int, int]  # (H, W) of the frames given
     padded_size: tuple[int, int]  # (H_pad, W_pad), multiples of 32
+    motion: Tensor | None = None  # (B·T, W_m, H_pad/4, W_pad/4) experimental motion encoding, or None
 
     def frames(self, start: int, stop: int) -> VisualFeatures:
         """The features of frames [start, stop) of every clip."""
-        per_clip = self.stem.reshape(self.num_clips, self.num_frames, *self.stem.shape[1:])
-        stem = per_clip[:, start:stop].reshape(-1, *self.stem.shape[1:])
-        return VisualFeatures(stem, self.num_clips, stop - start, self.image_size, self.padded_size)
+
+        def part(x: Tensor) -> Tensor:
+            per_clip = x.reshape(self.num_clips, self.num_frames, *x.shape[1:])
+            return per_clip[:, start:stop].reshape(-1, *x.shape[1:])
+
+        motion = None if self.motion is None else part(self.motion)
+        return VisualFeatures(part(self.stem), self.num_clips, stop - start, self.image_size,
+                              self.padded_size, motion)
 
 
 @dataclass
