@@ -151,6 +151,28 @@ def test_recipe_continues_a_shipped_model(tmp_path, monkeypatch):
     assert ((prior / "results.json").read_bytes(), (prior / "model.safetensors").read_bytes()) == before
 
 
+def test_recipe_switches_the_motion_features_on_when_continuing(tmp_path, monkeypatch):
+    """--experimental-motion-features may be added to a model trained without them (they start at zero);
+    a model trained with them is not continued without them."""
+    prior = _shipped_prior(tmp_path / "prior", iterations=[2])
+    _run_recipe(monkeypatch, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                "--init-from", str(prior), "--iterations", "2", "3", "--train-videos", "3",
+                "--val-videos", "1", "--batch-size", "2", "--experimental-motion-features")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["recipe"]["experimental_motion_features"] is True
+    assert results["motion_features_since"] == 2
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "not in the official network" in card and "from step 2 on" in card
+    trained = SSAModel.from_pretrained(tmp_path / "work" / "run" / "model")
+    assert trained.config.experimental_motion_features
+    assert any(p.abs().sum() > 0 for n, p in trained.experimental_motion.named_parameters()
+               if n.startswith("to_"))  # the zero-initialised projections were trained
+    with pytest.raises(SystemExit, match="another recipe.*experimental_motion_features"):
+        _run_recipe(monkeypatch, "--work", str(tmp_path / "work2"), "--init-from", str(tmp_path / "out"),
+                    "--iterations", "2", "3", "4", "--train-videos", "3", "--val-videos", "1",
+                    "--batch-size", "2")
+
+
 def test_recipe_refuses_to_continue_another_run(tmp_path, monkeypatch):
     work = ["--work", str(tmp_path / "work"), "--val-videos", "1", "--batch-size", "2"]
     with pytest.raises(SystemExit, match="no results.json"):
