@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import build, random_frames
 
 from ssa import SSAConfig, SSAPipeline
 from ssa.experimental.motion import PixelMotionEncoder, temporal_differences
 from ssa.hub import expected_shapes
 from ssa.modeling.model import SSAModel
-from tests.conftest import build, random_frames
 
 
 def _with_motion(model: SSAModel, scale: float = 0.0, seed: int = 1) -> SSAModel:
