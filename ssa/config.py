@@ -100,7 +100,7 @@ class SSAConfig:
     experimental_motion_features: bool = False
     """Pixel motion features (:mod:`ssa.experimental.motion`): an encoder of each frame's temporal
     difference adds to the mask features and the frame decoder's stride-8 level. Not in the official
-    network (official checkpoints have it off); the demo model ``ssa-tiny-synthetic`` uses it."""
+    network (official checkpoints have it off); measured on the demo model in docs/demo-model.md."""
 
     # -- test-time behaviour (the pipeline's defaults) --------------------------------------------------
     selection: str = "multi"

@@ -47,7 +47,6 @@ class PixelMotionEncoder(nn.Module):
 
     def __init__(self, hidden_dim: int, mask_dim: int, width: int = 32) -> None:
         super().__init__()
-        self.width = width
         self.encoder = nn.Sequential(
             _conv(3, width, stride=2), nn.ReLU(inplace=True),  # stride 2
             _conv(width, width, stride=2), nn.ReLU(inplace=True),  # stride 4
