@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SWAPS = [
     (ssa.modeling.fusion, "_BiAttention.forward"),
     (ssa.modeling.adapter, "SemanticAlignmentAdapter.forward"),
-    (ssa.modeling.pixel_decoder, "_sample_sparse"),
+    (ssa.modeling.pixel_decoder, "MSDeformAttn.forward"),
     (ssa.modeling.pixel_decoder, "PixelDecoder.forward"),
     (ssa.modeling.frame_decoder, "FrameQueryDecoder.forward"),
 ]

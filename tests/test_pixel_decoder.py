@@ -328,3 +328,31 @@ def test_sparse_cpu_inference_path_equals_grid_sample(monkeypatch):
     torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=0)
     torch.testing.assert_close(fast.double(), naive_msda(value.detach().double(), shapes, locations.double(),
                                                          weights.double()), atol=1e-5, rtol=0)
+
+
+def test_cpu_inference_attention_equals_the_training_path(monkeypatch):
+    """MSDeformAttn's CPU inference path (one product for offsets and logits, positions in pixels,
+    bordered maps) gives what the grid_sample path gives, samples far outside the maps included."""
+    import ssa.modeling.pixel_decoder as pd
+
+    g = torch.Generator().manual_seed(7)
+    shapes = [(6, 9), (3, 5), (2, 3)]
+    attn = MSDeformAttn(32, num_levels=3, num_heads=4, num_points=3).eval()
+    with torch.no_grad():
+        for param in attn.parameters():
+            param.copy_(torch.randn(param.shape, generator=g) * 0.3)
+        attn.sampling_offsets.bias.mul_(20)  # many samples land outside their map
+    s = sum(h * w for h, w in shapes)
+    query, value = torch.randn(2, 11, 32, generator=g), torch.randn(2, s, 32, generator=g)
+    ref = torch.rand(2, 11, 3, 2, generator=g)
+    calls = []
+    original = pd.MSDeformAttn._sample_on_cpu
+    monkeypatch.setattr(pd.MSDeformAttn, "_sample_on_cpu",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    with torch.no_grad():
+        fast = attn(query, ref, value, shapes)
+    assert calls == [1]
+    slow = attn(query.requires_grad_(), ref, value, shapes)  # grid_sample
+    assert calls == [1] and slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
+    assert (fast - attn.output_proj.bias).abs().max() > 0.1  # not all samples fell outside
