@@ -226,3 +226,29 @@ def test_shapes_and_errors():
         adapter(torch.randn(2, C_V + 1, 3, 4), words, mask, sentence)
     with pytest.raises(ValueError, match="divisible by 4"):
         SemanticAlignmentAdapter(C_V, D_TEXT, dim=6)
+
+
+def test_few_keys_path_equals_the_attention():
+    """``forward_few_keys`` (projections folded into the keys and values) equals the full cross-attention,
+    with positions, rows padded differently and keys padded in every row (dropped)."""
+    from ssa.modeling.common import CrossAttentionLayer
+
+    g = torch.Generator().manual_seed(3)
+    layer = CrossAttentionLayer(16, 4).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x, memory = torch.randn(3, 13, 16, generator=g), torch.randn(3, 7, 16, generator=g)
+    pos, memory_pos = torch.randn(1, 13, 16, generator=g), torch.randn(1, 7, 16, generator=g)
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[0, 3:] = True
+    padding[1, 5:] = True
+    padding[:, 6] = True  # padded everywhere
+    with torch.no_grad():
+        full = layer(x, memory, pos=pos, memory_pos=memory_pos, key_padding_mask=padding)
+        fast = layer.forward_few_keys(x, memory, pos=pos, memory_pos=memory_pos, key_padding_mask=padding)
+        fast_unmasked = layer.forward_few_keys(x, memory)
+        full_unmasked = layer(x, memory)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_unmasked, full_unmasked, atol=1e-5, rtol=1e-5)
+    assert (fast - fast_unmasked).abs().max() > 1e-2  # the padding and positions matter
