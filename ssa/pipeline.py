@@ -204,8 +204,9 @@ class SSAPipeline:
     ``mask_feature_budget``: bytes of mask features kept between the passes; beyond it they are
     recomputed with a second decode of the video.
     ``prefetch``: chunks decoded and preprocessed ahead, on a background thread.
-    ``frame_batch``: frames per pass through the adapters within a chunk (all expressions together,
-    so the adapters' text-independent work runs once per frame), and (frame, expression) rows per pass
+    ``frame_batch``: frames per pass through the CLIP stem and stage 0 and through the adapters within
+    a chunk (all expressions together, so the adapters' text-independent work runs once per frame), and
+    (frame, expression) rows per pass
     through the pixel decoder and the frame decoder; default 1 on CPU (there the cost per row grows
     with the batch), the whole chunk on CUDA.
     """
@@ -319,7 +320,8 @@ class SSAPipeline:
         with self._autocast():
             for chunk in self._chunks(video, options, call, progress, "decode+encode", total):
                 self._record_frames(state, chunk)
-                visual = model.encode_video(chunk.pixels.to(self.device), previous)
+                visual = model.encode_video(chunk.pixels.to(self.device), previous,
+                                            frame_chunk=self.frame_batch)
                 previous = chunk.pixels[-1]
                 out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
                                           row_chunk=self.frame_batch)
@@ -363,7 +365,8 @@ class SSAPipeline:
         previous = None
         for chunk in self._chunks(video, options, call, progress, "masks (2nd pass)", len(state.indices)):
             with self._autocast():
-                visual = self.model.encode_video(chunk.pixels.to(self.device), previous)
+                visual = self.model.encode_video(chunk.pixels.to(self.device), previous,
+                                                 frame_chunk=self.frame_batch)
                 previous = chunk.pixels[-1]
                 features = self.model.encode_mask_features(
                     visual, text, clip_index, frame_chunk=self.frame_batch, row_chunk=self.frame_batch

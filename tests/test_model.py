@@ -112,6 +112,11 @@ def test_frame_chunking_gives_the_same_result(tiny_model):
             assert torch.allclose(features, frame_out.mask_features, atol=1e-5)
         with pytest.raises(ValueError, match="row_chunk must be positive"):
             tiny_model.decode_frames(visual, text, row_chunk=0)
+        for stem_chunk in (1, 2):  # the stem and stage 0 a few frames at a time
+            assert torch.allclose(tiny_model.encode_video(frames, frame_chunk=stem_chunk).stem, visual.stem,
+                                  atol=1e-5)
+        with pytest.raises(ValueError, match="frame_chunk must be >= 1"):
+            tiny_model.encode_video(frames, frame_chunk=0)
 
 
 def _params(model, prefix):

