@@ -166,6 +166,46 @@ class CrossAttentionLayer(nn.Module):
             out = out + attn.out_proj.bias
         return self.norm(x + out)
 
+    def forward_few_queries(self, x: Tensor, memory: Tensor, *, pos: Tensor | None = None,
+                            memory_pos: Tensor | None = None) -> Tensor:
+        """:meth:`forward` without dropout or masks, for few queries and a long memory (the video
+        decoder's T·N frame queries), the same sums in another order: the key and value projections
+        fold into the queries,
+
+            score_hm(x) = (W_k,hᵀ q_h(x)) · (m + pos_m) + q_h(x) · b_k,h,   q_h(x) = W_q,h (x + pos) + b_q,h
+            out(x) = W_o concat_h [W_v,h (Σ_m softmax_m(score_h) m) + b_v,h] + b_o
+
+        (the weights of a row sum to 1), so no (M, C) key or value tensor is made: memory grows with M
+        only by the (N·H, M) scores. ``memory_pos`` (1 or B, P, C) may be shorter than the memory when
+        the memory's positions repeat every P tokens (M a multiple of P). x (B, N, C), memory (B, M, C)."""
+        attn = self.attn
+        b, n, c = x.shape
+        m = memory.shape[1]
+        heads = attn.num_heads
+        dh = c // heads
+        if attn.in_proj_weight is None:
+            raise ValueError("forward_few_queries needs the packed in-projection (equal widths)")
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3)
+        q = F.linear(_with_pos(x, pos), w_q, b_q).view(b, n, heads, dh) * dh ** -0.5  # (B, N, H, dh)
+        folded = torch.einsum("bnhd,hdc->bhnc", q, w_k.view(heads, dh, c)).reshape(b, heads * n, c)
+        scores = folded @ memory.transpose(1, 2)  # (B, H·N, M)
+        if b_k is not None:
+            scores = scores + torch.einsum("bnhd,hd->bhn", q, b_k.view(heads, dh)).reshape(b, heads * n, 1)
+        if memory_pos is not None:
+            period = memory_pos.shape[1]
+            if m % period:
+                raise ValueError(f"memory_pos of {period} tokens does not repeat evenly over {m} tokens")
+            at_pos = folded @ memory_pos.transpose(1, 2)  # (B, H·N, P)
+            scores = scores.view(b, heads * n, m // period, period) + at_pos[:, :, None]
+            scores = scores.view(b, heads * n, m)
+        probs = scores.softmax(dim=-1)
+        read = (probs @ memory).view(b, heads, n, c)  # (B, H, N, C): Σ_m softmax · m, per head
+        out = torch.einsum("bhnc,hdc->bnhd", read, w_v.view(heads, dh, c)).reshape(b, n, c)
+        if b_v is not None:
+            out = out + b_v
+        return self.norm(x + attn.out_proj(out))
+
     def forward_single_key(self, x: Tensor, memory: Tensor) -> Tensor:
         """:meth:`forward` for a memory of one token (B, 1, C) and no masks, without dropout: the
         softmax over one key is exactly 1 whatever the queries, so every query reads the same

@@ -37,9 +37,14 @@ class _VideoDecoderLayer(nn.Module):
         self.self_attn = SelfAttentionLayer(dim, heads, dropout)
         self.ffn = FFNLayer(dim, ffn_dim, dropout)
 
-    def forward(self, q: Tensor, pos: Tensor, text: Tensor, frames: Tensor, frame_pos: Tensor) -> Tensor:
+    def forward(self, q: Tensor, pos: Tensor, text: Tensor, frames: Tensor, slot_pos: Tensor) -> Tensor:
+        """slot_pos (1, N, C): the frame queries' key position, the same for every frame."""
         q = self.text_attn(q, text, pos=pos)
-        q = self.frame_attn(q, frames, pos=pos, memory_pos=frame_pos)
+        if self.training and self.frame_attn.attn.dropout > 0:
+            t = frames.shape[1] // slot_pos.shape[1]
+            q = self.frame_attn(q, frames, pos=pos, memory_pos=slot_pos.repeat(1, t, 1))
+        else:  # the same sums with the key/value projections folded into the few queries: no (T·N, C)
+            q = self.frame_attn.forward_few_queries(q, frames, pos=pos, memory_pos=slot_pos)  # keys
         q = self.self_attn(q, pos=pos)
         return self.ffn(q)
 
@@ -73,12 +78,12 @@ class VideoQueryDecoder(nn.Module):
         if sentences.shape != (b, t, c):
             raise ValueError(f"sentences must be {(b, t, c)}, got {tuple(sentences.shape)}")
         frames = trajectories.reshape(b, t * n, c)  # (B, T·N, C), t-major
-        frame_pos = self.frame_slot_pos.weight.to(frames.dtype).repeat(t, 1)[None]  # (1, T·N, C)
+        slot_pos = self.frame_slot_pos.weight.to(frames.dtype)[None]  # (1, N, C), every frame alike
         pos = self.query_pos.weight.to(frames.dtype)[None]  # (1, N, C)
         q = video_queries
         aux_cls, aux_emb = [], []
         for i, layer in enumerate(self.layers):
-            q = layer(q, pos, sentences, frames, frame_pos)
+            q = layer(q, pos, sentences, frames, slot_pos)
             if i < len(self.layers) - 1:
                 _, cls, emb = self._predict(q)
                 aux_cls.append(cls)

@@ -1,0 +1,38 @@
+"""CrossAttentionLayer's reordered inference paths equal the plain attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssa.modeling.common import CrossAttentionLayer
+
+
+def _layer(seed: int, dim: int = 16, heads: int = 4) -> CrossAttentionLayer:
+    g = torch.Generator().manual_seed(seed)
+    layer = CrossAttentionLayer(dim, heads).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return layer
+
+
+def test_few_queries_path_equals_the_attention():
+    """``forward_few_queries`` (key/value projections folded into the queries) equals the attention,
+    with query positions and memory positions that repeat every P tokens (the video decoder's slots)."""
+    layer = _layer(5)
+    g = torch.Generator().manual_seed(6)
+    x, memory = torch.randn(2, 3, 16, generator=g), torch.randn(2, 5 * 4, 16, generator=g)
+    pos, slot = torch.randn(1, 3, 16, generator=g), torch.randn(1, 4, 16, generator=g)
+    with torch.no_grad():
+        full = layer(x, memory, pos=pos, memory_pos=slot.repeat(1, 5, 1))
+        fast = layer.forward_few_queries(x, memory, pos=pos, memory_pos=slot)
+        whole_pos = torch.randn(2, 20, 16, generator=g)
+        full_b = layer(x, memory, memory_pos=whole_pos)
+        fast_b = layer.forward_few_queries(x, memory, memory_pos=whole_pos)
+        plain = layer.forward_few_queries(x, memory)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_b, full_b, atol=1e-5, rtol=1e-5)
+    assert (plain - fast).abs().max() > 1e-2  # the positions matter
+    with pytest.raises(ValueError, match="repeat evenly"):
+        layer.forward_few_queries(x, memory, memory_pos=torch.randn(1, 3, 16))
