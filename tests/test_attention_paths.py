@@ -36,3 +36,20 @@ def test_few_queries_path_equals_the_attention():
     assert (plain - fast).abs().max() > 1e-2  # the positions matter
     with pytest.raises(ValueError, match="repeat evenly"):
         layer.forward_few_queries(x, memory, memory_pos=torch.randn(1, 3, 16))
+
+
+def test_few_keys_path_trains_like_the_attention():
+    """With gradients (training with attention dropout off takes this path), the folded word stream
+    gives the attention's gradients."""
+    grads = []
+    for folded in (False, True):
+        layer = _layer(7)
+        g = torch.Generator().manual_seed(8)
+        x = torch.randn(2, 9, 16, generator=g).requires_grad_()
+        memory = torch.randn(2, 5, 16, generator=g)
+        padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+        run = layer.forward_few_keys if folded else layer.forward
+        run(x, memory, key_padding_mask=padding).square().sum().backward()
+        grads.append([x.grad, *(p.grad for p in layer.parameters())])
+    for plain, fast in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)

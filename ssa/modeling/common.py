@@ -98,7 +98,9 @@ def cached_sine_position_2d(height: int, width: int, dim: int, device: torch.dev
 def softmax_last(x: Tensor) -> Tensor:
     """softmax over the last dimension, the same sum as ``Tensor.softmax(-1)``: several times faster on
     the CPU when that dimension is short (a few to a few dozen entries), where torch's kernel is slow."""
-    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
+    e = (x - x.amax(dim=-1, keepdim=True)).exp()
+    if torch.is_grad_enabled() and e.requires_grad:  # autograd keeps e for the backward pass
+        return e / e.sum(dim=-1, keepdim=True)
     return e.div_(e.sum(dim=-1, keepdim=True))
 
 
