@@ -55,14 +55,15 @@ def test_shipped_as_package_data():
 
 def test_it_segments_held_out_synthetic_videos(tmp_path):
     """Scores on videos of a seed never used in training: far above an untrained model (J&F ~0.04).
-    The model on the official network after its first 2000-iteration run: 0.587 overall, 0.462
-    motion-only on the 60-video held-out split (the model card); the thresholds sit below what this
-    10-video check measures."""
+    The shipped model (v13): 0.842 overall, 0.765 motion-only on the 60-video held-out split (the model
+    card); the official network alone after 2000 iterations gave 0.587 / 0.462. The thresholds sit
+    below what this 10-video check measures (a model that covers both look-alikes scores ~0.5 on the
+    motion-only expressions)."""
     split = write_split(tmp_path / "val", 10, seed=4242, progress=False)
     summary = evaluate(SSAPipeline.from_pretrained(), split, progress=False, resume=False)
     table = score_breakdown(summary.rows, split)
-    assert table["all"]["J&F"] > 0.45, table
-    assert table["motion-only"]["J&F"] > 0.3, table
+    assert table["all"]["J&F"] > 0.65, table
+    assert table["motion-only"]["J&F"] > 0.6, table
 
 
 def test_quickstart_example_runs(tmp_path):
