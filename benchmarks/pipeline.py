@@ -4,6 +4,8 @@
         --expressions 1 2 --repeats 3 --json out.json --markdown out.md --plot out.png
     python benchmarks/pipeline.py --preset ssa-tiny --frames 2000 --height 480 --stream --repeats 1
     python benchmarks/pipeline.py --preset ssa-tiny --sweep-frames 250 500 1000 2000 --height 480 --stream
+    python benchmarks/pipeline.py --preset ssa-tiny --sweep-frames 250 2000 --height 480 --stream \
+        --malloc-mmap-threshold 131072    # glibc: blocks > 128 KiB mapped (docs/performance.md)
 
 The input is an H.264 MP4 written first (moving shapes over a textured background, ``--height`` lines,
 16:9; or ``--video FILE``). Each repeat runs the pipeline end to end (decode → preprocess → model →
@@ -21,7 +23,10 @@ in the pipeline's chunks and in its frame batches (the faster counts: the best t
 then the CLIP pass, so that a changing machine load slows them alike. Medians over repeats.
 Peak memory: RSS sampled every 10 ms (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
 ``--sweep-frames`` runs each length in a fresh process (RSS is per process) and plots peak memory
-against T. CLIP weights are random (no download): the cost is that of the real architecture.
+against T; ``--malloc-mmap-threshold BYTES`` runs those processes with glibc's ``MALLOC_MMAP_THRESHOLD_``
+set (a fixed threshold: blocks above it are mapped and unmapped, not left to fragment the heap; for a
+single run, set the variable in the environment). CLIP weights are random (no download): the cost is
+that of the real architecture.
 
 ``--flops`` also counts each stage's floating-point operations in one more (untimed) run per E
 (:class:`ssa.profiling.StageFlops`): the FLOP ratio of the whole run to the CLIP pass is what
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import subprocess
@@ -159,6 +165,7 @@ def measure(args: argparse.Namespace, video: str) -> dict[str, Any]:
         "model_size": list(resized_size(*_video_size(video), pipe.config.image_size, pipe.config.max_size)),
         "video": video,
         "chunk_size": pipe.chunk_size, "stream": args.stream, "threads": torch.get_num_threads(),
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"), "runs": {},
     }
@@ -401,11 +408,18 @@ def main() -> None:
                    help="also count FLOPs per stage (one more, untimed run per E)")
     p.add_argument("--sweep-frames", type=int, nargs="+", default=None,
                    help="peak memory against T: each length in a fresh process (E = first of --expressions)")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                   help="with --sweep-frames: run each length with glibc's MALLOC_MMAP_THRESHOLD_=BYTES")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON ('-' for stdout)")
     p.add_argument("--markdown", type=Path, default=None, help="write the Markdown table here too")
     p.add_argument("--plot", type=Path, default=None,
                    help="PNG of time (and GFLOP/s) per stage, and memory against T (needs matplotlib)")
     args = p.parse_args()
+    if args.malloc_mmap_threshold is not None and not args.sweep_frames:
+        p.error("--malloc-mmap-threshold applies to --sweep-frames (fresh processes); for one run set "
+                "MALLOC_MMAP_THRESHOLD_ in the environment")
+    if args.malloc_mmap_threshold is not None and args.malloc_mmap_threshold < 0:
+        p.error(f"--malloc-mmap-threshold must be >= 0 bytes, got {args.malloc_mmap_threshold}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if args.plot:
         _require_matplotlib()  # fail before the (long) measurement, not after it
@@ -454,12 +468,17 @@ def _sweep_point(args: argparse.Namespace, frames: int, tmp: Path) -> dict[str, 
         if value is not None:
             cmd += [flag, str(value)]
     cmd += ["--stream"] if args.stream else []
-    logger.info("T=%d: %s", frames, " ".join(cmd))
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ)
+    if args.malloc_mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+    threshold = env.get("MALLOC_MMAP_THRESHOLD_")
+    logger.info("T=%d: %s%s", frames, " ".join(cmd),
+                f" (MALLOC_MMAP_THRESHOLD_={threshold})" if threshold else "")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     report = json.loads(out[out.index("\n{") + 1:])
     run = next(iter(report["runs"].values()))
     return {"frames": run["frames"], "peak_bytes": run["peak_bytes"], "wall": run["wall"],
-            "rss_quarters": run["rss_quarters"]}
+            "rss_quarters": run["rss_quarters"], "malloc_mmap_threshold": report["malloc_mmap_threshold"]}
 
 
 if __name__ == "__main__":

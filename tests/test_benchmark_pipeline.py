@@ -66,9 +66,18 @@ def test_stage_report(tmp_path):
 
 
 def test_memory_sweep_in_fresh_processes(tmp_path):
-    report = _run(tmp_path, "--sweep-frames", "3", "7", "--stream", "--expressions", "1")
+    report = _run(tmp_path, "--sweep-frames", "3", "7", "--stream", "--expressions", "1",
+                  "--malloc-mmap-threshold", "131072")
     assert [r["frames"] for r in report["sweep"]] == [3, 7]
     assert all(r["peak_bytes"] > 0 and len(r["rss_quarters"]) == 3 for r in report["sweep"])
+    # each fresh process reports the allocator setting it ran with (read from its own environment)
+    assert [r["malloc_mmap_threshold"] for r in report["sweep"]] == ["131072", "131072"]
+
+
+def test_malloc_threshold_needs_a_sweep(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--malloc-mmap-threshold", "131072"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "applies to --sweep-frames" in proc.stderr, proc.stderr[-1000:]
 
 
 def test_stage_flops_agree_with_torch_flop_counter(tiny_checkpoint):
