@@ -126,6 +126,15 @@ class CrossAttentionLayer(nn.Module):
         )[0]
         return self.norm(x + self.dropout(out))
 
+    def _packed_projections(self, caller: str) -> tuple[tuple[Tensor, ...], tuple[Tensor | None, ...]]:
+        """The attention's query, key and value weights and biases (None without bias), split from its
+        packed in-projection, which the folded paths need (equal query/key/value widths)."""
+        attn = self.attn
+        if attn.in_proj_weight is None:
+            raise ValueError(f"{caller} needs the packed in-projection (equal query/key/value widths)")
+        biases = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3
+        return attn.in_proj_weight.chunk(3), biases
+
     def forward_few_keys(self, x: Tensor, memory: Tensor, *, pos: Tensor | None = None,
                          memory_pos: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
         """:meth:`forward` without dropout, for a short memory (a sentence's words) and many queries,
@@ -142,10 +151,7 @@ class CrossAttentionLayer(nn.Module):
         b, n, c = x.shape
         heads = attn.num_heads
         dh = c // heads
-        if attn.in_proj_weight is None:
-            raise ValueError("forward_few_keys needs the packed in-projection (equal query/key/value widths)")
-        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3)
+        (w_q, w_k, w_v), (b_q, b_k, b_v) = self._packed_projections("forward_few_keys")
         if key_padding_mask is not None:
             keep = ~key_padding_mask.all(0)  # (L,) real in some row
             memory, key_padding_mask = memory[:, keep], key_padding_mask[:, keep]
@@ -185,10 +191,7 @@ class CrossAttentionLayer(nn.Module):
         m = memory.shape[1]
         heads = attn.num_heads
         dh = c // heads
-        if attn.in_proj_weight is None:
-            raise ValueError("forward_few_queries needs the packed in-projection (equal widths)")
-        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3)
+        (w_q, w_k, w_v), (b_q, b_k, b_v) = self._packed_projections("forward_few_queries")
         q = F.linear(_with_pos(x, pos), w_q, b_q).view(b, n, heads, dh) * dh ** -0.5  # (B, N, H, dh)
         folded = torch.einsum("bnhd,hdc->bhnc", q, w_k.view(heads, dh, c)).reshape(b, heads * n, c)
         scores = folded @ memory.transpose(1, 2)  # (B, H·N, M)
