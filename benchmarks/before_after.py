@@ -45,6 +45,7 @@ SWAPS = [
     (ssa.modeling.fusion, "_BiAttention.forward"),
     (ssa.modeling.adapter, "SemanticAlignmentAdapter.forward"),
     (ssa.modeling.pixel_decoder, "MSDeformAttn.forward"),
+    (ssa.modeling.pixel_decoder, "MSDeformAttn._sample_on_cpu"),
     (ssa.modeling.pixel_decoder, "PixelDecoder.forward"),
     (ssa.modeling.frame_decoder, "FrameQueryDecoder.forward"),
 ]

@@ -191,7 +191,8 @@ class _FlopCount(TorchDispatchMode):
 
         aten = torch.ops.aten
         self.formulas = dict(flop_registry)
-        self.formulas.update({aten.mm: _mm_flops, aten.grid_sampler_2d: _grid_sample_flops})
+        self.formulas.update({aten.mm: _mm_flops, aten.grid_sampler_2d: _grid_sample_flops,
+                              aten.addmm_: flop_registry[aten.addmm]})  # in place: the same product
         self.total = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:

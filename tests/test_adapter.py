@@ -252,3 +252,54 @@ def test_few_keys_path_equals_the_attention():
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast_unmasked, full_unmasked, atol=1e-5, rtol=1e-5)
     assert (fast - fast_unmasked).abs().max() > 1e-2  # the padding and positions matter
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 35, 512])
+def test_inference_in_token_chunks_equals_the_whole_map_path(monkeypatch, chunk):
+    """CPU inference runs the adapter a few tokens at a time (``_forward_in_token_chunks``); with
+    chunks that split the 5×7 map unevenly, one token each or the whole map, it gives the outputs and
+    gate weights of the whole-map path that training takes, and of the Eq. 3-4 reference."""
+    import ssa.modeling.adapter as adapter_module
+
+    adapter = _adapter()
+    visual, words, mask, sentence = _inputs()
+    with torch.no_grad():
+        ref, ref_weights = _reference(adapter, visual, words, mask, sentence)
+    whole, whole_weights = adapter(visual, words, mask, sentence)  # autograd on: the whole-map path
+    assert whole.requires_grad
+    calls = []
+    original = adapter_module.SemanticAlignmentAdapter._forward_in_token_chunks
+
+    def spy(self, *args):
+        calls.append(args[0].shape)
+        return original(self, *args)
+
+    monkeypatch.setattr(adapter_module, "_TOKEN_CHUNK", chunk)
+    monkeypatch.setattr(adapter_module.SemanticAlignmentAdapter, "_forward_in_token_chunks", spy)
+    with torch.no_grad():
+        out, weights = adapter(visual, words, mask, sentence)
+    assert calls == [visual.shape]
+    torch.testing.assert_close(out, whole.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights, whole_weights.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    # frozen parameters and inputs without gradients: nothing to differentiate, chunked as well
+    for p in adapter.parameters():
+        p.requires_grad_(False)
+    out_frozen, _ = adapter(visual, words, mask, sentence)
+    assert len(calls) == 2 and not out_frozen.requires_grad
+    torch.testing.assert_close(out_frozen, out, atol=0, rtol=0)
+
+
+def test_cpu_autocast_takes_the_whole_map_path():
+    """Under CPU autocast the products come out in bfloat16, which the chunked path's in-place writes
+    into float32 buffers cannot take (``gpu_check --smoke`` runs this way): the adapter takes the
+    whole-map path and gives features close to float32's, rounded by the bfloat16 products."""
+    adapter = _adapter().eval()
+    visual, words, mask, sentence = _inputs()
+    with torch.no_grad():
+        full, full_weights = adapter(visual, words, mask, sentence)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, weights = adapter(visual, words, mask, sentence)
+    assert not torch.equal(out.float(), full)  # autocast did round the products
+    torch.testing.assert_close(out.float(), full, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(weights.float(), full_weights, atol=0.02, rtol=0.05)

@@ -117,6 +117,27 @@ def test_sparse_products_count_their_nonzeros():
     assert _mm_flops(dense.to_sparse_csr(), values) == 2 * 50 * 8
 
 
+def test_adapter_flops_are_the_same_in_token_chunks():
+    """The CPU inference path of the adapter (products per token chunk, U accumulated in place with
+    ``addmm_``) counts the FLOPs of the whole-map path: no product goes uncounted."""
+    import torch
+
+    from ssa.modeling.adapter import SemanticAlignmentAdapter
+    from ssa.profiling import _FlopCount
+
+    torch.manual_seed(0)
+    adapter = SemanticAlignmentAdapter(24, 16, dim=32, heads=4).eval()
+    visual, words, sentence = torch.randn(2, 24, 9, 70), torch.randn(2, 5, 16), torch.randn(2, 16)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    counts = []
+    for grad in (False, True):  # chunked (nothing to differentiate), then the whole-map path
+        with torch.set_grad_enabled(grad), _FlopCount() as counter:
+            out, _ = adapter(visual, words, mask, sentence)
+        assert out.requires_grad == grad
+        counts.append(counter.total)
+    assert counts[0] == counts[1] > 2 * 2 * 630 * (24 * 32 * 3 + 32 * 24)  # Φ_1, W_v, Φ_2, U at least
+
+
 def test_plot_needs_matplotlib(tmp_path):
     """--plot without matplotlib stops at once with the install hint (a stub package that fails to
     import stands in for the missing one)."""

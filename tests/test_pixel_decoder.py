@@ -330,11 +330,14 @@ def test_sparse_cpu_inference_path_equals_grid_sample(monkeypatch):
                                                          weights.double()), atol=1e-5, rtol=0)
 
 
-def test_cpu_inference_attention_equals_the_training_path(monkeypatch):
+@pytest.mark.parametrize("chunk", [4, 11, 512])
+def test_cpu_inference_attention_equals_the_training_path(monkeypatch, chunk):
     """MSDeformAttn's CPU inference path (one product for offsets and logits, positions in pixels,
-    bordered maps) gives what the grid_sample path gives, samples far outside the maps included."""
+    bordered maps, queries a chunk at a time: here 3 uneven chunks, one, or one larger than needed)
+    gives what the grid_sample path gives, samples far outside the maps included."""
     import ssa.modeling.pixel_decoder as pd
 
+    monkeypatch.setattr(pd, "_QUERY_CHUNK", chunk)
     g = torch.Generator().manual_seed(7)
     shapes = [(6, 9), (3, 5), (2, 3)]
     attn = MSDeformAttn(32, num_levels=3, num_heads=4, num_points=3).eval()

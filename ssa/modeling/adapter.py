@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssa.modeling.common import MLP, CrossAttentionLayer, cached_sine_position_2d, sine_encoding
+from ssa.modeling.common import MLP, CrossAttentionLayer, FoldedKeys, cached_sine_position_2d, sine_encoding
 
 __all__ = ["SemanticAlignmentAdapter"]
 
@@ -54,6 +54,11 @@ class SemanticAlignmentAdapter(nn.Module):
         if c != self.visual_dim:
             raise ValueError(f"adapter built for {self.visual_dim} channels, got features "
                              f"{tuple(visual.shape)}")
+        lw = self.linear_l(words)  # (B, L, D_a)
+        word_pos = sine_encoding(torch.arange(1, lw.shape[1] + 1, device=lw.device), self.dim).to(lw.dtype)
+        sentence = self.linear_l(sentence)[:, None]  # (B, 1, D_a)
+        if _in_token_chunks(self, visual, words, sentence):
+            return self._forward_in_token_chunks(visual, lw, word_pos, word_mask, sentence)
         residual = F.relu(self.conv2(F.relu(self.conv1(visual)))) + visual  # f_mr
         # W_v as a product on the channels-last view: the tokens come out contiguous (adding to a
         # transposed view is ~10x slower on the CPU, and the streams add to them three times)
@@ -61,9 +66,6 @@ class SemanticAlignmentAdapter(nn.Module):
                           self.linear_v.bias)  # (B, HW, D_a)
         pos = cached_sine_position_2d(h, w, self.dim, visual.device, tokens.dtype, normalize=False)[None]
         # (1, HW, D_a)
-        lw = self.linear_l(words)  # (B, L, D_a)
-        word_pos = sine_encoding(torch.arange(1, lw.shape[1] + 1, device=lw.device), self.dim).to(lw.dtype)
-        sentence = self.linear_l(sentence)[:, None]  # (B, 1, D_a)
         if self.training and self.cross_attention.attn.dropout > 0:
             word_stream = self.cross_attention(tokens, lw, pos=pos, memory_pos=word_pos[None],
                                                key_padding_mask=~word_mask)  # (B, HW, D_a)
@@ -85,3 +87,72 @@ class SemanticAlignmentAdapter(nn.Module):
         mixed = mixed + ((w_s + w_w) * self.up_v.bias).transpose(1, 2)  # + (B, C_v, 1)
         out = mixed.view(b, c, h, w) + w_r[..., None] * residual  # (B, C_v, H, W)
         return out, weights
+
+    def _forward_in_token_chunks(self, visual: Tensor, lw: Tensor, word_pos: Tensor, word_mask: Tensor,
+                                 sentence: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` for CPU inference, the same sums, a few hundred tokens at a time so that the
+        elementwise work (positions, residual adds, LayerNorms, ReLUs, the gated sum) runs on data in
+        the cache rather than in passes over whole stride-4 maps. Pass 1 writes the two attention
+        streams (before U) and the residual path per chunk and sums them for the gate; pass 2 mixes
+        them per chunk, U's product accumulating onto the weighted residual in place.
+        lw (B, L, D_a) and sentence (B, 1, D_a) are W_l of the words and of the sentence."""
+        b, c, h, w = visual.shape
+        n, d = h * w, self.dim
+        attn = self.cross_attention
+        flat = visual.reshape(b, c, n)  # (B, C_v, N)
+        folded = attn.fold_few_keys(lw, word_pos[None], ~word_mask)
+        constant = attn.single_key_value(sentence)[:, 0]  # (B, D_a): the sentence stream's attention
+        # Φ_1 and W_v read the same pixels: one product (2 D_a, C_v)
+        w_in = torch.cat([self.conv1.weight.flatten(1), self.linear_v.weight.flatten(1)])
+        b_in = torch.cat([self.conv1.bias, self.linear_v.bias])
+        w_2, b_2 = self.conv2.weight.flatten(1), self.conv2.bias[:, None]  # (C_v, D_a), (C_v, 1)
+        pos = cached_sine_position_2d(h, w, d, visual.device, visual.dtype, normalize=False)  # (N, D_a)
+        norm = attn.norm
+        chunks = [(start, min(start + _TOKEN_CHUNK, n)) for start in range(0, n, _TOKEN_CHUNK)]
+        streams: list[list[tuple[Tensor, Tensor]]] = []  # per sample and chunk: (r, D_a) sentence, words
+        out = visual.new_empty(b, c, n)  # f_mr, then the output in place
+        sums = visual.new_zeros(b, 2, d)
+        residual_sums = visual.new_zeros(b, c)
+        for i in range(b):
+            folded_i = FoldedKeys(folded.query[i:i + 1], folded.bias[i:i + 1], folded.out[i:i + 1],
+                                  folded.heads)
+            streams.append([])
+            for start, stop in chunks:
+                v = flat[i, :, start:stop]  # (C_v, r)
+                hidden = torch.addmm(b_in, v.t(), w_in.t())  # (r, 2 D_a): Φ_1 F_v | W_v F_v
+                tokens = hidden[:, d:]
+                residual = torch.addmm(b_2, w_2, hidden[:, :d].relu_().t()).relu_()  # (C_v, r)
+                residual_sums[i] += torch.add(residual, v, out=out[i, :, start:stop]).sum(1)  # f_mr
+                word = attn.attend_folded((tokens + pos[start:stop])[None], folded_i)[0]  # (r, D_a)
+                sentence_stream = norm(tokens + constant[i])  # Eq. 3, the sentence's single key
+                word_stream = norm(word.add_(tokens))  # Eq. 3
+                sums[i, 0] += sentence_stream.sum(0)
+                sums[i, 1] += word_stream.sum(0)
+                streams[i].append((sentence_stream, word_stream))
+        # U is affine, so GAP(U x) = U GAP(x) and Σ_s w_s U x_s = U (Σ_s w_s x_s) + (Σ_s w_s) b_U (Eq. 4)
+        pooled = torch.cat([self.up_v(sums / n).flatten(1), residual_sums / n], dim=1)  # (B, 3 C_v)
+        weights = self.gate(pooled).softmax(dim=-1)  # (B, 3), Eq. 4
+        bias = (weights[:, :2].sum(1, keepdim=True) * self.up_v.bias)[..., None]  # (B, C_v, 1)
+        for i in range(b):
+            w_s, w_w, w_r = weights[i].tolist()
+            for (start, stop), (sentence_stream, word_stream) in zip(chunks, streams[i], strict=True):
+                mixed = sentence_stream.mul_(w_s).add_(word_stream, alpha=w_w)  # (r, D_a)
+                out[i, :, start:stop].mul_(w_r).add_(bias[i]).addmm_(self.up_v.weight, mixed.t())
+        return out.view(b, c, h, w), weights
+
+
+_TOKEN_CHUNK = 512  # tokens per chunk: a chunk's (r, 2 D_a) products stay within a core's L2 cache
+
+
+def _in_token_chunks(adapter: SemanticAlignmentAdapter, *inputs: Tensor) -> bool:
+    """Whether the adapter runs :meth:`SemanticAlignmentAdapter._forward_in_token_chunks`: on the CPU,
+    with nothing to differentiate, no attention dropout and no autocast (its products write into
+    buffers of the input's dtype)."""
+    if inputs[0].device.type != "cpu" or (adapter.training and adapter.cross_attention.attn.dropout > 0):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not any(x.requires_grad for x in inputs) and not any(
+        p.requires_grad for p in adapter.parameters())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ __all__ = [
     "sine_encoding",
     "cached_sine_position_2d",
     "CrossAttentionLayer",
+    "FoldedKeys",
     "SelfAttentionLayer",
     "FFNLayer",
     "softmax_last",
@@ -104,6 +106,16 @@ def softmax_last(x: Tensor) -> Tensor:
     return e.div_(e.sum(dim=-1, keepdim=True))
 
 
+class FoldedKeys(NamedTuple):
+    """A short memory with an attention's query and output projections folded in
+    (:meth:`CrossAttentionLayer.fold_few_keys`)."""
+
+    query: Tensor  # (B, C, H·L): the scores are (x + pos) @ query + bias
+    bias: Tensor  # (B, 1, H·L), -inf at padded keys
+    out: Tensor  # (B, H·L, C): the output is softmax_l(scores) @ out + b_o
+    heads: int
+
+
 def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
 
@@ -135,23 +147,22 @@ class CrossAttentionLayer(nn.Module):
         biases = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3
         return attn.in_proj_weight.chunk(3), biases
 
-    def forward_few_keys(self, x: Tensor, memory: Tensor, *, pos: Tensor | None = None,
-                         memory_pos: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
-        """:meth:`forward` without dropout, for a short memory (a sentence's words) and many queries,
-        the same sums in another order: with k_hl and v_hl head h's key and value of token l, the
-        query and output projections fold into them,
+    def fold_few_keys(self, memory: Tensor, memory_pos: Tensor | None = None,
+                      key_padding_mask: Tensor | None = None) -> FoldedKeys:
+        """A short memory (a sentence's words) with the query and output projections folded into its
+        keys and values: with k_hl and v_hl head h's key and value of token l,
 
             score_hl(x) = ((x + pos) · W_q,hᵀ k_hl + b_q,h · k_hl) / √d_h
             out(x) = Σ_h Σ_l softmax_l(score_h)(x) · (W_o,h v_hl) + b_o
 
-        so the N queries take one product to the H·L scores and one back, with no per-head reshapes
-        of (N, C) tensors. Keys padded in every row are dropped. x (B, N, C), memory (B, L, C),
-        key_padding_mask (B, L) True = padding."""
+        so that any number of queries then takes one product to the H·L scores and one back
+        (:meth:`attend_folded`). Keys padded in every row are dropped. memory (B, L, C), key_padding_mask
+        (B, L) True = padding."""
         attn = self.attn
-        b, n, c = x.shape
+        b, _, c = memory.shape
         heads = attn.num_heads
         dh = c // heads
-        (w_q, w_k, w_v), (b_q, b_k, b_v) = self._packed_projections("forward_few_keys")
+        (w_q, w_k, w_v), (b_q, b_k, b_v) = self._packed_projections("fold_few_keys")
         if key_padding_mask is not None:
             keep = ~key_padding_mask.all(0)  # (L,) real in some row
             memory, key_padding_mask = memory[:, keep], key_padding_mask[:, keep]
@@ -160,19 +171,32 @@ class CrossAttentionLayer(nn.Module):
         keys = F.linear(_with_pos(memory, memory_pos), w_k, b_k).view(b, length, heads, dh)
         values = F.linear(memory, w_v, b_v).view(b, length, heads, dh)
         scale = dh ** -0.5
-        fold_q = torch.einsum("hdc,blhd->bchl", w_q.view(heads, dh, c) * scale, keys)  # (B, C, H, L)
-        score_bias = x.new_zeros(b, 1, heads, length) if b_q is None else (
+        query = torch.einsum("hdc,blhd->bchl", w_q.view(heads, dh, c) * scale, keys)  # (B, C, H, L)
+        bias = memory.new_zeros(b, 1, heads, length) if b_q is None else (
             torch.einsum("hd,blhd->bhl", b_q.view(heads, dh) * scale, keys)[:, None])  # (B, 1, H, L)
         if key_padding_mask is not None:
-            score_bias = score_bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        scores = torch.baddbmm(score_bias.reshape(b, 1, heads * length), _with_pos(x, pos),
-                               fold_q.reshape(b, c, heads * length))  # (B, N, H·L)
-        probs = softmax_last(scores.view(b, n, heads, length)).view(b, n, heads * length)
-        fold_o = torch.einsum("blhd,chd->bhlc", values, attn.out_proj.weight.view(c, heads, dh))
-        out = torch.bmm(probs, fold_o.reshape(b, heads * length, c))  # (B, N, C)
-        if attn.out_proj.bias is not None:
-            out = out + attn.out_proj.bias
-        return self.norm(x + out)
+            bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        out = torch.einsum("blhd,chd->bhlc", values, attn.out_proj.weight.view(c, heads, dh))
+        return FoldedKeys(query.reshape(b, c, heads * length), bias.reshape(b, 1, heads * length),
+                          out.reshape(b, heads * length, c), heads)
+
+    def attend_folded(self, queries: Tensor, folded: FoldedKeys) -> Tensor:
+        """The attention's output (out_proj included, before the residual and the norm) for queries
+        (B, N, C) that already include their positions, from :meth:`fold_few_keys`. Returns (B, N, C)."""
+        b, n, _ = queries.shape
+        scores = torch.baddbmm(folded.bias, queries, folded.query)  # (B, N, H·L)
+        probs = softmax_last(scores.view(b, n, folded.heads, -1)).view(b, n, -1)
+        out = torch.bmm(probs, folded.out)  # (B, N, C)
+        bias = self.attn.out_proj.bias
+        return out if bias is None else out.add_(bias)
+
+    def forward_few_keys(self, x: Tensor, memory: Tensor, *, pos: Tensor | None = None,
+                         memory_pos: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
+        """:meth:`forward` without dropout, for a short memory (a sentence's words) and many queries:
+        the same sums in another order (:meth:`fold_few_keys`), with no per-head reshapes of (N, C)
+        tensors. x (B, N, C), memory (B, L, C), key_padding_mask (B, L) True = padding."""
+        folded = self.fold_few_keys(memory, memory_pos, key_padding_mask)
+        return self.norm(x + self.attend_folded(_with_pos(x, pos), folded))
 
     def forward_few_queries(self, x: Tensor, memory: Tensor, *, pos: Tensor | None = None,
                             memory_pos: Tensor | None = None) -> Tensor:
@@ -211,18 +235,21 @@ class CrossAttentionLayer(nn.Module):
             out = out + b_v
         return self.norm(x + attn.out_proj(out))
 
-    def forward_single_key(self, x: Tensor, memory: Tensor) -> Tensor:
-        """:meth:`forward` for a memory of one token (B, 1, C) and no masks, without dropout: the
-        softmax over one key is exactly 1 whatever the queries, so every query reads the same
-        ``out_proj(v_proj(memory))`` and the queries' projections are never needed (x (B, N, C))."""
+    def single_key_value(self, memory: Tensor) -> Tensor:
+        """The attention's output for a memory of one token (B, 1, C), whatever the queries: the softmax
+        over one key is exactly 1, so every query reads ``out_proj(v_proj(memory))`` (B, 1, C)."""
         attn = self.attn
-        c = x.shape[-1]
+        c = memory.shape[-1]
         if memory.shape[1] != 1:
-            raise ValueError(f"forward_single_key needs one memory token, got {memory.shape[1]}")
+            raise ValueError(f"a single-key attention needs one memory token, got {memory.shape[1]}")
         w_v = attn.in_proj_weight[2 * c:] if attn.in_proj_weight is not None else attn.v_proj_weight
         b_v = attn.in_proj_bias[2 * c:] if attn.in_proj_bias is not None else None
-        value = F.linear(memory, w_v, b_v)  # (B, 1, C)
-        return self.norm(x + attn.out_proj(value))
+        return attn.out_proj(F.linear(memory, w_v, b_v))
+
+    def forward_single_key(self, x: Tensor, memory: Tensor) -> Tensor:
+        """:meth:`forward` for a memory of one token (B, 1, C) and no masks, without dropout
+        (:meth:`single_key_value`): the queries' projections are never needed (x (B, N, C))."""
+        return self.norm(x + self.single_key_value(memory))
 
 
 class SelfAttentionLayer(nn.Module):
@@ -252,4 +279,6 @@ class FFNLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+        # ReLU in place on the (N, hidden) product: one pass less over the widest tensor, and autograd
+        # keeps the ReLU's output, not its input
+        return self.norm(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True)))))

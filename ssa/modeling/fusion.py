@@ -80,7 +80,8 @@ class _BiAttention(nn.Module):
             Δv  = Σ_h softmax_l(A_h) (u_h W_ov,hᵀ) + b_ov,  u_h = (W_vl l)_h              (S×L)(L×C)
             Δl_h = softmax_S(A_hᵀ) (v W_vv,hᵀ + b_vv,h) = (softmax_S(A_hᵀ) v) W_vv,hᵀ + b_vv,h
 
-        so no (S, E) tensor is formed: the visual side costs O(S·C·h·L) instead of O(S·C·E)."""
+        so no (S, E) tensor is formed: the visual side costs O(S·C·h·L) instead of O(S·C·E). With one
+        text token, Δv is the same for every visual token and comes back as (B, 1, C), broadcast."""
         b, s, c = v.shape
         n, h, d = l.shape[1], self.heads, self.head_dim
         k = self._split(self.l_proj(l)) * d ** -0.5  # (B, h, L, d)
@@ -99,8 +100,8 @@ class _BiAttention(nn.Module):
             u = self._split(self.values_l_proj(l))  # (B, h, L, d)
             w_ov = self.out_v_proj.weight.view(c, h, d)  # (C, h, d)
             per_key = torch.einsum("bhld,chd->bhlc", u, w_ov).flatten(1, 2)  # (B, h·L, C)
-            if n == 1:  # one key: softmax_l is exactly 1, every token gets the same Δv
-                delta_v = (per_key.sum(1, keepdim=True) + self.out_v_proj.bias).expand(b, s, c)
+            if n == 1:  # one key: softmax_l is exactly 1, every token gets the same Δv, (B, 1, C)
+                delta_v = per_key.sum(1, keepdim=True) + self.out_v_proj.bias
             else:
                 probs_v = logits.softmax(dim=-1).flatten(2)  # (B, S, h·L) over the keys
                 delta_v = probs_v @ per_key + self.out_v_proj.bias  # (B, S, C)

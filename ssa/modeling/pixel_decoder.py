@@ -113,14 +113,27 @@ def _sample_sparse(value: Tensor, shapes: Sequence[tuple[int, int]], pixels: Ten
     bilinear weight of each of the 4 corners at that corner's (b, token, m) row of the values, so the
     product (B·Q·M, D) is already the (B, Q, M·D) output. Inference only (no autograd through the
     indices)."""
-    b, s, m, d = value.shape
-    q, num_levels, p = pixels.shape[1], pixels.shape[3], pixels.shape[4]
-    device = value.device
-    rows, lp = b * q * m, num_levels * p
-    # the values with a zero border per level: (B, S', M·D), S' = Σ (H_l + 3)(W_l + 3)
+    return _sample_rows(_value_table(value, shapes), shapes, pixels, attention_weights)
+
+
+def _value_table(value: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
+    """The values (B, S, M, D) with a zero border per level (1 token before, 2 after, on both axes), as
+    :func:`_sample_rows` reads them: (B, S', M, D), S' = Σ (H_l + 3)(W_l + 3)."""
+    b, _, m, d = value.shape
     levels = value.split([h * w for h, w in shapes], dim=1)
-    table = torch.cat([F.pad(v.reshape(b, h, w, m * d), (0, 0, 1, 2, 1, 2)).reshape(b, -1, m * d)
-                       for (h, w), v in zip(shapes, levels, strict=True)], dim=1)
+    return torch.cat([F.pad(v.reshape(b, h, w, m * d), (0, 0, 1, 2, 1, 2)).reshape(b, -1, m, d)
+                      for (h, w), v in zip(shapes, levels, strict=True)], dim=1)
+
+
+def _sample_rows(table: Tensor, shapes: Sequence[tuple[int, int]], pixels: Tensor,
+                 attention_weights: Tensor) -> Tensor:
+    """:func:`_sample_sparse` from the bordered values of :func:`_value_table` (B, S', M, D), for the
+    queries of ``pixels`` (B, Q, M, L, P, 2) and ``attention_weights`` (B, Q, M, L, P), which may be
+    any slice of a layer's queries. Returns (B, Q, M·D)."""
+    b, _, m, d = table.shape
+    q, num_levels, p = pixels.shape[1], pixels.shape[3], pixels.shape[4]
+    device = table.device
+    rows, lp = b * q * m, num_levels * p
     padded = table.shape[1]
     columns = b * padded * m
     index = torch.int32 if max(columns, rows * 4 * lp) < 2**31 else torch.int64  # int32: a faster product
@@ -163,7 +176,7 @@ def _sample_sparse(value: Tensor, shapes: Sequence[tuple[int, int]], pixels: Ten
         matrix = torch.sparse_csr_tensor(crow, col.reshape(-1), values.reshape(-1),
                                          size=(rows, columns), check_invariants=False)
         out = matrix @ table.float().reshape(columns, d)  # (B·Q·M, D)
-    return out.view(b, q, m * d).to(value.dtype)
+    return out.view(b, q, m * d).to(table.dtype)
 
 
 class MSDeformAttn(nn.Module):
@@ -238,19 +251,30 @@ class MSDeformAttn(nn.Module):
         """The sampling of :meth:`forward` for CPU inference, the same sums: offsets and attention
         logits from one product (their weights stacked), the softmax over a head's L·P samples by
         :func:`~ssa.modeling.common.softmax_last`, and the positions straight in pixels
-        (p_q·(W_l, H_l) - 0.5 + Δp) for :func:`_sample_sparse`. Returns (B, Q, C) before the output
+        (p_q·(W_l, H_l) - 0.5 + Δp) for :func:`_sample_rows`. Returns (B, Q, C) before the output
         projection."""
         b, q, _ = query.shape
         m, lv, p = self.num_heads, self.num_levels, self.num_points
         split = m * lv * p * 2
         weight = torch.cat([self.sampling_offsets.weight, self.attention_weights.weight])
         bias = torch.cat([self.sampling_offsets.bias, self.attention_weights.bias])
-        both = F.linear(query, weight, bias)  # (B, Q, M·L·P·3)
-        weights = softmax_last(both[..., split:].reshape(b, q, m, lv * p)).view(b, q, m, lv, p)
         size = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=torch.float32, device=query.device)
         origin = reference_points * size - 0.5  # (B, Q, L, 2) in pixels of each level
-        pixels = both[..., :split].view(b, q, m, lv, p, 2) + origin[:, :, None, :, None, :]
-        return _sample_sparse(v, spatial_shapes, pixels, weights)
+        table = _value_table(v, spatial_shapes)  # (B, S', M, D)
+        out = query.new_empty(b, q, self.dim)
+        # a few hundred queries at a time: the per-sample index arithmetic (B·Q·M·L·P entries per step)
+        # then stays in the cache
+        for start in range(0, q, _QUERY_CHUNK):
+            part = slice(start, min(start + _QUERY_CHUNK, q))
+            both = F.linear(query[:, part], weight, bias)  # (B, r, M·L·P·3)
+            r = both.shape[1]
+            weights = softmax_last(both[..., split:].reshape(b, r, m, lv * p)).view(b, r, m, lv, p)
+            pixels = both[..., :split].view(b, r, m, lv, p, 2) + origin[:, part, None, :, None, :]
+            out[:, part] = _sample_rows(table, spatial_shapes, pixels, weights)
+        return out
+
+
+_QUERY_CHUNK = 512  # queries per step of MSDeformAttn._sample_on_cpu
 
 
 class DeformableEncoderLayer(nn.Module):
