@@ -138,6 +138,7 @@ def main() -> None:
             model = finetune(model, train, output_dir=run, iterations=iterations,
                              batch_size=args.batch_size, val_data=val, resume=args.resume or phase > 0,
                              allow_changes=["iterations"], **RECIPE)  # a later phase extends the run
+            _record_threads(run)
     # the final model as finetune() saved it, loaded as users load it (CLIP frozen as the config says): the
     # shipped card and weights are the same whether this process trained it or --eval-only
     model = SSAModel.from_pretrained(run / "model")
@@ -153,6 +154,8 @@ def main() -> None:
                 train_minutes, (time.perf_counter() - started) / 60)
     train_minutes += prior["train_minutes"]
 
+    # evaluated as shipped: the weights rounded to fp16, loaded as fp32 (as from_pretrained does)
+    model = model.half().float()
     summary = evaluate(SSAPipeline(model, device="cpu"), val, out_dir=args.work / "eval", resume=False)
     table = score_breakdown(summary.rows, val)
     logger.info("held-out J&F: %s", json.dumps(table))
@@ -189,7 +192,9 @@ def main() -> None:
                        "(`SSAConfig.experimental_motion_features`, `ssa.experimental.motion`), trained "
                        + (f"from step {since} on (added at zero to the {since}-iteration model)." if since
                           else f"from the start. Measured effect: {MOTION_FEATURES_EFFECT}."))
-    threads = torch.get_num_threads()
+    threads = sorted({*prior.get("threads", []), *_recorded_threads(run)})  # of the processes that trained
+    threads_text = ("threads not recorded" if not threads else "1 thread" if threads == [1] else
+                    f"{threads[0]} threads" if len(threads) == 1 else f"{threads[0]}–{threads[-1]} threads")
     card += f"""
 ## ssa-tiny-synthetic: the demo model
 
@@ -204,10 +209,11 @@ flips); inference at short side 96.
 Recipe: `weights/train_ssa_tiny_synthetic.py`.{motion_line}
 Weights stored in fp16 (loaded as fp32).
 Training time: {train_minutes:.1f} min on {platform.processor() or platform.machine()}
-({threads} thread{"s" if threads != 1 else ""}, CPU), from the training log's throughput.
+({threads_text}, CPU), from the training log's throughput.
 
 Held-out synthetic split (seed 1000, {args.val_videos} videos, never seen in training), measured by
-`ssa.eval.evaluate` (the same code as `ssa evaluate`), multi-object selection (score > 0.5):
+`ssa.eval.evaluate` (the same code as `ssa evaluate`) on the fp16 weights as shipped, multi-object selection
+(score > 0.5):
 
 | expressions | count | J | F | J&F |
 |---|---|---|---|---|
@@ -218,12 +224,24 @@ plain background, nothing about natural videos.
 """
     (args.out / "README.md").write_text(card)
     (args.out / "results.json").write_text(json.dumps({"heldout": table, "train_minutes": train_minutes,
+                                                       "threads": threads,
                                                        "iterations": schedule, "fresh_starts": fresh_starts,
                                                        "recipe": recipe_args,
                                                        **({"motion_features_since": since}
                                                           if args.experimental_motion_features else {})},
                                                       indent=2))
     logger.info("wrote %s", args.out)
+
+
+def _record_threads(run: Path) -> None:
+    """Add this process's CPU thread count to the run's record (the card states the training's)."""
+    path = run / "threads.json"
+    path.write_text(json.dumps(sorted({*_recorded_threads(run), torch.get_num_threads()})))
+
+
+def _recorded_threads(run: Path) -> list[int]:
+    path = run / "threads.json"
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def _with_added_parts(model: SSAModel, config: SSAConfig, source: Path) -> SSAModel:
