@@ -141,7 +141,7 @@ class SemanticAlignmentAdapter(nn.Module):
         return out.view(b, c, h, w), weights
 
 
-_TOKEN_CHUNK = 512  # tokens per chunk: a chunk's (r, 2 D_a) products stay within a core's L2 cache
+_TOKEN_CHUNK = 1024  # tokens per chunk: a chunk's (r, 2 D_a) products stay within a core's L2 cache
 
 
 def _in_token_chunks(adapter: SemanticAlignmentAdapter, *inputs: Tensor) -> bool:

@@ -274,7 +274,7 @@ class MSDeformAttn(nn.Module):
         return out
 
 
-_QUERY_CHUNK = 512  # queries per step of MSDeformAttn._sample_on_cpu
+_QUERY_CHUNK = 1024  # queries per step of MSDeformAttn._sample_on_cpu
 
 
 class DeformableEncoderLayer(nn.Module):
