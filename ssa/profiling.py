@@ -136,9 +136,9 @@ class StageFlops(StageTimer):
     FLOPs, 2 per multiply-add).
 
     Counted as ``torch.utils.flop_counter`` counts them, matrix products and convolutions, plus the
-    deformable sampling: the CPU path's sparse product by its nonzeros (2 · nnz · channels, where the
-    dense count of the same matrix would be ~1000x too high) and ``grid_sample``'s 4 bilinear taps per
-    output value. Elementwise work (norms, activations, softmax) is not counted. Stages the pipeline
+    deformable sampling: the CPU path's sparse product (a weighted gather-sum, ``embedding_bag``) by its
+    nonzeros (2 · nnz · channels, where the dense count of the same matrix would be ~1000x too high) and
+    ``grid_sample``'s 4 bilinear taps per output value, the same count. Elementwise work (norms, activations, softmax) is not counted. Stages the pipeline
     reports in seconds from its decoding thread (decode, preprocess) are left out.
     """
 
@@ -175,6 +175,13 @@ def _mm_flops(a: torch.Tensor, b: torch.Tensor, *_: Any, out_val: Any = None, **
     return 2 * int(a.shape[0]) * int(a.shape[1]) * int(b.shape[1])
 
 
+def _embedding_bag_flops(weight: torch.Tensor, indices: torch.Tensor, *_: Any, out_val: Any = None,
+                         **__: Any) -> int:
+    """aten._embedding_bag (a weighted gather-sum, the CPU deformable sampling's sparse product): one
+    multiply-add per index and channel."""
+    return 2 * int(indices.numel()) * int(weight.shape[1])
+
+
 def _grid_sample_flops(*_: Any, out_val: torch.Tensor | None = None, **__: Any) -> int:
     """aten.grid_sampler_2d (bilinear): 4 multiply-adds per output value."""
     return 0 if out_val is None else 8 * out_val.numel()
@@ -192,6 +199,8 @@ class _FlopCount(TorchDispatchMode):
         aten = torch.ops.aten
         self.formulas = dict(flop_registry)
         self.formulas.update({aten.mm: _mm_flops, aten.grid_sampler_2d: _grid_sample_flops,
+                              aten._embedding_bag: _embedding_bag_flops,
+                              aten._embedding_bag_forward_only: _embedding_bag_flops,
                               aten.addmm_: flop_registry[aten.addmm]})  # in place: the same product
         self.total = 0
 

@@ -117,6 +117,31 @@ def test_sparse_products_count_their_nonzeros():
     assert _mm_flops(dense.to_sparse_csr(), values) == 2 * 50 * 8
 
 
+def test_deformable_sampling_flops_are_the_same_on_both_paths():
+    """The CPU inference path of the deformable sampling (a weighted gather-sum over the 4 corners of
+    every sample) counts what grid_sample's path (training, CUDA) counts: 4 multiply-adds per sample,
+    head channel and query."""
+    import torch
+
+    from ssa.modeling.pixel_decoder import multi_scale_deformable_attention
+    from ssa.profiling import _FlopCount
+
+    torch.manual_seed(0)
+    shapes = [(4, 6), (2, 3)]
+    b, q, m, d, p = 2, 7, 4, 8, 3
+    value = torch.randn(b, sum(h * w for h, w in shapes), m, d)
+    locations = torch.rand(b, q, m, len(shapes), p, 2)
+    weights = torch.rand(b, q, m, len(shapes), p)
+    counts, outs = [], []
+    for grad in (False, True):  # the CPU inference path, then grid_sample's
+        with _FlopCount() as counter:
+            outs.append(multi_scale_deformable_attention(value.requires_grad_(grad), shapes, locations,
+                                                         weights))
+        counts.append(counter.total)
+    torch.testing.assert_close(outs[0], outs[1].detach(), atol=1e-5, rtol=1e-5)
+    assert counts[0] == counts[1] == 2 * 4 * b * q * m * len(shapes) * p * d
+
+
 def test_adapter_flops_are_the_same_in_token_chunks():
     """The CPU inference path of the adapter (products per token chunk, U accumulated in place with
     ``addmm_``) counts the FLOPs of the whole-map path: no product goes uncounted."""

@@ -10,14 +10,13 @@ where Δp are offsets in pixels of level l predicted from z_q, A the attention w
 all L·P samples of a head), and x_l(·) bilinear interpolation of level l at a normalised location
 (zero outside the map). No compiled extension: training (and CUDA) samples with
 ``torch.nn.functional.grid_sample``; CPU inference writes the whole sampling as one sparse matrix, the
-bilinear corner weights times A, and multiplies it with the values (``_sample_sparse``, ~3x faster on
-CPU, equal up to float rounding).
+bilinear corner weights times A, and applies it to the values as a weighted gather-sum per row
+(``_sample_sparse``, ~3x faster on CPU, equal up to float rounding).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -136,7 +135,7 @@ def _sample_rows(table: Tensor, shapes: Sequence[tuple[int, int]], pixels: Tenso
     rows, lp = b * q * m, num_levels * p
     padded = table.shape[1]
     columns = b * padded * m
-    index = torch.int32 if max(columns, rows * 4 * lp) < 2**31 else torch.int64  # int32: a faster product
+    index = torch.int32 if max(columns, rows * 4 * lp) < 2**31 else torch.int64  # int32: less to move
     # per sample of a row (level l, point p), (L·P,): the level's size and the first token of its block
     width = torch.tensor([w for _, w in shapes], dtype=torch.float32, device=device).repeat_interleave(p)
     height = torch.tensor([h for h, _ in shapes], dtype=torch.float32, device=device).repeat_interleave(p)
@@ -168,14 +167,12 @@ def _sample_rows(table: Tensor, shapes: Sequence[tuple[int, int]], pixels: Tenso
     torch.add(corner, m, out=col[:, 0, 1])
     torch.add(corner, step, out=col[:, 1, 0])
     torch.add(corner, step + m, out=col[:, 1, 1])
-    per_row = 4 * lp  # nonzeros per row
-    crow = torch.arange(0, rows * per_row + 1, per_row, dtype=index, device=device)
-    # float32 throughout (sparse kernels have no half types), also under autocast
-    with warnings.catch_warnings(), torch.autocast(device.type, enabled=False):
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        matrix = torch.sparse_csr_tensor(crow, col.reshape(-1), values.reshape(-1),
-                                         size=(rows, columns), check_invariants=False)
-        out = matrix @ table.float().reshape(columns, d)  # (B·Q·M, D)
+    # the sparse product as a weighted gather-sum per row: row r sums values[r, k] · table[col[r, k]]
+    # over its 4·L·P corners (embedding_bag's kernel: ~30% faster than a CSR matrix times the table);
+    # float32 throughout, also under autocast
+    with torch.autocast(device.type, enabled=False):
+        out = F.embedding_bag(col.view(rows, 4 * lp), table.float().reshape(columns, d),
+                              per_sample_weights=values.view(rows, 4 * lp), mode="sum")  # (B·Q·M, D)
     return out.view(b, q, m * d).to(table.dtype)
 
 
