@@ -48,6 +48,7 @@ SWAPS = [
     (ssa.modeling.pixel_decoder, "MSDeformAttn._sample_on_cpu"),
     (ssa.modeling.pixel_decoder, "PixelDecoder.forward"),
     (ssa.modeling.frame_decoder, "FrameQueryDecoder.forward"),
+    (ssa.modeling.frame_decoder, "FrameQueryDecoder._layer"),
 ]
 
 

@@ -138,8 +138,9 @@ class StageFlops(StageTimer):
     Counted as ``torch.utils.flop_counter`` counts them, matrix products and convolutions, plus the
     deformable sampling: the CPU path's sparse product (a weighted gather-sum, ``embedding_bag``) by its
     nonzeros (2 · nnz · channels, where the dense count of the same matrix would be ~1000x too high) and
-    ``grid_sample``'s 4 bilinear taps per output value, the same count. Elementwise work (norms, activations, softmax) is not counted. Stages the pipeline
-    reports in seconds from its decoding thread (decode, preprocess) are left out.
+    ``grid_sample``'s 4 bilinear taps per output value, the same count. Elementwise work (norms,
+    activations, softmax) is not counted. Stages the pipeline reports in seconds from its decoding
+    thread (decode, preprocess) are left out.
     """
 
     def __init__(self, pipe: Any) -> None:

@@ -53,3 +53,29 @@ def test_few_keys_path_trains_like_the_attention():
         grads.append([x.grad, *(p.grad for p in layer.parameters())])
     for plain, fast in zip(*grads, strict=True):
         torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_few_queries_path_takes_the_attention_mask():
+    """The frame decoder's masked cross-attention (a bool mask (B·H, N, M), True = blocked, as
+    ``attention_mask_from_logits`` makes it) on the folded path equals the attention, in values and in
+    gradients (training with attention dropout off takes this path)."""
+    g = torch.Generator().manual_seed(9)
+    x, memory = torch.randn(2, 3, 16, generator=g), torch.randn(2, 20, 16, generator=g)
+    pos, memory_pos = torch.randn(1, 3, 16, generator=g), torch.randn(1, 20, 16, generator=g)
+    mask = torch.rand(2 * 4, 3, 20, generator=g) < 0.6  # 4 heads
+    mask[:, :, 0] = False  # no row blocked everywhere
+    grads, outs = [], []
+    for folded in (False, True):
+        layer = _layer(10)
+        xg = x.clone().requires_grad_()
+        run = layer.forward_few_queries if folded else layer.forward
+        out = run(xg, memory, pos=pos, memory_pos=memory_pos, attn_mask=mask)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([xg.grad, *(p.grad for p in layer.parameters())])
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    for plain, fast in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # the mask matters
+        unmasked = _layer(10).forward_few_queries(x, memory, pos=pos, memory_pos=memory_pos)
+    assert (unmasked - outs[1]).abs().max() > 1e-2

@@ -136,7 +136,9 @@ def test_attention_mask_restricts_cross_attention() -> None:
         return ms
 
     captured: list[torch.Tensor] = []
-    hook = dec.cross_attn_layers[0].register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+    # the masked cross-attention's output is the self-attention's input (inference folds the
+    # cross-attention into CrossAttentionLayer.forward_few_queries, which module hooks do not see)
+    hook = dec.self_attn_layers[0].register_forward_pre_hook(lambda m, i: captured.append(i[0].detach()))
     try:
         with torch.no_grad():
             dec(text, multi_scale, mask_features)

@@ -199,17 +199,19 @@ class CrossAttentionLayer(nn.Module):
         return self.norm(x + self.attend_folded(_with_pos(x, pos), folded))
 
     def forward_few_queries(self, x: Tensor, memory: Tensor, *, pos: Tensor | None = None,
-                            memory_pos: Tensor | None = None) -> Tensor:
-        """:meth:`forward` without dropout or masks, for few queries and a long memory (the video
-        decoder's T·N frame queries), the same sums in another order: the key and value projections
-        fold into the queries,
+                            memory_pos: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        """:meth:`forward` without dropout, for few queries and a long memory (the video decoder's T·N
+        frame queries, the frame decoder's N queries over a stride-8 map), the same sums in another
+        order: the key and value projections fold into the queries,
 
             score_hm(x) = (W_k,hᵀ q_h(x)) · (m + pos_m) + q_h(x) · b_k,h,   q_h(x) = W_q,h (x + pos) + b_q,h
             out(x) = W_o concat_h [W_v,h (Σ_m softmax_m(score_h) m) + b_v,h] + b_o
 
         (the weights of a row sum to 1), so no (M, C) key or value tensor is made: memory grows with M
         only by the (N·H, M) scores. ``memory_pos`` (1 or B, P, C) may be shorter than the memory when
-        the memory's positions repeat every P tokens (M a multiple of P). x (B, N, C), memory (B, M, C)."""
+        the memory's positions repeat every P tokens (M a multiple of P). ``attn_mask`` as
+        :meth:`forward` takes it, bool (B·H, N, M), True = blocked (no row blocked everywhere).
+        x (B, N, C), memory (B, M, C)."""
         attn = self.attn
         b, n, c = x.shape
         m = memory.shape[1]
@@ -218,7 +220,11 @@ class CrossAttentionLayer(nn.Module):
         (w_q, w_k, w_v), (b_q, b_k, b_v) = self._packed_projections("forward_few_queries")
         q = F.linear(_with_pos(x, pos), w_q, b_q).view(b, n, heads, dh) * dh ** -0.5  # (B, N, H, dh)
         folded = torch.einsum("bnhd,hdc->bhnc", q, w_k.view(heads, dh, c)).reshape(b, heads * n, c)
-        scores = folded @ memory.transpose(1, 2)  # (B, H·N, M)
+        if memory_pos is not None and memory_pos.shape[1] == m:  # a position per token: one product
+            scores = folded @ (memory + memory_pos).transpose(1, 2)  # (B, H·N, M)
+            memory_pos = None
+        else:
+            scores = folded @ memory.transpose(1, 2)  # (B, H·N, M)
         if b_k is not None:
             scores = scores + torch.einsum("bnhd,hd->bhn", q, b_k.view(heads, dh)).reshape(b, heads * n, 1)
         if memory_pos is not None:
@@ -228,6 +234,8 @@ class CrossAttentionLayer(nn.Module):
             at_pos = folded @ memory_pos.transpose(1, 2)  # (B, H·N, P)
             scores = scores.view(b, heads * n, m // period, period) + at_pos[:, :, None]
             scores = scores.view(b, heads * n, m)
+        if attn_mask is not None:  # (B·H, N, M) rows b·H + h: the (B, H·N, M) layout of the scores
+            scores = scores.masked_fill(attn_mask.reshape(b, heads * n, m), float("-inf"))
         probs = scores.softmax(dim=-1)
         read = (probs @ memory).view(b, heads, n, c)  # (B, H, N, C): Σ_m softmax · m, per head
         out = torch.einsum("bhnc,hdc->bnhd", read, w_v.view(heads, dh, c)).reshape(b, n, c)

@@ -136,7 +136,12 @@ class FrameQueryDecoder(nn.Module):
     def _layer(self, i: int, x: Tensor, memory: Tensor, memory_pos: Tensor, query_pos: Tensor,
                attn_mask: Tensor, text: Tensor) -> Tensor:
         """Layer i: masked cross-attention to ``memory`` → self-attention → text cross-attention → FFN."""
-        x = self.cross_attn_layers[i](x, memory, pos=query_pos, memory_pos=memory_pos, attn_mask=attn_mask)
+        cross = self.cross_attn_layers[i]
+        if self.training and cross.attn.dropout > 0:
+            x = cross(x, memory, pos=query_pos, memory_pos=memory_pos, attn_mask=attn_mask)
+        else:  # the same sums, the key and value projections folded into the N queries
+            x = cross.forward_few_queries(x, memory, pos=query_pos, memory_pos=memory_pos,
+                                          attn_mask=attn_mask)
         x = self.self_attn_layers[i](x, pos=query_pos)
         x = self.text_attn_layers[i](x, text, pos=query_pos)
         return self.ffn_layers[i](x)  # (B, N, C)
