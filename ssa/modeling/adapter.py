@@ -66,7 +66,7 @@ class SemanticAlignmentAdapter(nn.Module):
                           self.linear_v.bias)  # (B, HW, D_a)
         pos = cached_sine_position_2d(h, w, self.dim, visual.device, tokens.dtype, normalize=False)[None]
         # (1, HW, D_a)
-        if self.training and self.cross_attention.attn.dropout > 0:
+        if self.cross_attention.dropout_active:
             word_stream = self.cross_attention(tokens, lw, pos=pos, memory_pos=word_pos[None],
                                                key_padding_mask=~word_mask)  # (B, HW, D_a)
             sentence_stream = self.cross_attention(tokens, sentence, pos=pos)
@@ -148,7 +148,7 @@ def _in_token_chunks(adapter: SemanticAlignmentAdapter, *inputs: Tensor) -> bool
     """Whether the adapter runs :meth:`SemanticAlignmentAdapter._forward_in_token_chunks`: on the CPU,
     with nothing to differentiate, no attention dropout and no autocast (its products write into
     buffers of the input's dtype)."""
-    if inputs[0].device.type != "cpu" or (adapter.training and adapter.cross_attention.attn.dropout > 0):
+    if inputs[0].device.type != "cpu" or adapter.cross_attention.dropout_active:
         return False
     if torch.is_autocast_enabled("cpu"):
         return False

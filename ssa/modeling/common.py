@@ -138,6 +138,13 @@ class CrossAttentionLayer(nn.Module):
         )[0]
         return self.norm(x + self.dropout(out))
 
+    @property
+    def dropout_active(self) -> bool:
+        """Whether :meth:`forward` drops attention weights now (training with dropout > 0). When it
+        does not, the reordered paths (``forward_few_keys``, ``forward_few_queries``,
+        ``forward_single_key``) compute the same sums."""
+        return self.training and self.attn.dropout > 0
+
     def _packed_projections(self, caller: str) -> tuple[tuple[Tensor, ...], tuple[Tensor | None, ...]]:
         """The attention's query, key and value weights and biases (None without bias), split from its
         packed in-projection, which the folded paths need (equal query/key/value widths)."""

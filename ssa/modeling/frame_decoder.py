@@ -137,7 +137,7 @@ class FrameQueryDecoder(nn.Module):
                attn_mask: Tensor, text: Tensor) -> Tensor:
         """Layer i: masked cross-attention to ``memory`` → self-attention → text cross-attention → FFN."""
         cross = self.cross_attn_layers[i]
-        if self.training and cross.attn.dropout > 0:
+        if cross.dropout_active:
             x = cross(x, memory, pos=query_pos, memory_pos=memory_pos, attn_mask=attn_mask)
         else:  # the same sums, the key and value projections folded into the N queries
             x = cross.forward_few_queries(x, memory, pos=query_pos, memory_pos=memory_pos,

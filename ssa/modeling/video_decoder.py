@@ -40,7 +40,7 @@ class _VideoDecoderLayer(nn.Module):
     def forward(self, q: Tensor, pos: Tensor, text: Tensor, frames: Tensor, slot_pos: Tensor) -> Tensor:
         """slot_pos (1, N, C): the frame queries' key position, the same for every frame."""
         q = self.text_attn(q, text, pos=pos)
-        if self.training and self.frame_attn.attn.dropout > 0:
+        if self.frame_attn.dropout_active:
             t = frames.shape[1] // slot_pos.shape[1]
             q = self.frame_attn(q, frames, pos=pos, memory_pos=slot_pos.repeat(1, t, 1))
         else:  # the same sums with the key/value projections folded into the few queries: no (T·N, C)
