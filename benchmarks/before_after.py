@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import EXPRESSIONS, build_pipeline, clip_alone, write_video  # noqa: E402
 
 import ssa.modeling.adapter  # noqa: E402
+import ssa.modeling.common  # noqa: E402
 import ssa.modeling.frame_decoder  # noqa: E402
 import ssa.modeling.fusion  # noqa: E402
 import ssa.modeling.pixel_decoder  # noqa: E402
@@ -46,6 +47,8 @@ SWAPS = [
     (ssa.modeling.adapter, "SemanticAlignmentAdapter.forward"),
     (ssa.modeling.pixel_decoder, "MSDeformAttn.forward"),
     (ssa.modeling.pixel_decoder, "MSDeformAttn._sample_on_cpu"),
+    (ssa.modeling.pixel_decoder, "DeformableEncoderLayer.forward"),
+    (ssa.modeling.common, "FFNLayer.forward"),
     (ssa.modeling.pixel_decoder, "PixelDecoder.forward"),
     (ssa.modeling.frame_decoder, "FrameQueryDecoder.forward"),
     (ssa.modeling.frame_decoder, "FrameQueryDecoder._layer"),

@@ -359,3 +359,68 @@ def test_cpu_inference_attention_equals_the_training_path(monkeypatch, chunk):
     assert calls == [1] and slow.requires_grad
     torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
     assert (fast - attn.output_proj.bias).abs().max() > 0.1  # not all samples fell outside
+
+
+@pytest.mark.parametrize("chunk", [5, 512])
+def test_encoder_layer_in_query_chunks_equals_the_whole_map_path(monkeypatch, chunk):
+    """DeformableEncoderLayer's CPU inference path (values projected once, then per chunk of queries:
+    sampling, output projection with the residual as its addend, norm and FFN) gives what the whole-map
+    path gives (taken with gradients), for two batch rows and one shared position map."""
+    import ssa.modeling.pixel_decoder as pd
+
+    monkeypatch.setattr(pd, "_QUERY_CHUNK", chunk)
+    g = torch.Generator().manual_seed(11)
+    shapes = [(5, 8), (3, 4), (2, 2)]
+    layer = pd.DeformableEncoderLayer(32, 3, 4, 2, ffn_dim=48).eval()
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.copy_(torch.randn(param.shape, generator=g) * 0.3)
+    s = sum(h * w for h, w in shapes)
+    src, pos = torch.randn(2, s, 32, generator=g), torch.randn(1, s, 32, generator=g)
+    ref = PixelDecoder._reference_points(shapes, src.device, torch.float32)[None, :, None].expand(2, -1, 3, 2)
+    calls = []
+    original = pd.DeformableEncoderLayer._forward_in_query_chunks
+    monkeypatch.setattr(pd.DeformableEncoderLayer, "_forward_in_query_chunks",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    with torch.no_grad():
+        fast = layer(src, pos, ref, shapes)
+    assert calls == [1]
+    slow = layer(src.clone().requires_grad_(), pos, ref, shapes)
+    assert calls == [1] and slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # each batch row alone gives its row
+        torch.testing.assert_close(layer(src[1:], pos, ref[1:], shapes), fast[1:], atol=1e-5, rtol=1e-5)
+
+
+def test_fpn_helpers_equal_torch():
+    """The 1x1 convolution as one product per image and the channels-first copy of a channels-last
+    view give what Conv2d and contiguous() give; with gradients, the modules themselves run."""
+    from ssa.modeling.pixel_decoder import _channels_first, _conv1x1
+
+    g = torch.Generator().manual_seed(2)
+    conv = torch.nn.Conv2d(6, 5, 1)
+    x = torch.randn(2, 6, 4, 7, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(_conv1x1(conv, x), conv(x), atol=1e-6, rtol=1e-6)
+        conv.bias = None
+        torch.testing.assert_close(_conv1x1(conv, x), conv(x), atol=1e-6, rtol=1e-6)
+    assert _conv1x1(conv, x).requires_grad  # the Conv2d path, differentiable
+    tokens = torch.randn(2, 4 * 7 + 3, 6, generator=g)
+    view = tokens[:, 3:].transpose(1, 2).reshape(2, 6, 4, 7)  # as PixelDecoder's multi-scale outputs
+    first = _channels_first(view)
+    assert first.is_contiguous() and torch.equal(first, view.contiguous())
+
+
+def test_ffn_without_dropout_equals_the_formula():
+    """FFNLayer without active dropout (the residual as the second product's addend) computes
+    norm(x + W2 relu(W1 x)), for any leading shape, with gradients."""
+    from ssa.modeling.common import FFNLayer
+
+    torch.manual_seed(0)
+    ffn = FFNLayer(8, 16, dropout=0.1).eval()
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    expected = ffn.norm(x + ffn.linear2(torch.relu(ffn.linear1(x))))
+    out = ffn(x)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    out.sum().backward()
+    assert x.grad is not None and ffn.linear2.weight.grad.abs().sum() > 0

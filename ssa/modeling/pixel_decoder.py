@@ -9,9 +9,10 @@ Multi-scale deformable attention, for a query q with reference point p_q (normal
 where Δp are offsets in pixels of level l predicted from z_q, A the attention weights (softmax over
 all L·P samples of a head), and x_l(·) bilinear interpolation of level l at a normalised location
 (zero outside the map). No compiled extension: training (and CUDA) samples with
-``torch.nn.functional.grid_sample``; CPU inference writes the whole sampling as one sparse matrix, the
-bilinear corner weights times A, and applies it to the values as a weighted gather-sum per row
-(``_sample_sparse``, ~3x faster on CPU, equal up to float rounding).
+``torch.nn.functional.grid_sample``; CPU inference gathers the 4 bilinear corners of every sample from a
+zero-bordered table of the values as weighted gather-sums (``_gather_bilinear``, ~3x faster on CPU, equal
+up to float rounding), and runs each encoder layer a chunk of queries at a time
+(``DeformableEncoderLayer._forward_in_query_chunks``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -101,79 +103,117 @@ def _sparse_applies(value: Tensor, *others: Tensor) -> bool:
 
 def _sample_sparse(value: Tensor, shapes: Sequence[tuple[int, int]], pixels: Tensor,
                    attention_weights: Tensor) -> Tensor:
-    """The same sum as the grid_sample path, as one sparse matrix times the values.
-
-    ``pixels`` (B, Q, M, L, P, 2) are the sample positions (x, y) in pixels of their level, pixel
-    centres at integers (a normalised location times (W_l, H_l) minus 0.5, as grid_sample with
-    align_corners=False reads it). Each level gets a zero border (1 token before, 2 after, on both axes)
-    and positions are clamped to [-1, W_l] x [-1, H_l]: every corner of a sample is then a token of the
-    bordered map, and a corner outside the map reads a zero, as grid_sample's zero padding does, with
-    no per-corner test. Row (b, q, m) of the sparse (B·Q·M × B·S'·M) matrix holds A_mlqp times the
-    bilinear weight of each of the 4 corners at that corner's (b, token, m) row of the values, so the
-    product (B·Q·M, D) is already the (B, Q, M·D) output. Inference only (no autograd through the
-    indices)."""
-    return _sample_rows(_value_table(value, shapes), shapes, pixels, attention_weights)
+    """The same sum as the grid_sample path, as a weighted gather-sum over the bilinear corners
+    (:func:`_gather_bilinear`). ``pixels`` (B, Q, M, L, P, 2) are the sample positions (x, y) in pixels
+    of their level, pixel centres at integers (a normalised location times (W_l, H_l) minus 0.5, as
+    grid_sample with align_corners=False reads it). Inference only (no autograd through the indices).
+    Returns (B, Q, M·D)."""
+    b, q, m = pixels.shape[:3]
+    d = value.shape[-1]
+    table = _value_table(value, shapes)  # (B·S'·M, D)
+    grid = _sampling_grid(shapes, m, pixels.shape[4], value.device, table.shape[0])
+    out = value.new_empty(b, q, m * d, dtype=torch.float32)
+    rows_per_batch = table.shape[0] // b
+    for i in range(b):
+        x = pixels[i, ..., 0].float().reshape(q, -1).clone()  # (Q, M·L·P), overwritten below
+        y = pixels[i, ..., 1].float().reshape(q, -1).clone()
+        a = attention_weights[i].float().reshape(q, -1)
+        out[i] = _gather_bilinear(table, grid, x, y, a, i * rows_per_batch).view(q, m * d)
+    return out.to(value.dtype)
 
 
 def _value_table(value: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
     """The values (B, S, M, D) with a zero border per level (1 token before, 2 after, on both axes), as
-    :func:`_sample_rows` reads them: (B, S', M, D), S' = Σ (H_l + 3)(W_l + 3)."""
+    :func:`_gather_bilinear` reads them: (B·S'·M, D) float32, S' = Σ (H_l + 3)(W_l + 3), row
+    (b·S' + token)·M + m."""
     b, _, m, d = value.shape
-    levels = value.split([h * w for h, w in shapes], dim=1)
-    return torch.cat([F.pad(v.reshape(b, h, w, m * d), (0, 0, 1, 2, 1, 2)).reshape(b, -1, m, d)
-                      for (h, w), v in zip(shapes, levels, strict=True)], dim=1)
+    table = value.new_empty(b, sum((h + 3) * (w + 3) for h, w in shapes), m * d, dtype=torch.float32)
+    start = 0
+    for (h, w), level in zip(shapes, value.split([h * w for h, w in shapes], dim=1), strict=True):
+        block = table[:, start:start + (h + 3) * (w + 3)].view(b, h + 3, w + 3, m * d)
+        start += (h + 3) * (w + 3)
+        block[:, 0].zero_()  # the border: one line above, two below, one column left, two right
+        block[:, h + 1:].zero_()
+        block[:, 1:h + 1, 0].zero_()
+        block[:, 1:h + 1, w + 1:].zero_()
+        block[:, 1:h + 1, 1:w + 1] = level.reshape(b, h, w, m * d)
+    return table.view(-1, d)
 
 
-def _sample_rows(table: Tensor, shapes: Sequence[tuple[int, int]], pixels: Tensor,
-                 attention_weights: Tensor) -> Tensor:
-    """:func:`_sample_sparse` from the bordered values of :func:`_value_table` (B, S', M, D), for the
-    queries of ``pixels`` (B, Q, M, L, P, 2) and ``attention_weights`` (B, Q, M, L, P), which may be
-    any slice of a layer's queries. Returns (B, Q, M·D)."""
-    b, _, m, d = table.shape
-    q, num_levels, p = pixels.shape[1], pixels.shape[3], pixels.shape[4]
-    device = table.device
-    rows, lp = b * q * m, num_levels * p
-    padded = table.shape[1]
-    columns = b * padded * m
-    index = torch.int32 if max(columns, rows * 4 * lp) < 2**31 else torch.int64  # int32: less to move
-    # per sample of a row (level l, point p), (L·P,): the level's size and the first token of its block
-    width = torch.tensor([w for _, w in shapes], dtype=torch.float32, device=device).repeat_interleave(p)
-    height = torch.tensor([h for h, _ in shapes], dtype=torch.float32, device=device).repeat_interleave(p)
+class _SamplingGrid(NamedTuple):
+    """Per-sample constants of :func:`_gather_bilinear`, each (n,) = (M·L·P,) in (m, l, p) order."""
+
+    heads: int
+    x_max: Tensor  # W_l: positions are clamped to [-1, W_l] x [-1, H_l]
+    y_max: Tensor  # H_l
+    row_step: Tensor  # (W_l + 3)·M: one pixel down in the bordered table, in table rows
+    row_step_int: Tensor  # the same, as the index dtype
+    origin: Tensor  # table row of pixel (0, 0) of level l for head m: (first_l + W_l + 4)·M + m
+    index: torch.dtype  # int32 where the table allows: less to move
+
+
+def _sampling_grid(shapes: Sequence[tuple[int, int]], heads: int, points: int, device: torch.device,
+                   table_rows: int) -> _SamplingGrid:
+    levels = len(shapes)
+
+    def per_sample(values: list[float]) -> Tensor:  # one value per level -> (M·L·P,)
+        level = torch.tensor(values, dtype=torch.float64, device=device)
+        return level[None, :, None].expand(heads, levels, points).reshape(-1)
+
     sizes = [(h + 3) * (w + 3) for h, w in shapes]
-    first = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0).repeat_interleave(p).to(index)
-    xy = pixels.float().reshape(rows, lp, 2)
-    x = xy[..., 0].clamp(min=-1.0).minimum(width)  # (B·Q·M, L·P)
-    y = xy[..., 1].clamp(min=-1.0).minimum(height)
+    first = [sum(sizes[:i]) for i in range(levels)]
+    # corner rows are computed in floating point, exactly (integers below 2^24 in float32)
+    exact = torch.float32 if table_rows < 2**24 else torch.float64
+    index = torch.int32 if table_rows < 2**31 else torch.int64
+    step = per_sample([(w + 3) * heads for _, w in shapes])
+    origin = per_sample([(f + w + 4) * heads for f, (_, w) in zip(first, shapes, strict=True)])
+    origin = origin + torch.arange(heads, dtype=torch.float64, device=device).repeat_interleave(
+        levels * points)
+    x_max, y_max = per_sample([w for _, w in shapes]).float(), per_sample([h for h, _ in shapes]).float()
+    return _SamplingGrid(heads, x_max, y_max, step.to(exact), step.to(index), origin.to(exact), index)
+
+
+def _gather_bilinear(table: Tensor, grid: _SamplingGrid, x: Tensor, y: Tensor, attention: Tensor,
+                     offset: int = 0) -> Tensor:
+    """Σ_{l,p} A · bilinear(x_l at (x, y)) per query and head, as weighted gather-sums over the table.
+
+    ``x``, ``y`` (R, n): the positions in pixels of the R queries' n = M·L·P samples, (m, l, p) order;
+    they are overwritten. ``attention`` (R, n) the weights A. ``table`` (rows, D) from
+    :func:`_value_table`; ``offset`` its row of this batch row's first token. Positions are clamped to
+    [-1, W_l] x [-1, H_l]: every corner is then a token of the bordered map, and a corner outside the
+    map reads a zero, as grid_sample's zero padding does, with no per-corner test. Each corner is one
+    ``embedding_bag`` (a weighted gather-sum per row, ~30% faster than a CSR matrix times the table) on
+    (R·M, L·P) indices and weights, all of them contiguous. Returns (R·M, D), float32."""
+    r, n = x.shape
+    m = grid.heads
+    x.clamp_(min=-1.0)
+    torch.minimum(x, grid.x_max, out=x)
+    y.clamp_(min=-1.0)
+    torch.minimum(y, grid.y_max, out=y)
     x0, y0 = x.floor(), y.floor()
     fx, fy = x.sub_(x0), y.sub_(y0)
-    # weights of the corners (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1): (B·Q·M, 2, 2, L·P)
-    a = attention_weights.float().reshape(rows, lp)
-    below = fy.mul_(a)  # fy·A
-    above = a - below  # (1 - fy)·A
-    left = 1 - fx
-    values = torch.empty(rows, 2, 2, lp, device=device)
-    torch.mul(above, left, out=values[:, 0, 0])
-    torch.mul(above, fx, out=values[:, 0, 1])
-    torch.mul(below, left, out=values[:, 1, 0])
-    torch.mul(below, fx, out=values[:, 1, 1])
-    # their rows of the values: b·S'·M + token·M + m for the corner (y0, x0), then +M, +W'_l·M, +(W'_l+1)·M
-    step = (width.to(index) + 3) * m  # (L·P,)
-    head = (torch.arange(b, dtype=index, device=device) * (padded * m)).repeat_interleave(q * m)
-    head = head + torch.arange(m, dtype=index, device=device).repeat(b * q)  # (B·Q·M,)
-    corner = (y0.to(index) + 1).mul_(width.to(index) + 3).add_(x0.to(index)).add_(first + 1)
-    corner = corner.mul_(m).add_(head[:, None])  # (B·Q·M, L·P)
-    col = torch.empty(rows, 2, 2, lp, dtype=index, device=device)
-    col[:, 0, 0] = corner
-    torch.add(corner, m, out=col[:, 0, 1])
-    torch.add(corner, step, out=col[:, 1, 0])
-    torch.add(corner, step + m, out=col[:, 1, 1])
-    # the sparse product as a weighted gather-sum per row: row r sums values[r, k] · table[col[r, k]]
-    # over its 4·L·P corners (embedding_bag's kernel: ~30% faster than a CSR matrix times the table);
-    # float32 throughout, also under autocast
-    with torch.autocast(device.type, enabled=False):
-        out = F.embedding_bag(col.view(rows, 4 * lp), table.float().reshape(columns, d),
-                              per_sample_weights=values.view(rows, 4 * lp), mode="sum")  # (B·Q·M, D)
-    return out.view(b, q, m * d).to(table.dtype)
+    if grid.origin.dtype != torch.float32:
+        x0, y0 = x0.to(grid.origin.dtype), y0.to(grid.origin.dtype)
+    corner = torch.addcmul(grid.origin, y0, grid.row_step).add_(x0, alpha=m)  # row of corner (y0, x0)
+    if offset:
+        corner.add_(offset)
+    corner = corner.to(grid.index)
+    below = fy * attention  # fy·A (contiguous: x and y may be strided blocks)
+    above = attention - below  # (1 - fy)·A
+    left = torch.rsub(fx, 1.0)  # 1 - fx
+    rows, lp = r * m, n // m
+    with torch.autocast(table.device.type, enabled=False):  # float32 throughout
+
+        def bag(index: Tensor, weight: Tensor) -> Tensor:
+            return F.embedding_bag(index.view(rows, lp), table, per_sample_weights=weight.view(rows, lp),
+                                   mode="sum")  # (R·M, D)
+
+        out = bag(corner, above * left)  # (y0, x0)
+        out += bag(corner + m, above.mul_(fx))  # (y0, x0 + 1)
+        corner.add_(grid.row_step_int)
+        out += bag(corner, below * left)  # (y0 + 1, x0)
+        out += bag(corner.add_(m), below.mul_(fx))  # (y0 + 1, x0 + 1)
+    return out
 
 
 class MSDeformAttn(nn.Module):
@@ -226,9 +266,9 @@ class MSDeformAttn(nn.Module):
                 f"reference_points has shape {tuple(reference_points.shape)}, expected {(b, q, lv, 2)}"
             )
 
+        if self._cpu_inference(value, query, reference_points):
+            return self._sample_on_cpu(query, reference_points, value, spatial_shapes)
         v = self.value_proj(value).view(b, s, m, self.dim // m)  # (B, S, M, D)
-        if _sparse_applies(v, query, reference_points):
-            return self.output_proj(self._sample_on_cpu(query, reference_points, v, spatial_shapes))
         offsets = self.sampling_offsets(query).view(b, q, m, lv, p, 2)  # (B, Q, M, L, P, 2) in pixels
         weights = self.attention_weights(query).view(b, q, m, lv * p).softmax(-1)
         weights = weights.view(b, q, m, lv, p)  # (B, Q, M, L, P)
@@ -243,32 +283,78 @@ class MSDeformAttn(nn.Module):
         return self.output_proj(out)
 
 
-    def _sample_on_cpu(self, query: Tensor, reference_points: Tensor, v: Tensor,
-                       spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
-        """The sampling of :meth:`forward` for CPU inference, the same sums: offsets and attention
-        logits from one product (their weights stacked), the softmax over a head's L·P samples by
-        :func:`~ssa.modeling.common.softmax_last`, and the positions straight in pixels
-        (p_q·(W_l, H_l) - 0.5 + Δp) for :func:`_sample_rows`. Returns (B, Q, C) before the output
-        projection."""
-        b, q, _ = query.shape
+    def _cpu_inference(self, *inputs: Tensor) -> bool:
+        """Whether :meth:`_sample_on_cpu` computes this call: float32 on the CPU, autocast off, nothing
+        to differentiate."""
+        return (_sparse_applies(*inputs, *self.parameters())
+                and not torch.is_autocast_enabled(inputs[0].device.type))
+
+    def _sampling_plan(self, value: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> _SamplingPlan:
+        """What every query chunk of :meth:`_sample_chunk` reads (CPU inference): the bordered table of
+        the projected values and the products' weights. value (B, S, C)."""
+        b, s, c = value.shape
         m, lv, p = self.num_heads, self.num_levels, self.num_points
-        split = m * lv * p * 2
-        weight = torch.cat([self.sampling_offsets.weight, self.attention_weights.weight])
-        bias = torch.cat([self.sampling_offsets.bias, self.attention_weights.bias])
-        size = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=torch.float32, device=query.device)
-        origin = reference_points * size - 0.5  # (B, Q, L, 2) in pixels of each level
-        table = _value_table(v, spatial_shapes)  # (B, S', M, D)
+        n = m * lv * p
+        table = _value_table(self.value_proj(value).view(b, s, m, c // m), spatial_shapes)  # (B·S'·M, D)
+        # one product for the x offsets, the y offsets and the attention logits, in blocks of n columns
+        offsets_w = self.sampling_offsets.weight.view(m, lv, p, 2, c).movedim(3, 0).reshape(2 * n, c)
+        offsets_b = self.sampling_offsets.bias.view(m, lv, p, 2).movedim(3, 0).reshape(2 * n)
+        weight = torch.cat([offsets_w, self.attention_weights.weight]).t()  # (C, 3n)
+        # the reference points' share of the positions, p_q·(W_l, H_l) - 0.5, as a product of the
+        # (x_l, y_l) of each level with a (2L, 3n) matrix of sizes
+        to_pixels = torch.zeros(lv, 2, 3, m, lv, p, device=value.device)
+        for level, (h, w) in enumerate(spatial_shapes):
+            to_pixels[level, 0, 0, :, level] = w
+            to_pixels[level, 1, 1, :, level] = h
+        half = torch.tensor([0.5, 0.5, 0.0], device=value.device).repeat_interleave(n)
+        bias = torch.cat([offsets_b, self.attention_weights.bias]) - half  # (3n,)
+        grid = _sampling_grid(spatial_shapes, m, p, value.device, table.shape[0])
+        return _SamplingPlan(table, table.shape[0] // b, weight, bias, to_pixels.view(2 * lv, 3 * n), grid)
+
+    def _sample_chunk(self, plan: _SamplingPlan, query: Tensor, reference_points: Tensor,
+                      batch_index: int) -> Tensor:
+        """The sampling of :meth:`forward` for CPU inference, before the output projection, for one
+        chunk of one batch row's queries: query (R, C), reference_points (R, L, 2). The positions come
+        straight in pixels (p_q·(W_l, H_l) - 0.5 + Δp) from the product, the softmax over a head's L·P
+        samples is :func:`~ssa.modeling.common.softmax_last`, and every elementwise step reads
+        contiguous blocks of n = M·L·P columns. Returns (R, C)."""
+        r = query.shape[0]
+        n = self.num_heads * self.num_levels * self.num_points
+        both = torch.addmm(plan.bias, query, plan.weight)  # (R, 3n): x | y | attention logits
+        both.addmm_(reference_points.reshape(r, -1).to(both.dtype), plan.to_pixels)
+        attention = softmax_last(both[:, 2 * n:].view(r, self.num_heads, -1)).view(r, n)
+        out = _gather_bilinear(plan.table, plan.grid, both[:, :n], both[:, n:2 * n], attention,
+                               batch_index * plan.rows_per_batch)  # (R·M, D)
+        return out.view(r, self.dim)
+
+    def _sample_on_cpu(self, query: Tensor, reference_points: Tensor, value: Tensor,
+                       spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
+        """:meth:`forward` for CPU inference, the same sums, a chunk of queries at a time
+        (:meth:`_sample_chunk`, then the output projection on the chunk). Returns (B, Q, C)."""
+        b, q, _ = query.shape
+        plan = self._sampling_plan(value, spatial_shapes)
         out = query.new_empty(b, q, self.dim)
-        # a few hundred queries at a time: the per-sample index arithmetic (B·Q·M·L·P entries per step)
-        # then stays in the cache
-        for start in range(0, q, _QUERY_CHUNK):
-            part = slice(start, min(start + _QUERY_CHUNK, q))
-            both = F.linear(query[:, part], weight, bias)  # (B, r, M·L·P·3)
-            r = both.shape[1]
-            weights = softmax_last(both[..., split:].reshape(b, r, m, lv * p)).view(b, r, m, lv, p)
-            pixels = both[..., :split].view(b, r, m, lv, p, 2) + origin[:, part, None, :, None, :]
-            out[:, part] = _sample_rows(table, spatial_shapes, pixels, weights)
+        for i in range(b):
+            for part in _query_chunks(q):
+                sampled = self._sample_chunk(plan, query[i, part], reference_points[i, part], i)
+                torch.addmm(self.output_proj.bias, sampled, self.output_proj.weight.t(), out=out[i, part])
         return out
+
+
+class _SamplingPlan(NamedTuple):
+    """One MSDeformAttn call's CPU sampling state, shared by its query chunks."""
+
+    table: Tensor  # (B·S'·M, D) the bordered values (_value_table)
+    rows_per_batch: int  # S'·M
+    weight: Tensor  # (C, 3n) offsets x, offsets y, attention logits
+    bias: Tensor  # (3n,) their biases, -0.5 on the positions
+    to_pixels: Tensor  # (2L, 3n) reference (x_l, y_l) -> pixels of level l
+    grid: _SamplingGrid
+
+
+def _query_chunks(q: int) -> list[slice]:
+    """Slices of _QUERY_CHUNK queries: the per-sample work of a chunk then stays in the cache."""
+    return [slice(start, min(start + _QUERY_CHUNK, q)) for start in range(0, q, _QUERY_CHUNK)]
 
 
 _QUERY_CHUNK = 1024  # queries per step of MSDeformAttn._sample_on_cpu
@@ -288,9 +374,63 @@ class DeformableEncoderLayer(nn.Module):
     def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor,
                 spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
         """src (B, S, C), pos (B or 1, S, C), reference_points (B, S, L, 2) -> (B, S, C)."""
+        if self.self_attn._cpu_inference(src, pos, reference_points, *self.parameters()):
+            return self._forward_in_query_chunks(src, pos, reference_points, spatial_shapes)
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes)  # (B, S, C)
         src = self.norm(src + self.dropout(attn))
         return self.ffn(src)
+
+    def _forward_in_query_chunks(self, src: Tensor, pos: Tensor, reference_points: Tensor,
+                                 spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
+        """:meth:`forward` for CPU inference, the same sums: the values are projected once, then each
+        chunk of queries goes through the sampling, the output projection, the residual and norm and the
+        FFN while it is in the cache, instead of each step reading and writing the whole map."""
+        b, q, c = src.shape
+        attn = self.self_attn
+        plan = attn._sampling_plan(src, spatial_shapes)
+        out = torch.empty_like(src)
+        w_o = attn.output_proj.weight.t()
+        drop = self.training and self.dropout.p > 0
+        for i in range(b):
+            for part in _query_chunks(q):
+                x = src[i, part]  # (R, C)
+                sampled = attn._sample_chunk(plan, x + pos[i if pos.shape[0] > 1 else 0, part],
+                                             reference_points[i, part], i)
+                if drop:
+                    y = self.dropout(torch.addmm(attn.output_proj.bias, sampled, w_o)).add_(x)
+                else:  # the residual as the product's addend
+                    y = torch.addmm(x, sampled, w_o).add_(attn.output_proj.bias)
+                out[i, part] = self.ffn(self.norm(y))
+        return out
+
+
+def _channels_first(x: Tensor) -> Tensor:
+    """A contiguous copy of a (B, C, H, W) view of channels-last data, one (H·W, C) -> (C, H·W)
+    transpose per image (torch's 2-D transposing copy: ~4x faster than ``contiguous()`` on the 4-D view)."""
+    if x.is_contiguous() or (torch.is_grad_enabled() and x.requires_grad):
+        return x.contiguous()
+    b, c, h, w = x.shape
+    out = x.new_empty(b, c, h * w)
+    for i in range(b):
+        out[i].copy_(x[i].flatten(1))
+    return out.view(b, c, h, w)
+
+
+def _conv1x1(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 1x1 convolution; on the CPU with a channels-first input, as one matrix product per image (the
+    same sums; torch's CPU kernel for 1x1 convolutions fills the output with the bias first, a slow
+    broadcast copy, and is ~30% slower at stride 4)."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
+    if x.device.type != "cpu" or not x.is_contiguous() or needs_grad or torch.is_autocast_enabled("cpu"):
+        return conv(x)
+    b, _, h, w = x.shape
+    weight = conv.weight.flatten(1)  # (C_out, C_in)
+    out = x.new_empty(b, weight.shape[0], h * w)
+    for i in range(b):  # (C_out, C_in) @ (C_in, H·W): torch.matmul would transpose and copy its output
+        torch.mm(weight, x[i].view(x.shape[1], h * w), out=out[i])
+    if conv.bias is not None:
+        out.add_(conv.bias[:, None])
+    return out.view(b, -1, h, w)
 
 
 def _conv_norm(in_dim: int, out_dim: int, kernel: int, bias: bool) -> nn.Sequential:
@@ -357,7 +497,8 @@ class PixelDecoder(nn.Module):
         )
         # FPN step to stride 4.
         self.lateral = _conv_norm(in_channels[0], hidden_dim, 1, bias=False)
-        self.output_conv = nn.Sequential(*_conv_norm(hidden_dim, hidden_dim, 3, bias=False), nn.ReLU())
+        self.output_conv = nn.Sequential(*_conv_norm(hidden_dim, hidden_dim, 3, bias=False),
+                                         nn.ReLU(inplace=True))
         self.mask_features = nn.Conv2d(hidden_dim, mask_dim, 1)
         self.video_mask_features = nn.Conv2d(hidden_dim, mask_dim, 1)
         for conv in (self.mask_features, self.video_mask_features):
@@ -432,9 +573,11 @@ class PixelDecoder(nn.Module):
             start += h * w
             multi_scale.append(level.transpose(1, 2).reshape(b, self.hidden_dim, h, w))  # (B, C, h, w)
 
-        lateral = self.lateral(features[0])  # (B, C, H/4, W/4)
-        top_down = F.interpolate(multi_scale[-1], size=lateral.shape[-2:], mode="bilinear",
-                                 align_corners=False)  # stride 8 -> stride 4
-        fpn = self.output_conv(lateral + top_down)  # (B, C, H/4, W/4)
-        return PixelDecoderOutput(self.mask_features(fpn), self.video_mask_features(fpn), multi_scale,
-                                  text, src)
+        lateral = self.lateral[1](_conv1x1(self.lateral[0], features[0]))  # (B, C, H/4, W/4)
+        # stride 8 -> stride 4, from a channels-first copy of the level (on src's transposed view, the
+        # interpolation is ~3x slower)
+        top_down = F.interpolate(_channels_first(multi_scale[-1]), size=lateral.shape[-2:], mode="bilinear",
+                                 align_corners=False)
+        fpn = self.output_conv(top_down.add_(lateral))  # (B, C, H/4, W/4)
+        return PixelDecoderOutput(_conv1x1(self.mask_features, fpn), _conv1x1(self.video_mask_features, fpn),
+                                  multi_scale, text, src)
