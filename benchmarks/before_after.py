@@ -14,7 +14,9 @@ more, untimed run per variant (:class:`ssa.profiling.StageFlops`).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
+import inspect
 import json
 import logging
 import statistics
@@ -75,6 +77,20 @@ def _get(owner: Any, path: str) -> tuple[Any, str, Any]:
     return owner, attr, getattr(owner, attr)
 
 
+def _dropping_new_keywords(fn: Any) -> Any:
+    """``fn`` (an old revision's function) called with the keywords the new callers pass, less those it
+    does not know (e.g. ``FrameQueryDecoder.forward(masks=...)``): the old code then does what it did."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
+
+    return call
+
+
 class Variants:
     """Switch the swapped functions between the working tree's and ``rev``'s."""
 
@@ -85,7 +101,7 @@ class Variants:
             old = olds.setdefault(module.__name__, _old_module(module, rev))
             owner, attr, current = _get(module, path)
             self.after.append((owner, attr, current))
-            self.before.append((owner, attr, _get(old, path)[2]))
+            self.before.append((owner, attr, _dropping_new_keywords(_get(old, path)[2])))
 
     def use(self, which: str) -> None:
         for owner, attr, fn in (self.before if which == "before" else self.after):

@@ -324,7 +324,7 @@ class SSAPipeline:
                                             frame_chunk=self.frame_batch)
                 previous = chunk.pixels[-1]
                 out = model.decode_frames(visual, text, clip_index, frame_chunk=self.frame_batch,
-                                          row_chunk=self.frame_batch)
+                                          row_chunk=self.frame_batch, frame_masks=False)
                 state.queries.append(out.queries.float().cpu())
                 state.sentences.append(out.sentences.float().cpu())
                 self._keep_mask_features(state, out.mask_features, mask_feature_budget)

@@ -286,3 +286,37 @@ def test_input_validation() -> None:
         FrameQueryDecoder(hidden_dim=30, num_heads=4)
     with pytest.raises(ValueError, match="num_queries"):
         FrameQueryDecoder(hidden_dim=C, num_heads=HEADS, num_queries=0)
+
+
+def test_attention_masks_from_resized_features_equal_resized_logits() -> None:
+    """The decoder resizes the mask features to each memory level and takes mask_embed · resize(F):
+    bilinear resizing is linear in the channels, so the logits (and the blocked positions) are those of
+    the official resize(mask_embed · F)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(5)
+    embed = torch.randn(2, N, MASK_DIM, generator=g)
+    features = torch.randn(2, MASK_DIM, *MASK_SIZE, generator=g)
+    full = torch.einsum("bnd,bdhw->bnhw", embed, features)
+    for size in LEVEL_SIZES:
+        resized = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+        small = torch.einsum("bnd,bdhw->bnhw", embed, resized)
+        official = F.interpolate(full, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(small, official, atol=1e-5, rtol=1e-5)
+        assert torch.equal(attention_mask_from_logits(small, size, HEADS),
+                           attention_mask_from_logits(full, size, HEADS))
+
+
+def test_without_masks_the_queries_are_the_same() -> None:
+    """masks=False (inference: only the queries go on) skips the full-resolution mask logits and gives
+    the same queries, class logits and mask embeddings."""
+    dec = make_decoder()
+    inputs = make_inputs(batch=2)
+    with torch.no_grad():
+        full = dec(*inputs)
+        lean = dec(*inputs, masks=False)
+    assert lean.mask_logits is None and lean.aux_mask_logits == []
+    assert full.mask_logits is not None and len(full.aux_mask_logits) == LAYERS
+    for name in ("queries", "class_logits", "mask_embed"):
+        assert torch.equal(getattr(lean, name), getattr(full, name)), name
+    assert all(torch.equal(a, b) for a, b in zip(lean.aux_queries, full.aux_queries, strict=True))

@@ -44,6 +44,25 @@ def test_eval_output_has_no_deep_supervision(tiny_model):
     with torch.no_grad():
         out = tiny_model(random_frames(3, 64, 64), "a cat", with_frames=True)
     assert out.frames is not None
+    assert out.frames.mask_logits.shape[:3] == (1, 3, tiny_model.config.num_queries)
+
+
+def test_frames_without_frame_masks_give_the_same_video_output(tiny_model):
+    """decode_frames(frame_masks=False) (what the pipeline and eval forward run) skips the frame
+    decoder's full-resolution mask logits; the video output is the same, and asking for the training
+    outputs from such frames is a clear error."""
+    frames = random_frames(3, 64, 64)
+    with torch.no_grad():
+        visual = tiny_model.encode_video(frames)
+        text = tiny_model.encode_text(["a cat", "a dog"])
+        full = tiny_model.decode_frames(visual, text)
+        lean = tiny_model.decode_frames(visual, text, frame_masks=False, frame_chunk=2)
+        assert lean.mask_logits is None and lean.aux_mask_logits == []
+        assert full.mask_logits is not None and full.aux_mask_logits
+        torch.testing.assert_close(tiny_model.decode_video(lean, text).mask_logits,
+                                   tiny_model.decode_video(full, text).mask_logits, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="frame_masks=True"):
+            tiny_model.decode_video(lean, text, with_frames=True)
 
 
 def test_odd_sizes_are_padded_and_masks_cover_the_padded_frames(tiny_model):

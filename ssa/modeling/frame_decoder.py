@@ -37,10 +37,10 @@ class FrameDecoderOutput:
 
     queries: Tensor  # (B, N, C) final queries, normed with the head's LayerNorm
     class_logits: Tensor  # (B, N, 2) [referred object, no object]
-    mask_logits: Tensor  # (B, N, H4, W4)
+    mask_logits: Tensor | None  # (B, N, H4, W4); None when forward(masks=False)
     mask_embed: Tensor  # (B, N, mask_dim) final mask embeddings: mask_logits = mask_embed · mask_features
     aux_class_logits: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, 2)
-    aux_mask_logits: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, H4, W4)
+    aux_mask_logits: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, H4, W4) (masks=True)
     aux_queries: list[Tensor] = field(default_factory=list)  # num_layers x (B, N, C), normed
 
 
@@ -55,7 +55,9 @@ def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int], num_h
     """
     if mask_logits.dim() != 4:
         raise ValueError(f"mask_logits must be (B, N, H, W), got shape {tuple(mask_logits.shape)}")
-    logits = F.interpolate(mask_logits.detach(), size=tuple(size), mode="bilinear", align_corners=False)
+    logits = mask_logits.detach()
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
     blocked = (logits.sigmoid() < 0.5).flatten(2)  # (B, N, h*w)
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)  # release fully blocked queries
     return blocked.repeat_interleave(num_heads, dim=0)  # (B*heads, N, h*w)
@@ -122,13 +124,16 @@ class FrameQueryDecoder(nn.Module):
                 f"mask_features must be ({batch}, {self.mask_dim}, H4, W4), got {tuple(mask_features.shape)}"
             )
 
-    def _predict(self, x: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Shared head: (normed queries (B,N,C), class logits (B,N,2), mask logits (B,N,H4,W4), mask
-        embeddings (B,N,D))."""
+    def _predict(self, x: Tensor, mask_features: Tensor | None
+                 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """Shared head: (normed queries (B,N,C), class logits (B,N,2), mask logits (B,N,H4,W4) or None
+        without ``mask_features``, mask embeddings (B,N,D))."""
         normed = self.decoder_norm(x)
         class_logits = self.class_head(normed)  # (B, N, 2)
         mask_embed = self.mask_head(normed)  # (B, N, D)
-        mask_logits = torch.einsum("bnd,bdhw->bnhw", mask_embed, mask_features)  # (B, N, H4, W4)
+        mask_logits = None
+        if mask_features is not None:
+            mask_logits = torch.einsum("bnd,bdhw->bnhw", mask_embed, mask_features)  # (B, N, H4, W4)
         return normed, class_logits, mask_logits, mask_embed
 
     checkpoint_layers = False  # recompute layers in backward (SSAModel.set_activation_checkpointing)
@@ -146,11 +151,17 @@ class FrameQueryDecoder(nn.Module):
         x = self.text_attn_layers[i](x, text, pos=query_pos)
         return self.ffn_layers[i](x)  # (B, N, C)
 
-    def forward(self, text: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor
-                ) -> FrameDecoderOutput:
+    def forward(self, text: Tensor, multi_scale: Sequence[Tensor], mask_features: Tensor, *,
+                masks: bool = True) -> FrameDecoderOutput:
         """Decode N queries that start as ``text`` (B, 1, C), F̂_s^t, against ``multi_scale``
         (num_levels maps (B, C, h_l, w_l), coarse → fine) and predict masks on ``mask_features``
-        (B, mask_dim, H4, W4)."""
+        (B, mask_dim, H4, W4).
+
+        The cross-attention masks come from ``mask_features`` resized to each memory level: bilinear
+        resizing is linear in the channels, so mask_embed · resize(F_mask) is the official
+        resize(mask_embed · F_mask), at a fraction of the cost. ``masks=False`` skips the full-resolution
+        mask logits of every prediction (the frame-level deep supervision; inference needs only the
+        queries): ``mask_logits`` is then None and ``aux_mask_logits`` empty."""
         self._check_inputs(text, multi_scale, mask_features)
         batch = text.shape[0]
         queries = text.expand(batch, self.num_queries, self.hidden_dim)  # (B, N, C), language as queries
@@ -167,24 +178,28 @@ class FrameQueryDecoder(nn.Module):
             positions.append(pos.unsqueeze(0))
 
         query_pos = self.query_pos.weight.unsqueeze(0).expand(batch, -1, -1).to(queries.dtype)  # (B, N, C)
+        level_features = [F.interpolate(mask_features.detach(), size=size, mode="bilinear",
+                                        align_corners=False) for size in sizes]  # (B, D, h_l, w_l) per level
+        full = mask_features if masks else None
 
         class_preds: list[Tensor] = []
-        mask_preds: list[Tensor] = []
+        mask_preds: list[Tensor | None] = []
         query_preds: list[Tensor] = []
         x = queries
-        normed, class_logits, mask_logits, mask_embed = self._predict(x, mask_features)
+        normed, class_logits, mask_logits, mask_embed = self._predict(x, full)
         class_preds.append(class_logits)
         mask_preds.append(mask_logits)
         query_preds.append(normed)
         for i in range(self.num_layers):
             level = i % self.num_levels
-            attn_mask = attention_mask_from_logits(mask_logits, sizes[level], self.num_heads)
+            level_logits = torch.einsum("bnd,bdhw->bnhw", mask_embed.detach(), level_features[level])
+            attn_mask = attention_mask_from_logits(level_logits, sizes[level], self.num_heads)
             args = (i, x, memories[level], positions[level], query_pos, attn_mask, text)
             if self.checkpoint_layers and torch.is_grad_enabled():  # recompute the layer in backward
                 x = checkpoint(self._layer, *args, use_reentrant=False)
             else:
                 x = self._layer(*args)  # (B, N, C)
-            normed, class_logits, mask_logits, mask_embed = self._predict(x, mask_features)
+            normed, class_logits, mask_logits, mask_embed = self._predict(x, full)
             class_preds.append(class_logits)
             mask_preds.append(mask_logits)
             query_preds.append(normed)
@@ -195,6 +210,6 @@ class FrameQueryDecoder(nn.Module):
             mask_logits=mask_preds[-1],
             mask_embed=mask_embed,
             aux_class_logits=class_preds[:-1],
-            aux_mask_logits=mask_preds[:-1],
+            aux_mask_logits=mask_preds[:-1] if masks else [],
             aux_queries=query_preds[:-1],
         )

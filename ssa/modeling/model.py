@@ -157,15 +157,18 @@ class SSAModel(PretrainedMixin, nn.Module):
 
     # -- 3. per-(frame, expression) stages ----------------------------------------------------------------
     def decode_frames(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor | None = None,
-                      *, frame_chunk: int | None = None, row_chunk: int | None = None) -> FrameOutput:
+                      *, frame_chunk: int | None = None, row_chunk: int | None = None,
+                      frame_masks: bool = True) -> FrameOutput:
         """CLIP stages 1-3 with the adapters → pixel decoder → frame decoder for P pairs.
 
         Pair p is expression p of ``text`` about clip ``clip_index[p]`` (default: clip 0 for all).
         ``frame_chunk`` bounds how many frames per pair go through at once (memory), and ``row_chunk``
         how many (pair, frame) rows of such a run go through at once. Neither changes the result.
+        ``frame_masks=False`` skips the frame decoder's full-resolution mask logits (training's
+        frame-level supervision; the video masks do not read them): ``mask_logits`` is then None.
         """
         clip_index = self._check_pairs(visual, text, clip_index)
-        parts = [self._decode_frame_chunk(part, text, clip_index, row_chunk)
+        parts = [self._decode_frame_chunk(part, text, clip_index, row_chunk, frame_masks)
                  for part in _frame_chunks(visual, frame_chunk)]
         if len(parts) == 1:
             return parts[0]
@@ -178,7 +181,7 @@ class SSAModel(PretrainedMixin, nn.Module):
 
         return FrameOutput(
             queries=cat("queries"), sentences=cat("sentences"), mask_features=cat("mask_features"),
-            class_logits=cat("class_logits"), mask_logits=cat("mask_logits"),
+            class_logits=cat("class_logits"), mask_logits=cat("mask_logits") if frame_masks else None,
             aux_class_logits=cat_list("aux_class_logits"), aux_mask_logits=cat_list("aux_mask_logits"),
             aux_queries=cat_list("aux_queries"),
             adapter_weights=cat("adapter_weights") if parts[0].adapter_weights is not None else None,
@@ -289,11 +292,11 @@ class SSAModel(PretrainedMixin, nn.Module):
         return torch.cat(parts, dim=1)
 
     def _decode_frame_chunk(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor,
-                            row_chunk: int | None = None) -> FrameOutput:
+                            row_chunk: int | None = None, frame_masks: bool = True) -> FrameOutput:
         p, t = clip_index.shape[0], visual.num_frames
         parts = []
         for pd, weights in self._rows(visual, text, clip_index, row_chunk):
-            dec = self.frame_decoder(pd.text, pd.multi_scale, pd.mask_features)
+            dec = self.frame_decoder(pd.text, pd.multi_scale, pd.mask_features, masks=frame_masks)
             parts.append((pd.video_mask_features, pd.text[:, 0], dec, weights))
         mask_features = torch.cat([m for m, _, _, _ in parts])  # (P·T, Cm, H/4, W/4)
         sentences = torch.cat([s for _, s, _, _ in parts])  # (P·T, C)
@@ -308,7 +311,7 @@ class SSAModel(PretrainedMixin, nn.Module):
             sentences=per_pair(sentences),
             mask_features=per_pair(mask_features),
             class_logits=per_pair(dec.class_logits),
-            mask_logits=per_pair(dec.mask_logits),
+            mask_logits=None if dec.mask_logits is None else per_pair(dec.mask_logits),
             aux_class_logits=[per_pair(x) for x in dec.aux_class_logits],
             aux_mask_logits=[per_pair(x) for x in dec.aux_mask_logits],
             aux_queries=[per_pair(x) for x in dec.aux_queries],
@@ -357,6 +360,9 @@ class SSAModel(PretrainedMixin, nn.Module):
         if clip_index is None:
             clip_index = torch.zeros(p, dtype=torch.long)
         keep = self.training if with_frames is None else with_frames
+        if keep and frames.mask_logits is None:
+            raise ValueError("with_frames needs the frame-level mask logits: decode the frames with "
+                             "frame_masks=True")
         seq = self.decode_sequence(frames.queries, frames.sentences)
         masks, aux_masks = self._video_masks(seq, frames.mask_features, keep)
         earlier = []
@@ -416,8 +422,9 @@ class SSAModel(PretrainedMixin, nn.Module):
         texts, clip_index = _pair_expressions(expressions, num_clips=frames.shape[0])
         visual = self.encode_video(frames)
         text = self.encode_text(texts)
-        frame_out = self.decode_frames(visual, text, clip_index, frame_chunk=frame_chunk)
-        return self.decode_video(frame_out, text, clip_index, with_frames=with_frames)
+        keep = self.training if with_frames is None else with_frames
+        frame_out = self.decode_frames(visual, text, clip_index, frame_chunk=frame_chunk, frame_masks=keep)
+        return self.decode_video(frame_out, text, clip_index, with_frames=keep)
 
     def _check_pairs(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor | None) -> Tensor:
         if clip_index is None:
@@ -451,7 +458,8 @@ def _cat_rows(outputs: list[FrameDecoderOutput]) -> FrameDecoderOutput:
 
     return FrameDecoderOutput(
         queries=cat(o.queries for o in outputs), class_logits=cat(o.class_logits for o in outputs),
-        mask_logits=cat(o.mask_logits for o in outputs), mask_embed=cat(o.mask_embed for o in outputs),
+        mask_logits=None if outputs[0].mask_logits is None else cat(o.mask_logits for o in outputs),
+        mask_embed=cat(o.mask_embed for o in outputs),
         aux_class_logits=[cat(x) for x in zip(*(o.aux_class_logits for o in outputs), strict=True)],
         aux_mask_logits=[cat(x) for x in zip(*(o.aux_mask_logits for o in outputs), strict=True)],
         aux_queries=[cat(x) for x in zip(*(o.aux_queries for o in outputs), strict=True)],

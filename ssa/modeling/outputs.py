@@ -42,7 +42,7 @@ class FrameOutput:
     sentences: Tensor  # (P, T, C) per-frame sentence features F̂_s^t (Eq. 5)
     mask_features: Tensor  # (P, T, mask_dim, H_pad/4, W_pad/4) the video-level mask features
     class_logits: Tensor  # (P, T, N, 2) frame-level class logits of the last decoder layer
-    mask_logits: Tensor  # (P, T, N, H_pad/4, W_pad/4) frame-level mask logits (frame-level F_mask)
+    mask_logits: Tensor | None  # (P, T, N, H_pad/4, W_pad/4) frame-level mask logits; None unless asked
     aux_class_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, 2)
     aux_mask_logits: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, h, w)
     aux_queries: list[Tensor] = field(default_factory=list)  # per earlier layer (P, T, N, C), normed
