@@ -65,6 +65,24 @@ def test_stage_report(tmp_path):
     assert extra["ratio_to_floor"] == pytest.approx(extra["extra_s"] / (extra["extra_gflop"] * 1e9 / rate))
 
 
+def test_paired_ratio_to_floor():
+    """Each repeat's end to end against its own CLIP pass; the median of those is the paired ratio."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from pipeline import summarize
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    flops = {s: 0.0 for s in STAGES}
+    flops.update(clip_visual=100e9, pixel_decoder=20e9)  # the run: 1.2 x the CLIP pass's FLOPs
+    run = {"wall": 15.0, "stages": {s: 1.0 for s in STAGES}, "flops": flops,
+           "wall_per_repeat": [12.0, 15.0, 30.0]}
+    report = {"runs": {1: run}, "clip_alone": 10.0, "clip_alone_per_repeat": [10.0, 10.0, 20.0]}
+    out = summarize(report)
+    assert out["ratio_to_floor"] == pytest.approx(15.0 / 12.0)  # medians against medians
+    assert out["ratio_to_floor_per_repeat"] == pytest.approx([1.0, 1.25, 1.25])
+    assert out["ratio_to_floor_paired"] == pytest.approx(1.25)
+
+
 def test_memory_sweep_in_fresh_processes(tmp_path):
     report = _run(tmp_path, "--sweep-frames", "3", "7", "--stream", "--expressions", "1",
                   "--malloc-mmap-threshold", "131072")
