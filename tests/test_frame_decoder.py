@@ -320,3 +320,16 @@ def test_without_masks_the_queries_are_the_same() -> None:
     for name in ("queries", "class_logits", "mask_embed"):
         assert torch.equal(getattr(lean, name), getattr(full, name)), name
     assert all(torch.equal(a, b) for a, b in zip(lean.aux_queries, full.aux_queries, strict=True))
+
+
+def test_resize_channels_equals_interpolate() -> None:
+    """Each channel resized as its own image gives what F.interpolate gives on the whole map."""
+    import torch.nn.functional as F
+
+    from ssa.modeling.frame_decoder import _resize_channels
+
+    x = torch.randn(2, 40, 16, 24, generator=torch.Generator().manual_seed(9))
+    for size in LEVEL_SIZES:
+        torch.testing.assert_close(_resize_channels(x, size),
+                                   F.interpolate(x, size=size, mode="bilinear", align_corners=False),
+                                   atol=1e-6, rtol=1e-6)

@@ -232,17 +232,18 @@ class CrossAttentionLayer(nn.Module):
             memory_pos = None
         else:
             scores = folded @ memory.transpose(1, 2)  # (B, H·N, M)
+        # in place on the fresh scores below (autograd keeps none of them: the products keep their
+        # inputs, softmax its output): one pass less each over the (B, H·N, M) tensor
         if b_k is not None:
-            scores = scores + torch.einsum("bnhd,hd->bhn", q, b_k.view(heads, dh)).reshape(b, heads * n, 1)
+            scores.add_(torch.einsum("bnhd,hd->bhn", q, b_k.view(heads, dh)).reshape(b, heads * n, 1))
         if memory_pos is not None:
             period = memory_pos.shape[1]
             if m % period:
                 raise ValueError(f"memory_pos of {period} tokens does not repeat evenly over {m} tokens")
             at_pos = folded @ memory_pos.transpose(1, 2)  # (B, H·N, P)
-            scores = scores.view(b, heads * n, m // period, period) + at_pos[:, :, None]
-            scores = scores.view(b, heads * n, m)
+            scores.view(b, heads * n, m // period, period).add_(at_pos[:, :, None])
         if attn_mask is not None:  # (B·H, N, M) rows b·H + h: the (B, H·N, M) layout of the scores
-            scores = scores.masked_fill(attn_mask.reshape(b, heads * n, m), float("-inf"))
+            scores.masked_fill_(attn_mask.reshape(b, heads * n, m), float("-inf"))
         probs = scores.softmax(dim=-1)
         read = (probs @ memory).view(b, heads, n, c)  # (B, H, N, C): Σ_m softmax · m, per head
         out = torch.einsum("bhnc,hdc->bnhd", read, w_v.view(heads, dh, c)).reshape(b, n, c)
