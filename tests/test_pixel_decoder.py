@@ -424,3 +424,17 @@ def test_ffn_without_dropout_equals_the_formula():
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
     out.sum().backward()
     assert x.grad is not None and ffn.linear2.weight.grad.abs().sum() > 0
+
+
+def test_ffn_under_autocast_keeps_the_residual_sum_in_float32():
+    """Under autocast the FFN adds the residual outside the product (its bfloat16/float16 addend would
+    round the residual stream): the result is the formula's, evaluated under the same autocast."""
+    from ssa.modeling.common import FFNLayer
+
+    torch.manual_seed(0)
+    ffn = FFNLayer(8, 16).eval()
+    x = torch.randn(4, 8) * 100
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ffn(x)
+        expected = ffn.norm(x + ffn.linear2(torch.relu(ffn.linear1(x))))
+    assert torch.equal(out, expected)

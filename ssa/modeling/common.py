@@ -297,8 +297,8 @@ class FFNLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # ReLU in place on the (N, hidden) product: one pass less over the widest tensor, and autograd
         # keeps the ReLU's output, not its input
-        if self.dropout.p == 0 or not self.training:
-            return self._forward_residual_in_product(x)
+        if (self.dropout.p == 0 or not self.training) and not torch.is_autocast_enabled(x.device.type):
+            return self._forward_residual_in_product(x)  # (autocast would round the residual sum)
         return self.norm(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True)))))
 
     def _forward_residual_in_product(self, x: Tensor) -> Tensor:
