@@ -307,6 +307,20 @@ def test_pixel_decoder_validates_inputs():
         PixelDecoder((8, 16, 32, 64), hidden_dim=30)
 
 
+def _count_calls(monkeypatch, owner, name: str) -> list[int]:
+    """Patch ``owner.name`` to record each call (and still run it); returns the record."""
+    calls: list[int] = []
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+def _randomize(module: torch.nn.Module, g: torch.Generator, scale: float = 0.3) -> None:
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=g) * scale)
+
+
 def test_sparse_cpu_inference_path_equals_grid_sample(monkeypatch):
     import ssa.modeling.pixel_decoder as pd
 
@@ -317,9 +331,7 @@ def test_sparse_cpu_inference_path_equals_grid_sample(monkeypatch):
     value = torch.randn(b, s, m, d, generator=g)
     locations = torch.rand(b, q, m, len(shapes), p, 2, generator=g) * 1.4 - 0.2
     weights = torch.randn(b, q, m, len(shapes) * p, generator=g).softmax(-1).view(b, q, m, len(shapes), p)
-    calls = []
-    original = pd._sample_sparse
-    monkeypatch.setattr(pd, "_sample_sparse", lambda *a: calls.append(1) or original(*a))
+    calls = _count_calls(monkeypatch, pd, "_sample_sparse")
     with torch.no_grad():
         fast = multi_scale_deformable_attention(value, shapes, locations, weights)
     assert calls == [1]
@@ -341,17 +353,13 @@ def test_cpu_inference_attention_equals_the_training_path(monkeypatch, chunk):
     g = torch.Generator().manual_seed(7)
     shapes = [(6, 9), (3, 5), (2, 3)]
     attn = MSDeformAttn(32, num_levels=3, num_heads=4, num_points=3).eval()
+    _randomize(attn, g)
     with torch.no_grad():
-        for param in attn.parameters():
-            param.copy_(torch.randn(param.shape, generator=g) * 0.3)
         attn.sampling_offsets.bias.mul_(20)  # many samples land outside their map
     s = sum(h * w for h, w in shapes)
     query, value = torch.randn(2, 11, 32, generator=g), torch.randn(2, s, 32, generator=g)
     ref = torch.rand(2, 11, 3, 2, generator=g)
-    calls = []
-    original = pd.MSDeformAttn._sample_on_cpu
-    monkeypatch.setattr(pd.MSDeformAttn, "_sample_on_cpu",
-                        lambda self, *a: calls.append(1) or original(self, *a))
+    calls = _count_calls(monkeypatch, pd.MSDeformAttn, "_sample_on_cpu")
     with torch.no_grad():
         fast = attn(query, ref, value, shapes)
     assert calls == [1]
@@ -372,16 +380,11 @@ def test_encoder_layer_in_query_chunks_equals_the_whole_map_path(monkeypatch, ch
     g = torch.Generator().manual_seed(11)
     shapes = [(5, 8), (3, 4), (2, 2)]
     layer = pd.DeformableEncoderLayer(32, 3, 4, 2, ffn_dim=48).eval()
-    with torch.no_grad():
-        for param in layer.parameters():
-            param.copy_(torch.randn(param.shape, generator=g) * 0.3)
+    _randomize(layer, g)
     s = sum(h * w for h, w in shapes)
     src, pos = torch.randn(2, s, 32, generator=g), torch.randn(1, s, 32, generator=g)
     ref = PixelDecoder._reference_points(shapes, src.device, torch.float32)[None, :, None].expand(2, -1, 3, 2)
-    calls = []
-    original = pd.DeformableEncoderLayer._forward_in_query_chunks
-    monkeypatch.setattr(pd.DeformableEncoderLayer, "_forward_in_query_chunks",
-                        lambda self, *a: calls.append(1) or original(self, *a))
+    calls = _count_calls(monkeypatch, pd.DeformableEncoderLayer, "_forward_in_query_chunks")
     with torch.no_grad():
         fast = layer(src, pos, ref, shapes)
     assert calls == [1]

@@ -63,6 +63,11 @@ def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int], num_h
     return blocked.repeat_interleave(num_heads, dim=0)  # (B*heads, N, h*w)
 
 
+def _mask_logits(mask_embed: Tensor, features: Tensor) -> Tensor:
+    """mask_embed (B, N, D) · features (B, D, h, w) -> mask logits (B, N, h, w)."""
+    return torch.einsum("bnd,bdhw->bnhw", mask_embed, features)
+
+
 def _resize_channels(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize (align_corners=False) of (B, D, H, W) maps, each channel as its own image: for
     many channels torch's CPU kernel converts the maps to channels-last first, a slow copy (~20 ms for
@@ -140,9 +145,7 @@ class FrameQueryDecoder(nn.Module):
         normed = self.decoder_norm(x)
         class_logits = self.class_head(normed)  # (B, N, 2)
         mask_embed = self.mask_head(normed)  # (B, N, D)
-        mask_logits = None
-        if mask_features is not None:
-            mask_logits = torch.einsum("bnd,bdhw->bnhw", mask_embed, mask_features)  # (B, N, H4, W4)
+        mask_logits = None if mask_features is None else _mask_logits(mask_embed, mask_features)
         return normed, class_logits, mask_logits, mask_embed
 
     checkpoint_layers = False  # recompute layers in backward (SSAModel.set_activation_checkpointing)
@@ -200,7 +203,7 @@ class FrameQueryDecoder(nn.Module):
         query_preds.append(normed)
         for i in range(self.num_layers):
             level = i % self.num_levels
-            level_logits = torch.einsum("bnd,bdhw->bnhw", mask_embed.detach(), level_features[level])
+            level_logits = _mask_logits(mask_embed.detach(), level_features[level])  # (B, N, h_l, w_l)
             attn_mask = attention_mask_from_logits(level_logits, sizes[level], self.num_heads)
             args = (i, x, memories[level], positions[level], query_pos, attn_mask, text)
             if self.checkpoint_layers and torch.is_grad_enabled():  # recompute the layer in backward
