@@ -79,3 +79,35 @@ def test_few_queries_path_takes_the_attention_mask():
     with torch.no_grad():  # the mask matters
         unmasked = _layer(10).forward_few_queries(x, memory, pos=pos, memory_pos=memory_pos)
     assert (unmasked - outs[1]).abs().max() > 1e-2
+
+
+def test_few_queries_path_with_keys_and_a_mask_shared_by_the_heads():
+    """``keys`` (memory + positions added by the caller) gives what ``memory_pos`` gives; a (B, N, M)
+    mask shared by the heads gives what the same mask repeated per head gives, in values and gradients;
+    without gradients (the key bias's row constant left out) the output is the same."""
+    g = torch.Generator().manual_seed(11)
+    x, memory = torch.randn(2, 3, 16, generator=g), torch.randn(2, 20, 16, generator=g)
+    pos, memory_pos = torch.randn(1, 3, 16, generator=g), torch.randn(1, 20, 16, generator=g)
+    shared = torch.rand(2, 3, 20, generator=g) < 0.6
+    shared[:, :, 0] = False
+    per_head = shared.repeat_interleave(4, dim=0)  # (B·H, N, M), 4 heads
+    outs, grads = [], []
+    for kwargs in ({"memory_pos": memory_pos, "attn_mask": per_head},
+                   {"keys": memory + memory_pos, "attn_mask": shared}):
+        layer = _layer(12)
+        xg = x.clone().requires_grad_()
+        out = layer.forward_few_queries(xg, memory, pos=pos, **kwargs)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([xg.grad, *(p.grad for p in layer.parameters())])
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    layer = _layer(12)
+    with torch.no_grad():
+        inference = layer.forward_few_queries(x, memory, pos=pos, keys=memory + memory_pos, attn_mask=shared)
+        unmasked = layer.forward_few_queries(x, memory, pos=pos, keys=memory + memory_pos)
+    torch.testing.assert_close(inference, outs[0], atol=1e-5, rtol=1e-5)
+    assert (unmasked - inference).abs().max() > 1e-2  # the shared mask matters
+    with pytest.raises(ValueError, match="not both"):
+        layer.forward_few_queries(x, memory, keys=memory, memory_pos=memory_pos)

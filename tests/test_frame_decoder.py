@@ -328,8 +328,14 @@ def test_resize_channels_equals_interpolate() -> None:
 
     from ssa.modeling.frame_decoder import _resize_channels
 
-    x = torch.randn(2, 40, 16, 24, generator=torch.Generator().manual_seed(9))
-    for size in LEVEL_SIZES:
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 40, 16, 24, generator=g)
+    # even factors 8, 4, 2 (the two-tap sums), then sizes the per-channel kernel resizes
+    for size in [*LEVEL_SIZES, (5, 7), (16, 12), (32, 48)]:
         torch.testing.assert_close(_resize_channels(x, size),
                                    F.interpolate(x, size=size, mode="bilinear", align_corners=False),
                                    atol=1e-6, rtol=1e-6)
+    odd = torch.randn(1, 3, 18, 24, generator=g)  # factor 3 on both axes: not the two-tap case
+    torch.testing.assert_close(_resize_channels(odd, (6, 8)),
+                               F.interpolate(odd, size=(6, 8), mode="bilinear", align_corners=False),
+                               atol=1e-6, rtol=1e-6)

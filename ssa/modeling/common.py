@@ -206,7 +206,8 @@ class CrossAttentionLayer(nn.Module):
         return self.norm(x + self.attend_folded(_with_pos(x, pos), folded))
 
     def forward_few_queries(self, x: Tensor, memory: Tensor, *, pos: Tensor | None = None,
-                            memory_pos: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+                            memory_pos: Tensor | None = None, attn_mask: Tensor | None = None,
+                            keys: Tensor | None = None) -> Tensor:
         """:meth:`forward` without dropout, for few queries and a long memory (the video decoder's T·N
         frame queries, the frame decoder's N queries over a stride-8 map), the same sums in another
         order: the key and value projections fold into the queries,
@@ -216,8 +217,12 @@ class CrossAttentionLayer(nn.Module):
 
         (the weights of a row sum to 1), so no (M, C) key or value tensor is made: memory grows with M
         only by the (N·H, M) scores. ``memory_pos`` (1 or B, P, C) may be shorter than the memory when
-        the memory's positions repeat every P tokens (M a multiple of P). ``attn_mask`` as
-        :meth:`forward` takes it, bool (B·H, N, M), True = blocked (no row blocked everywhere).
+        the memory's positions repeat every P tokens (M a multiple of P); ``keys`` (B, M, C) is
+        memory + memory_pos already added, in its place, for a caller whose memory serves several
+        layers. ``attn_mask`` bool, True = blocked (no row blocked everywhere): (B·H, N, M) as
+        :meth:`forward` takes it, or (B, N, M) shared by the heads (added to the scores as a (B, 1, N, M)
+        -inf bias, one broadcast pass). Without gradients the key bias's share q_h · b_k,h, a constant
+        per score row, is left out: the softmax over the memory does not change with it.
         x (B, N, C), memory (B, M, C)."""
         attn = self.attn
         b, n, c = x.shape
@@ -227,14 +232,18 @@ class CrossAttentionLayer(nn.Module):
         (w_q, w_k, w_v), (b_q, b_k, b_v) = self._packed_projections("forward_few_queries")
         q = F.linear(_with_pos(x, pos), w_q, b_q).view(b, n, heads, dh) * dh ** -0.5  # (B, N, H, dh)
         folded = torch.einsum("bnhd,hdc->bhnc", q, w_k.view(heads, dh, c)).reshape(b, heads * n, c)
-        if memory_pos is not None and memory_pos.shape[1] == m:  # a position per token: one product
+        if keys is not None:
+            if memory_pos is not None:
+                raise ValueError("forward_few_queries takes keys or memory_pos, not both")
+            scores = folded @ keys.transpose(1, 2)  # (B, H·N, M)
+        elif memory_pos is not None and memory_pos.shape[1] == m:  # a position per token: one product
             scores = folded @ (memory + memory_pos).transpose(1, 2)  # (B, H·N, M)
             memory_pos = None
         else:
             scores = folded @ memory.transpose(1, 2)  # (B, H·N, M)
         # in place on the fresh scores below (autograd keeps none of them: the products keep their
         # inputs, softmax its output): one pass less each over the (B, H·N, M) tensor
-        if b_k is not None:
+        if b_k is not None and torch.is_grad_enabled() and b_k.requires_grad:  # (its gradient is ~0)
             scores.add_(torch.einsum("bnhd,hd->bhn", q, b_k.view(heads, dh)).reshape(b, heads * n, 1))
         if memory_pos is not None:
             period = memory_pos.shape[1]
@@ -242,8 +251,11 @@ class CrossAttentionLayer(nn.Module):
                 raise ValueError(f"memory_pos of {period} tokens does not repeat evenly over {m} tokens")
             at_pos = folded @ memory_pos.transpose(1, 2)  # (B, H·N, P)
             scores.view(b, heads * n, m // period, period).add_(at_pos[:, :, None])
-        if attn_mask is not None:  # (B·H, N, M) rows b·H + h: the (B, H·N, M) layout of the scores
+        if attn_mask is not None and attn_mask.shape[0] == b * heads:  # rows b·H + h: the scores' layout
             scores.masked_fill_(attn_mask.reshape(b, heads * n, m), float("-inf"))
+        elif attn_mask is not None:  # (B, N, M), every head alike
+            blocked = scores.new_zeros(b, 1, n, m).masked_fill_(attn_mask.view(b, 1, n, m), float("-inf"))
+            scores.view(b, heads, n, m).add_(blocked)
         probs = scores.softmax(dim=-1)
         read = (probs @ memory).view(b, heads, n, c)  # (B, H, N, C): Σ_m softmax · m, per head
         out = torch.einsum("bhnc,hdc->bnhd", read, w_v.view(heads, dh, c)).reshape(b, n, c)

@@ -58,9 +58,14 @@ def attention_mask_from_logits(mask_logits: Tensor, size: tuple[int, int], num_h
     logits = mask_logits.detach()
     if tuple(logits.shape[-2:]) != tuple(size):
         logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return _blocked(logits).repeat_interleave(num_heads, dim=0)  # (B*heads, N, h*w)
+
+
+def _blocked(logits: Tensor) -> Tensor:
+    """Mask logits (B, N, h, w) at the memory's size -> blocked positions (B, N, h·w), True where
+    sigmoid < 0.5, every position released for a query that would have none."""
     blocked = (logits.sigmoid() < 0.5).flatten(2)  # (B, N, h*w)
-    blocked = blocked & ~blocked.all(dim=-1, keepdim=True)  # release fully blocked queries
-    return blocked.repeat_interleave(num_heads, dim=0)  # (B*heads, N, h*w)
+    return blocked & ~blocked.all(dim=-1, keepdim=True)
 
 
 def _mask_logits(mask_embed: Tensor, features: Tensor) -> Tensor:
@@ -69,10 +74,18 @@ def _mask_logits(mask_embed: Tensor, features: Tensor) -> Tensor:
 
 
 def _resize_channels(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize (align_corners=False) of (B, D, H, W) maps, each channel as its own image: for
-    many channels torch's CPU kernel converts the maps to channels-last first, a slow copy (~20 ms for
-    256 x 112 x 200), which one-channel images avoid."""
+    """Bilinear resize (align_corners=False) of (B, D, H, W) maps. Shrinking by an even factor f on
+    both axes (the memory levels of a map padded to stride 32), output pixel i reads input pixels
+    f·i + f/2 - 1 and f·i + f/2 with weight 1/2 each: two strided sums give it, without the kernel's
+    per-pixel weights (~2x faster). Otherwise each channel is resized as its own image: for many channels
+    torch's CPU kernel converts the maps to channels-last first, a slow copy (~20 ms for 256 x 112 x 200),
+    which one-channel images avoid."""
     b, d, h, w = x.shape
+    f = h // size[0]
+    if f >= 2 and f % 2 == 0 and (h, w) == (f * size[0], f * size[1]):
+        a = f // 2 - 1
+        rows = x[:, :, a::f] + x[:, :, a + 1::f]  # (B, D, h', W): the two rows of each output row
+        return (rows[..., a::f] + rows[..., a + 1::f]).mul_(0.25)  # (B, D, h', w')
     out = F.interpolate(x.reshape(b * d, 1, h, w), size=tuple(size), mode="bilinear", align_corners=False)
     return out.view(b, d, *size)
 
@@ -151,14 +164,18 @@ class FrameQueryDecoder(nn.Module):
     checkpoint_layers = False  # recompute layers in backward (SSAModel.set_activation_checkpointing)
 
     def _layer(self, i: int, x: Tensor, memory: Tensor, memory_pos: Tensor, query_pos: Tensor,
-               attn_mask: Tensor, text: Tensor) -> Tensor:
-        """Layer i: masked cross-attention to ``memory`` → self-attention → text cross-attention → FFN."""
+               blocked: Tensor, text: Tensor, keys: Tensor | None = None) -> Tensor:
+        """Layer i: masked cross-attention to ``memory`` (positions ``memory_pos``, or ``keys`` = memory +
+        positions already added; ``blocked`` (B, N, M) True = masked) → self-attention → text
+        cross-attention → FFN."""
         cross = self.cross_attn_layers[i]
         if cross.dropout_active:
-            x = cross(x, memory, pos=query_pos, memory_pos=memory_pos, attn_mask=attn_mask)
-        else:  # the same sums, the key and value projections folded into the N queries
-            x = cross.forward_few_queries(x, memory, pos=query_pos, memory_pos=memory_pos,
-                                          attn_mask=attn_mask)
+            x = cross(x, memory, pos=query_pos, memory_pos=memory_pos,
+                      attn_mask=blocked.repeat_interleave(self.num_heads, dim=0))  # (B·H, N, M)
+        elif keys is not None:  # the same sums, the key and value projections folded into the N queries
+            x = cross.forward_few_queries(x, memory, pos=query_pos, keys=keys, attn_mask=blocked)
+        else:
+            x = cross.forward_few_queries(x, memory, pos=query_pos, memory_pos=memory_pos, attn_mask=blocked)
         x = self.self_attn_layers[i](x, pos=query_pos)
         x = self.text_attn_layers[i](x, text, pos=query_pos)
         return self.ffn_layers[i](x)  # (B, N, C)
@@ -201,11 +218,15 @@ class FrameQueryDecoder(nn.Module):
         class_preds.append(class_logits)
         mask_preds.append(mask_logits)
         query_preds.append(normed)
+        # memory + positions once per level, for the layers that read the level (without gradients: a
+        # checkpointed layer keeps only its inputs)
+        keys = ([m + p for m, p in zip(memories, positions, strict=True)]
+                if not torch.is_grad_enabled() else [None] * self.num_levels)
         for i in range(self.num_layers):
             level = i % self.num_levels
             level_logits = _mask_logits(mask_embed.detach(), level_features[level])  # (B, N, h_l, w_l)
-            attn_mask = attention_mask_from_logits(level_logits, sizes[level], self.num_heads)
-            args = (i, x, memories[level], positions[level], query_pos, attn_mask, text)
+            blocked = _blocked(level_logits)  # (B, N, h_l·w_l), as attention_mask_from_logits
+            args = (i, x, memories[level], positions[level], query_pos, blocked, text, keys[level])
             if self.checkpoint_layers and torch.is_grad_enabled():  # recompute the layer in backward
                 x = checkpoint(self._layer, *args, use_reentrant=False)
             else:
