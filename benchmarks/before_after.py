@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (module, attribute path) swapped between the variants
 SWAPS = [
     (ssa.modeling.fusion, "_BiAttention.forward"),
+    (ssa.modeling.fusion, "TextFusionBlock.forward"),
     (ssa.modeling.adapter, "SemanticAlignmentAdapter.forward"),
     (ssa.modeling.pixel_decoder, "MSDeformAttn.forward"),
     (ssa.modeling.pixel_decoder, "MSDeformAttn._sample_on_cpu"),
@@ -54,6 +55,7 @@ SWAPS = [
     (ssa.modeling.pixel_decoder, "PixelDecoder.forward"),
     (ssa.modeling.frame_decoder, "FrameQueryDecoder.forward"),
     (ssa.modeling.frame_decoder, "FrameQueryDecoder._layer"),
+    (ssa.modeling.common, "CrossAttentionLayer.forward_few_queries"),
 ]
 
 

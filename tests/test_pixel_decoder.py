@@ -441,3 +441,24 @@ def test_ffn_under_autocast_keeps_the_residual_sum_in_float32():
         out = ffn(x)
         expected = ffn.norm(x + ffn.linear2(torch.relu(ffn.linear1(x))))
     assert torch.equal(out, expected)
+
+
+def test_fusion_block_one_token_inference_equals_the_block(monkeypatch):
+    """At inference with a sentence of one token, the fusion block folds γ_v Δv into LN_v's bias (one
+    row) or adds it in place (several rows) and reads v̄ through the shift: the same outputs as the
+    block's general path, which runs when gradients are recorded."""
+    from ssa.modeling.fusion import TextFusionBlock
+
+    g = torch.Generator().manual_seed(21)
+    block = TextFusionBlock(16, 32, heads=4).eval()
+    _randomize(block, g)
+    calls = _count_calls(monkeypatch, TextFusionBlock, "_forward_one_token")
+    for runs, batch in enumerate((1, 3), start=1):
+        visual, text = torch.randn(batch, 40, 16, generator=g), torch.randn(batch, 1, 16, generator=g)
+        general = block(visual.clone().requires_grad_(), text)  # records gradients: the general path
+        with torch.no_grad():
+            fast = block(visual, text)
+        assert len(calls) == runs  # the no-grad runs only
+        for a, b in zip(fast, general, strict=True):
+            torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=1e-5)
+        assert (fast[1] - block.layer_norm_l(text)).abs().max() > 1e-2  # the sentence read the tokens

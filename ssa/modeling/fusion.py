@@ -72,7 +72,8 @@ class _BiAttention(nn.Module):
             delta_v = self.out_v_proj(delta_v)
         return delta_v, self.out_l_proj(delta_l)
 
-    def _forward_factored(self, v: Tensor, l: Tensor) -> tuple[Tensor | None, Tensor]:
+    def _forward_factored(self, v: Tensor, l: Tensor, shift: Tensor | None = None
+                          ) -> tuple[Tensor | None, Tensor]:
         """:meth:`forward` without dropout, with every projection of the S visual tokens folded into
         the L text tokens' side (the same sums in another order, equal up to float rounding):
 
@@ -81,7 +82,12 @@ class _BiAttention(nn.Module):
             Δl_h = softmax_S(A_hᵀ) (v W_vv,hᵀ + b_vv,h) = (softmax_S(A_hᵀ) v) W_vv,hᵀ + b_vv,h
 
         so no (S, E) tensor is formed: the visual side costs O(S·C·h·L) instead of O(S·C·E). With one
-        text token, Δv is the same for every visual token and comes back as (B, 1, C), broadcast."""
+        text token, Δv is the same for every visual token and comes back as (B, 1, C), broadcast.
+
+        ``shift`` (B, 1, C): v holds v̄ + shift, a constant per row (the caller added γ_v Δv already, see
+        :meth:`TextFusionBlock._forward_one_token`). The shift adds shift · W_q,hᵀ k_h to a column of the
+        logits, the same for every token, which the softmax over the tokens does not see; the read
+        subtracts shift (the softmax's weights sum to 1). Δv is then left to the caller (None)."""
         b, s, c = v.shape
         n, h, d = l.shape[1], self.heads, self.head_dim
         k = self._split(self.l_proj(l)) * d ** -0.5  # (B, h, L, d)
@@ -92,20 +98,31 @@ class _BiAttention(nn.Module):
         logits = logits.view(b, s, h, n)
         probs_l = logits.flatten(2).transpose(1, 2).softmax(dim=-1)  # (B, h·L, S) over the tokens
         read = (probs_l @ v).view(b, h, n, c)  # (B, h, L, C) = softmax_S(A_hᵀ) v
+        if shift is not None:
+            read = read - shift[:, None]  # (B, 1, 1, C): the read of v̄
         w_vv = self.values_v_proj.weight.view(h, d, c)
         delta_l = torch.einsum("bhlc,hdc->blhd", read, w_vv) + self.values_v_proj.bias.view(h, d)
         delta_l = self.out_l_proj(delta_l.flatten(2))  # (B, L, C)
         delta_v = None
-        if self.to_visual:
-            u = self._split(self.values_l_proj(l))  # (B, h, L, d)
-            w_ov = self.out_v_proj.weight.view(c, h, d)  # (C, h, d)
-            per_key = torch.einsum("bhld,chd->bhlc", u, w_ov).flatten(1, 2)  # (B, h·L, C)
+        if self.to_visual and shift is None:
+            per_key = self._per_key(l)  # (B, h·L, C)
             if n == 1:  # one key: softmax_l is exactly 1, every token gets the same Δv, (B, 1, C)
                 delta_v = per_key.sum(1, keepdim=True) + self.out_v_proj.bias
             else:
                 probs_v = logits.softmax(dim=-1).flatten(2)  # (B, S, h·L) over the keys
                 delta_v = probs_v @ per_key + self.out_v_proj.bias  # (B, S, C)
         return delta_v, delta_l
+
+    def _per_key(self, l: Tensor) -> Tensor:
+        """W_ov,h u_h for each head h and text token (u_h = (W_vl l)_h): (B, h·L, C)."""
+        u = self._split(self.values_l_proj(l))  # (B, h, L, d)
+        w_ov = self.out_v_proj.weight.view(-1, self.heads, self.head_dim)  # (C, h, d)
+        return torch.einsum("bhld,chd->bhlc", u, w_ov).flatten(1, 2)
+
+    def delta_v_one_key(self, l: Tensor) -> Tensor:
+        """Δv for a text of one token (B, 1, C) (normalised): the softmax over one key is exactly 1, so
+        every visual token gets Σ_h W_ov,h u_h + b_ov, (B, 1, C)."""
+        return self._per_key(l).sum(1, keepdim=True) + self.out_v_proj.bias
 
 
 class TextFusionBlock(nn.Module):
@@ -127,7 +144,32 @@ class TextFusionBlock(nn.Module):
 
     def forward(self, visual: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         """visual (B, S, C), text (B, L, C) → both updated, same shapes."""
+        if self._one_token_inference(visual, text):
+            return self._forward_one_token(visual, text)
         v, l = self.layer_norm_v(visual), self.layer_norm_l(text)
         delta_v, delta_l = self.attn(v, l)
         visual = v + self.gamma_v * delta_v if delta_v is not None else visual
         return visual, l + self.gamma_l * delta_l
+
+    def _one_token_inference(self, visual: Tensor, text: Tensor) -> bool:
+        """Whether :meth:`_forward_one_token` computes this call: a sentence of one token, both
+        directions, no attention dropout, nothing to differentiate."""
+        if text.shape[1] != 1 or not self.bidirectional or (self.training and self.attn.dropout > 0):
+            return False
+        return not torch.is_grad_enabled() or not (
+            visual.requires_grad or text.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def _forward_one_token(self, visual: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` for a sentence of one token at inference, the same sums: Δv is then one vector
+        per row (the text side alone gives it), so for one row γ_v Δv joins LN_v's bias and the visual
+        update costs no pass of its own over the (1, S, C) tokens; the attention reads v̄ through the
+        shift."""
+        l = self.layer_norm_l(text)  # (B, 1, C)
+        shift = self.gamma_v * self.attn.delta_v_one_key(l)  # (B, 1, C): γ_v Δv
+        norm = self.layer_norm_v
+        if visual.shape[0] == 1:  # (1, S, C): v̄ + γ_v Δv
+            v = F.layer_norm(visual, norm.normalized_shape, norm.weight, norm.bias + shift[0, 0], norm.eps)
+        else:  # a shift per row: added in place on LN_v's fresh output
+            v = norm(visual).add_(shift)
+        _, delta_l = self.attn._forward_factored(v, l, shift)
+        return v, l + self.gamma_l * delta_l
