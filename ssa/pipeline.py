@@ -274,8 +274,10 @@ class SSAPipeline:
     def _chunks(self, video: Any, options: dict[str, Any], call: _Call, progress: bool, desc: str,
                 total: int | None = None) -> Iterator[_Chunk]:
         """Chunks of ``chunk_size`` decoded and preprocessed frames. Decoding and preprocessing run on a
-        background thread, up to ``prefetch`` chunks ahead, so that they overlap with the model.
-        ``desc`` and ``total`` (frames, when known) label the progress bar."""
+        background thread, up to ``prefetch`` chunks ahead, so that they overlap with the model. The
+        first chunk is one frame batch (one frame on a CPU), so that the model starts as soon as that is
+        decoded rather than after a whole chunk. ``desc`` and ``total`` (frames, when known) label the
+        progress bar."""
         from ssa.io import iter_frames
 
         timer = self.timer
@@ -283,12 +285,13 @@ class SSAPipeline:
         def produce() -> Iterator[_Chunk]:
             frames = iter_frames(video, **options)
             done = False
+            size = self.frame_batch
             while not done:
                 chunk: list[Any] = []
                 start = time.perf_counter()
                 for frame in frames:
                     chunk.append(frame)
-                    if len(chunk) == self.chunk_size:
+                    if len(chunk) == size:
                         break
                 else:
                     done = True
@@ -296,6 +299,7 @@ class SSAPipeline:
                     timer.add("decode", time.perf_counter() - start)
                 if not chunk:
                     return
+                size = self.chunk_size
                 start = time.perf_counter()
                 pixels = preprocess_frames([f.image for f in chunk], call.short_side, self.config.max_size)
                 if timer is not None:

@@ -276,3 +276,16 @@ def test_progress_bars_have_totals_and_named_phases(pipe, video_file, capsys, tm
     result.save_overlay(tmp_path / "ov.mp4", progress=True)
     bars = _bars(capsys.readouterr().err)
     assert f"{T // 2}/{T // 2}" in bars["writing"] and f"{T // 2}/{T // 2}" in bars["overlay"]
+
+
+@pytest.mark.parametrize("frame_batch, expected", [(None, [1, 8, 8, 8, 5]), (8, [8, 8, 8, 6])])
+def test_the_first_chunk_is_one_frame_batch(frame_batch, expected, monkeypatch):
+    """The model starts on the first frame batch (one frame on a CPU) instead of waiting for a whole
+    chunk to be decoded; later chunks are ``chunk_size`` frames."""
+    pipe = SSAPipeline(build("ssa-tiny"), device="cpu", chunk_size=8, frame_batch=frame_batch)
+    sizes = []
+    original = pipe.model.encode_video
+    monkeypatch.setattr(pipe.model, "encode_video",
+                        lambda pixels, *a, **k: sizes.append(pixels.shape[0]) or original(pixels, *a, **k))
+    pipe(moving_square_frames(), "a square", progress=False)
+    assert sizes == expected
