@@ -83,6 +83,35 @@ def test_paired_ratio_to_floor():
     assert out["ratio_to_floor_paired"] == pytest.approx(1.25)
 
 
+def test_ratio_to_floor_in_run():
+    """Each repeat against the CLIP stages' rate inside the same run, for the first E and for each further
+    expression (its extra seconds against its extra FLOPs at the E=2 run's own CLIP rate)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from pipeline import summarize
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    one = {s: 0.0 for s in STAGES}
+    one.update(clip_visual=100e9, pixel_decoder=20e9)  # 1.2 x the CLIP's FLOPs
+    two = {s: 0.0 for s in STAGES}
+    two.update(clip_visual=180e9, pixel_decoder=40e9)  # the second expression: +80 + 20 GFLOP
+    runs = {
+        1: {"wall": 15.0, "stages": {s: 1.0 for s in STAGES} | {"clip_visual": 10.0}, "flops": one,
+            "wall_per_repeat": [12.0, 15.0, 18.0], "clip_in_run_per_repeat": [10.0, 10.0, 12.0]},
+        2: {"wall": 30.0, "stages": {s: 1.0 for s in STAGES} | {"clip_visual": 18.0}, "flops": two,
+            "wall_per_repeat": [24.0, 30.0, 33.0], "clip_in_run_per_repeat": [18.0, 18.0, 27.0]},
+    }
+    out = summarize({"runs": runs})
+    # floors 12, 12, 14.4 s (120 GFLOP at 10, 10, 8.33 GFLOP/s)
+    assert out["ratio_to_floor_in_run_per_repeat"] == pytest.approx([1.0, 1.25, 1.25])
+    assert out["ratio_to_floor_in_run"] == pytest.approx(1.25)
+    assert out["clip_in_run_gflop_per_s"] == pytest.approx(10.0)
+    extra = out["per_expression"][2]
+    # +100 GFLOP at 10, 10, 6.67 GFLOP/s: floors 10, 10, 15 s for +12, +15, +15 s
+    assert extra["ratio_to_floor_in_run_per_repeat"] == pytest.approx([1.2, 1.5, 1.0])
+    assert extra["ratio_to_floor_in_run"] == pytest.approx(1.2)
+
+
 def test_memory_sweep_in_fresh_processes(tmp_path):
     report = _run(tmp_path, "--sweep-frames", "3", "7", "--stream", "--expressions", "1",
                   "--malloc-mmap-threshold", "131072")
