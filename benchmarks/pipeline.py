@@ -232,7 +232,8 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                      reach inside that same run (timed by hooks, interleaved frame by frame with the other
                      stages): drift within a repeat cancels too. Inside a run the trunk shares the caches
                      with the other stages, so its rate can sit a little below the pass alone's (a more
-                     lenient floor) or, with the machine's noise, above it
+                     lenient floor) or, with the machine's noise, above it. For each further expression:
+                     (E's seconds x its CLIP stages' FLOP/s - the first run's, likewise) / the extra FLOPs
     per_stage        {stage: {"s", "gflop", "gflop_per_s"}}
     per_expression   each expression beyond the first: its extra seconds, extra GFLOP, its own floor
                      (extra FLOPs at the CLIP's throughput), ratio_to_floor, and its time and FLOP shares
@@ -282,9 +283,13 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                 row.update(floor_s=extra / rate, ratio_to_floor=extra_s / (extra / rate))
             walls, clips = runs[e].get("wall_per_repeat"), runs[e].get("clip_in_run_per_repeat")
             if walls and clips and len(walls) == len(first.get("wall_per_repeat", [])):
-                # per repeat: the extra seconds against the extra FLOPs at the CLIP's rate inside the run
-                ratios = [(w - w1) / n / (extra * c / runs[e]["flops"]["clip_visual"])
-                          for w, w1, c in zip(walls, first["wall_per_repeat"], clips, strict=True)]
+                # per repeat, each run's seconds times its own CLIP stages' FLOP/s (the FLOPs it would
+                # have done at that rate, so a machine faster in one run than in the other cancels);
+                # the difference against the extra FLOPs
+                clip_e, clip_1 = runs[e]["flops"]["clip_visual"], flops["clip_visual"]
+                ratios = [(w * clip_e / c - w1 * clip_1 / c1) / n / extra
+                          for w, c, w1, c1 in zip(walls, clips, first["wall_per_repeat"],
+                                                  first["clip_in_run_per_repeat"], strict=True)]
                 row.update(ratio_to_floor_in_run_per_repeat=ratios,
                            ratio_to_floor_in_run=statistics.median(ratios))
         out["per_expression"][e] = row
