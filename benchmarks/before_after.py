@@ -50,6 +50,8 @@ SWAPS = [
     (ssa.modeling.adapter, "SemanticAlignmentAdapter.forward"),
     (ssa.modeling.pixel_decoder, "MSDeformAttn.forward"),
     (ssa.modeling.pixel_decoder, "MSDeformAttn._sample_on_cpu"),
+    (ssa.modeling.pixel_decoder, "MSDeformAttn._sample_chunk"),
+    (ssa.modeling.pixel_decoder, "DeformableEncoderLayer._forward_in_query_chunks"),
     (ssa.modeling.pixel_decoder, "DeformableEncoderLayer.forward"),
     (ssa.modeling.common, "FFNLayer.forward"),
     (ssa.modeling.pixel_decoder, "PixelDecoder.forward"),

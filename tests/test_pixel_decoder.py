@@ -462,3 +462,20 @@ def test_fusion_block_one_token_inference_equals_the_block(monkeypatch):
         for a, b in zip(fast, general, strict=True):
             torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=1e-5)
         assert (fast[1] - block.layer_norm_l(text)).abs().max() > 1e-2  # the sentence read the tokens
+
+
+def test_sampling_softmax_with_the_chunks_largest_logit():
+    """The sampling's softmax shifts by the chunk's largest logit: the same as each head's own softmax,
+    also for heads whose logits all lie far below that largest one (they take the per-head shift)."""
+    from ssa.modeling.common import softmax_last
+    from ssa.modeling.pixel_decoder import _softmax_per_head
+
+    g = torch.Generator().manual_seed(23)
+    wide = torch.randn(50, 3 * 96, generator=g) * 4  # (R, 3n): x | y | logits, as the product gives them
+    logits = wide[:, 192:]
+    for case in (logits, torch.cat([logits[:10] - 150.0, logits[10:]])):
+        out = _softmax_per_head(case, 8)
+        assert out.shape == (50, 96) and out.is_contiguous()
+        expected = softmax_last(case.reshape(50, 8, 12)).view(50, 96)
+        torch.testing.assert_close(out, expected, atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(out.view(50, 8, 12).sum(-1), torch.ones(50, 8))

@@ -316,13 +316,13 @@ class MSDeformAttn(nn.Module):
         """The sampling of :meth:`forward` for CPU inference, before the output projection, for one
         chunk of one batch row's queries: query (R, C), reference_points (R, L, 2). The positions come
         straight in pixels (p_q·(W_l, H_l) - 0.5 + Δp) from the product, the softmax over a head's L·P
-        samples is :func:`~ssa.modeling.common.softmax_last`, and every elementwise step reads
+        samples is :func:`_softmax_per_head`, and every elementwise step reads
         contiguous blocks of n = M·L·P columns. Returns (R, C)."""
         r = query.shape[0]
         n = self.num_heads * self.num_levels * self.num_points
         both = torch.addmm(plan.bias, query, plan.weight)  # (R, 3n): x | y | attention logits
         both.addmm_(reference_points.reshape(r, -1).to(both.dtype), plan.to_pixels)
-        attention = softmax_last(both[:, 2 * n:].view(r, self.num_heads, -1)).view(r, n)
+        attention = _softmax_per_head(both[:, 2 * n:], self.num_heads)  # (R, n)
         out = _gather_bilinear(plan.table, plan.grid, both[:, :n], both[:, n:2 * n], attention,
                                batch_index * plan.rows_per_batch)  # (R·M, D)
         return out.view(r, self.dim)
@@ -339,6 +339,20 @@ class MSDeformAttn(nn.Module):
                 sampled = self._sample_chunk(plan, query[i, part], reference_points[i, part], i)
                 torch.addmm(self.output_proj.bias, sampled, self.output_proj.weight.t(), out=out[i, part])
         return out
+
+
+def _softmax_per_head(logits: Tensor, heads: int) -> Tensor:
+    """The softmax over each head's L·P attention logits of R queries, (R, M·L·P) -> the same shape,
+    contiguous. The exponentials are shifted by the chunk's largest logit rather than each head's own (one
+    reduction over the chunk instead of R·M short ones: ~2x faster; the softmax does not change with
+    the shift). Where that leaves a head's sum below 1e-30 (all its logits ~69 below the chunk's
+    largest), each head's own largest logit is used, as :func:`~ssa.modeling.common.softmax_last` does."""
+    r = logits.shape[0]
+    e = (logits - logits.max()).exp_().view(r, heads, -1)  # (R, M, L·P), every entry <= 1
+    total = e.sum(dim=-1, keepdim=True)
+    if bool(total.min() < 1e-30):
+        return softmax_last(logits.reshape(r, heads, -1)).view(r, -1)
+    return e.div_(total).view(r, -1)
 
 
 class _SamplingPlan(NamedTuple):
