@@ -263,11 +263,10 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         if walls and clips and len(walls) == len(clips):
             # each repeat against its own CLIP pass (run right before or after it): the machine's drift
             # between repeats cancels
-            out["ratio_to_floor_per_repeat"] = [w / (sum(flops.values()) * c / flops["clip_visual"])
-                                                for w, c in zip(walls, clips, strict=True)]
+            out["ratio_to_floor_per_repeat"] = _ratios_to_floor(walls, clips, flops)
             out["ratio_to_floor_paired"] = statistics.median(out["ratio_to_floor_per_repeat"])
     if flops is not None and first.get("clip_in_run_per_repeat"):
-        in_run = _in_run_ratios(first, flops)
+        in_run = _ratios_to_floor(first["wall_per_repeat"], first["clip_in_run_per_repeat"], flops)
         out["ratio_to_floor_in_run_per_repeat"] = in_run
         out["ratio_to_floor_in_run"] = statistics.median(in_run)
         out["clip_in_run_gflop_per_s"] = flops["clip_visual"] / first["stages"]["clip_visual"] / 1e9
@@ -296,11 +295,11 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _in_run_ratios(run: dict[str, Any], flops: dict[str, float]) -> list[float]:
-    """Each repeat's end to end / its floor at the GFLOP/s of that repeat's own CLIP stages."""
+def _ratios_to_floor(walls: list[float], clips: list[float], flops: dict[str, float]) -> list[float]:
+    """Each repeat's end to end / its floor: the run's FLOPs at the rate of that repeat's CLIP time
+    (the pass alone's, or the CLIP stages' inside the run)."""
     total = sum(flops.values())
-    return [w / (total * c / flops["clip_visual"])
-            for w, c in zip(run["wall_per_repeat"], run["clip_in_run_per_repeat"], strict=True)]
+    return [w / (total * c / flops["clip_visual"]) for w, c in zip(walls, clips, strict=True)]
 
 
 def _video_size(video: str) -> tuple[int, int]:

@@ -17,6 +17,16 @@ def _layer(seed: int, dim: int = 16, heads: int = 4) -> CrossAttentionLayer:
     return layer
 
 
+def _output_and_gradients(seed: int, x: torch.Tensor, run) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``run(layer, x)`` on a fresh layer ``_layer(seed)``, backward of the squared sum: the output and the
+    gradients of x and of every parameter."""
+    layer = _layer(seed)
+    xg = x.clone().requires_grad_()
+    out = run(layer, xg)
+    out.square().sum().backward()
+    return out.detach(), [xg.grad, *(p.grad for p in layer.parameters())]
+
+
 def test_few_queries_path_equals_the_attention():
     """``forward_few_queries`` (key/value projections folded into the queries) equals the attention,
     with query positions and memory positions that repeat every P tokens (the video decoder's slots)."""
@@ -64,21 +74,16 @@ def test_few_queries_path_takes_the_attention_mask():
     pos, memory_pos = torch.randn(1, 3, 16, generator=g), torch.randn(1, 20, 16, generator=g)
     mask = torch.rand(2 * 4, 3, 20, generator=g) < 0.6  # 4 heads
     mask[:, :, 0] = False  # no row blocked everywhere
-    grads, outs = [], []
-    for folded in (False, True):
-        layer = _layer(10)
-        xg = x.clone().requires_grad_()
-        run = layer.forward_few_queries if folded else layer.forward
-        out = run(xg, memory, pos=pos, memory_pos=memory_pos, attn_mask=mask)
-        out.square().sum().backward()
-        outs.append(out.detach())
-        grads.append([xg.grad, *(p.grad for p in layer.parameters())])
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
-    for plain, fast in zip(*grads, strict=True):
-        torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
+    kwargs = {"pos": pos, "memory_pos": memory_pos, "attn_mask": mask}
+    plain, plain_grads = _output_and_gradients(10, x, lambda layer, xq: layer(xq, memory, **kwargs))
+    fast, fast_grads = _output_and_gradients(
+        10, x, lambda layer, xq: layer.forward_few_queries(xq, memory, **kwargs))
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    for a, b in zip(plain_grads, fast_grads, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     with torch.no_grad():  # the mask matters
         unmasked = _layer(10).forward_few_queries(x, memory, pos=pos, memory_pos=memory_pos)
-    assert (unmasked - outs[1]).abs().max() > 1e-2
+    assert (unmasked - fast).abs().max() > 1e-2
 
 
 def test_few_queries_path_with_keys_and_a_mask_shared_by_the_heads():
@@ -91,23 +96,18 @@ def test_few_queries_path_with_keys_and_a_mask_shared_by_the_heads():
     shared = torch.rand(2, 3, 20, generator=g) < 0.6
     shared[:, :, 0] = False
     per_head = shared.repeat_interleave(4, dim=0)  # (B·H, N, M), 4 heads
-    outs, grads = [], []
-    for kwargs in ({"memory_pos": memory_pos, "attn_mask": per_head},
-                   {"keys": memory + memory_pos, "attn_mask": shared}):
-        layer = _layer(12)
-        xg = x.clone().requires_grad_()
-        out = layer.forward_few_queries(xg, memory, pos=pos, **kwargs)
-        out.square().sum().backward()
-        outs.append(out.detach())
-        grads.append([xg.grad, *(p.grad for p in layer.parameters())])
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
-    for a, b in zip(*grads, strict=True):
+    per_head_run = _output_and_gradients(12, x, lambda layer, xq: layer.forward_few_queries(
+        xq, memory, pos=pos, memory_pos=memory_pos, attn_mask=per_head))
+    shared_run = _output_and_gradients(12, x, lambda layer, xq: layer.forward_few_queries(
+        xq, memory, pos=pos, keys=memory + memory_pos, attn_mask=shared))
+    torch.testing.assert_close(shared_run[0], per_head_run[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(per_head_run[1], shared_run[1], strict=True):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     layer = _layer(12)
     with torch.no_grad():
         inference = layer.forward_few_queries(x, memory, pos=pos, keys=memory + memory_pos, attn_mask=shared)
         unmasked = layer.forward_few_queries(x, memory, pos=pos, keys=memory + memory_pos)
-    torch.testing.assert_close(inference, outs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inference, per_head_run[0], atol=1e-5, rtol=1e-5)
     assert (unmasked - inference).abs().max() > 1e-2  # the shared mask matters
     with pytest.raises(ValueError, match="not both"):
         layer.forward_few_queries(x, memory, keys=memory, memory_pos=memory_pos)

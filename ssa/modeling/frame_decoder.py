@@ -172,10 +172,9 @@ class FrameQueryDecoder(nn.Module):
         if cross.dropout_active:
             x = cross(x, memory, pos=query_pos, memory_pos=memory_pos,
                       attn_mask=blocked.repeat_interleave(self.num_heads, dim=0))  # (B·H, N, M)
-        elif keys is not None:  # the same sums, the key and value projections folded into the N queries
-            x = cross.forward_few_queries(x, memory, pos=query_pos, keys=keys, attn_mask=blocked)
-        else:
-            x = cross.forward_few_queries(x, memory, pos=query_pos, memory_pos=memory_pos, attn_mask=blocked)
+        else:  # the same sums, the key and value projections folded into the N queries
+            x = cross.forward_few_queries(x, memory, pos=query_pos, keys=keys, attn_mask=blocked,
+                                          memory_pos=memory_pos if keys is None else None)
         x = self.self_attn_layers[i](x, pos=query_pos)
         x = self.text_attn_layers[i](x, text, pos=query_pos)
         return self.ffn_layers[i](x)  # (B, N, C)

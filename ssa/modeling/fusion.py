@@ -105,12 +105,11 @@ class _BiAttention(nn.Module):
         delta_l = self.out_l_proj(delta_l.flatten(2))  # (B, L, C)
         delta_v = None
         if self.to_visual and shift is None:
-            per_key = self._per_key(l)  # (B, h·L, C)
             if n == 1:  # one key: softmax_l is exactly 1, every token gets the same Δv, (B, 1, C)
-                delta_v = per_key.sum(1, keepdim=True) + self.out_v_proj.bias
+                delta_v = self.delta_v_one_key(l)
             else:
                 probs_v = logits.softmax(dim=-1).flatten(2)  # (B, S, h·L) over the keys
-                delta_v = probs_v @ per_key + self.out_v_proj.bias  # (B, S, C)
+                delta_v = probs_v @ self._per_key(l) + self.out_v_proj.bias  # (B, S, C)
         return delta_v, delta_l
 
     def _per_key(self, l: Tensor) -> Tensor:
