@@ -13,6 +13,7 @@ from PIL import Image
 from ssa.preprocessing import (
     PIXEL_MEAN,
     PIXEL_STD,
+    FramePreprocessor,
     normalize,
     preprocess_frames,
     resize_frame,
@@ -246,3 +247,30 @@ def test_preprocess_frames_rejects_bad_inputs() -> None:
         preprocess_frames(np.stack([good, good]), 448, 1333)
     with pytest.raises(ValueError, match="positive int"):
         preprocess_frames([good], 0, 1333)
+
+
+# --- FramePreprocessor --------------------------------------------------------------------------------
+def test_frame_preprocessor_gives_the_pixels_of_preprocess_frames_chunk_by_chunk() -> None:
+    frames = [_gradient_frame(45, 70, seed=i) for i in range(5)]
+    prep = FramePreprocessor(32, 1333)
+    parts = []
+    for chunk in (frames[:1], frames[1:4], frames[4:]):
+        for frame in chunk:
+            prep.add(frame)
+        parts.append(prep.take())
+    assert [p.shape[0] for p in parts] == [1, 3, 1] and prep.count == 5 and prep.size == (45, 70)
+    torch.testing.assert_close(torch.cat(parts), preprocess_frames(frames, 32, 1333), rtol=0, atol=0)
+
+
+def test_frame_preprocessor_checks_every_frame_against_the_first() -> None:
+    prep = FramePreprocessor(32, 1333)
+    with pytest.raises(ValueError, match="no frame was added"):
+        prep.take()
+    prep.add(_gradient_frame(45, 70))
+    prep.take()
+    with pytest.raises(ValueError, match="frame 0 is 45x70.*frame 1 is 46x70"):
+        prep.add(_gradient_frame(46, 70))  # a later chunk, still the same video
+    with pytest.raises(TypeError, match="frame 1 must have dtype uint8"):
+        prep.add(_gradient_frame(45, 70).astype(np.float32))
+    with pytest.raises(ValueError, match="short_side must be a positive int"):
+        FramePreprocessor(0, 1333)

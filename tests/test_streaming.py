@@ -3,6 +3,8 @@ timer used by benchmarks/pipeline.py."""
 
 from __future__ import annotations
 
+import platform
+import sys
 import threading
 
 import numpy as np
@@ -12,6 +14,7 @@ from conftest import build
 
 from ssa import SSAPipeline
 from ssa.pipeline import FrameMasks
+from ssa.preprocessing import preprocess_frames
 from ssa.profiling import STAGES, PeakMemory, StageTimer
 
 
@@ -114,3 +117,42 @@ def test_stage_timer_covers_every_stage(model):
     assert pipe.timer is None
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before
     assert memory.peak > 10 * 2**20 and memory.samples
+
+
+def test_chunks_carry_model_size_pixels_not_the_decoded_frames(model):
+    """The decoding thread resizes each frame as it is decoded: the queue holds model-size pixels and
+    frame metadata, never the full-size frames (prefetch × chunk_size of them at 720p: ~130 MB)."""
+    from ssa.pipeline import _Call
+
+    pipe = SSAPipeline(model, device="cpu", chunk_size=4)
+    frames = two_squares(9)
+    options = {"stride": 1, "fps": None, "start": None, "end": None, "max_frames": None}
+    call = _Call("single", 0.5, model.config.image_size, None)
+    chunks = list(pipe._chunks(frames, options, call, False, "test"))
+    assert [len(c.frames) for c in chunks] == [1, 4, 4]  # the first chunk is one frame batch
+    assert all(c.size == (45, 70) for c in chunks)
+    assert [f.name for c in chunks for f in c.frames] == [f"{i:05d}" for i in range(9)]
+    assert not any(hasattr(f, "image") for c in chunks for f in c.frames)
+    torch.testing.assert_close(torch.cat([c.pixels for c in chunks]),
+                               preprocess_frames(frames, model.config.image_size, model.config.max_size),
+                               rtol=0, atol=0)
+
+
+def test_free_heap_is_released_after_every_chunk(model, monkeypatch):
+    import ssa.pipeline as pipeline_module
+
+    released = []
+    monkeypatch.setattr(pipeline_module, "_release_free_heap", lambda: released.append(1))
+    pipe = SSAPipeline(model, device="cpu", chunk_size=4)
+    list(pipe.stream(two_squares(9), "a square", progress=False))
+    assert len(released) == 2 * 3  # both passes, chunks of 1, 4, 4 frames
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc_trim is glibc's")
+def test_release_free_heap_uses_glibc_malloc_trim():
+    from ssa.pipeline import _malloc_trim, _release_free_heap
+
+    assert _malloc_trim() is not None
+    assert _malloc_trim()(0) in (0, 1)
+    _release_free_heap()
