@@ -18,7 +18,7 @@ expressions and let callers chunk the per-frame stages over time.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -249,24 +249,24 @@ class SSAModel(PretrainedMixin, nn.Module):
             return self.pixel_decoder([f.float() for f in features], sentence.float())
 
     def _rows(self, visual: VisualFeatures, text: TextFeatures, clip_index: Tensor,
-              row_chunk: int | None) -> list[tuple[PixelDecoderOutput, Tensor | None]]:
-        """Stages 1-3 with adapters and the pixel decoder, per slice of rows."""
+              row_chunk: int | None) -> Iterator[tuple[PixelDecoderOutput, Tensor | None]]:
+        """Stages 1-3 with adapters and the pixel decoder, per slice of rows, one slice at a time: the
+        caller is done with a slice's multi-scale maps before the next slice is computed."""
         rows, pair_of_row = self._pair_rows(visual, text, clip_index)
         device = visual.stem.device
         words, word_mask = text.words.to(device), text.word_mask.to(device)
         sentence = text.sentence.to(device)
         resized = self.text_resizer(sentence)[:, None]  # (P, 1, C), once per pair
-        out = []
         for r in _row_slices(pair_of_row.shape[0], row_chunk):
             pair = pair_of_row[r]
             stem = visual.stem[r] if rows is None else visual.stem[rows[r]]
             features, weights = self.encode_stages(stem, words[pair], word_mask[pair], sentence[pair])
             pixels = self.decode_pixels(features, resized[pair])
+            del features
             if visual.motion is not None:  # experimental: not in the official network
                 motion = visual.motion[r] if rows is None else visual.motion[rows[r]]
                 pixels = self._add_motion(pixels, motion)
-            out.append((pixels, weights))
-        return out
+            yield pixels, weights
 
     def _add_motion(self, pixels: PixelDecoderOutput, motion: Tensor) -> PixelDecoderOutput:
         """The experimental motion features added to one slice of rows' pixel-decoder output."""
@@ -298,6 +298,7 @@ class SSAModel(PretrainedMixin, nn.Module):
         for pd, weights in self._rows(visual, text, clip_index, row_chunk):
             dec = self.frame_decoder(pd.text, pd.multi_scale, pd.mask_features, masks=frame_masks)
             parts.append((pd.video_mask_features, pd.text[:, 0], dec, weights))
+            del pd  # the slice's multi-scale maps and frame mask features go before the next slice
         mask_features = torch.cat([m for m, _, _, _ in parts])  # (P·T, Cm, H/4, W/4)
         sentences = torch.cat([s for _, s, _, _ in parts])  # (P·T, C)
         dec = _cat_rows([d for _, _, d, _ in parts])
