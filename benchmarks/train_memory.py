@@ -72,23 +72,34 @@ def surrogate_loss(out: Any) -> torch.Tensor:
 
 class SavedBytes:
     """Bytes of the tensors autograd saves while entered, each storage once, parameters excluded; and
-    per segment (a module's forward, from ``segments``) the bytes first saved inside it."""
+    per kind of segment (``segments``: the callables that activation checkpointing runs as one
+    segment, as (owner, method name)) the bytes first saved inside each call."""
 
-    def __init__(self, model: nn.Module, segments: dict[str, list[tuple[nn.Module, nn.Module]]]) -> None:
+    def __init__(self, model: nn.Module, segments: dict[str, list[tuple[Any, str]]]) -> None:
         self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         self.seen: set[int] = set()
         self.total = 0
         self.segment_bytes: dict[str, list[int]] = {name: [] for name in segments}
-        self._handles = []
-        for name, pairs in segments.items():
-            for first, last in pairs:
-                self._span(name, first, last)
+        self._wrapped: list[tuple[Any, str]] = []
+        for name, methods in segments.items():
+            for owner, method in methods:
+                self._wrap(name, owner, method)
 
-    def _span(self, name: str, first: nn.Module, last: nn.Module) -> None:
-        start: list[int] = []
-        self._handles.append(first.register_forward_pre_hook(lambda *_: start.append(self.total)))
-        self._handles.append(last.register_forward_hook(
-            lambda *_: self.segment_bytes[name].append(self.total - start.pop())))
+    def _wrap(self, name: str, owner: Any, method: str) -> None:
+        """Shadow ``owner.method`` by an instance attribute that records the bytes saved inside it (the
+        model calls ``self.method``, checkpointed or not, so the wrapper sees every call)."""
+        if method in vars(owner):
+            return  # already wrapped (a method shared by several segments)
+        inner = getattr(owner, method)
+
+        def measured(*args: Any, **kwargs: Any) -> Any:
+            start = self.total
+            out = inner(*args, **kwargs)
+            self.segment_bytes[name].append(self.total - start)
+            return out
+
+        setattr(owner, method, measured)
+        self._wrapped.append((owner, method))
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
@@ -105,20 +116,18 @@ class SavedBytes:
 
     def __exit__(self, *exc: Any) -> None:
         self._ctx.__exit__(*exc)
-        for h in self._handles:
-            h.remove()
+        for owner, method in self._wrapped:
+            delattr(owner, method)
+        self._wrapped = []
 
 
-def segments_of(model: SSAModel) -> dict[str, list[tuple[nn.Module, nn.Module]]]:
-    """The checkpointed segments: (first module, last module) of each."""
-    trunk = model.backbone.clip.visual.trunk
-    adapters = model.adapters
-    assert adapters is not None
-    pd, fd = model.pixel_decoder, model.frame_decoder
+def segments_of(model: SSAModel) -> dict[str, list[tuple[Any, str]]]:
+    """The checkpointed segments, as the callables :meth:`SSAModel.set_activation_checkpointing` runs
+    under ``torch.utils.checkpoint``: CLIP stage i with adapter i (``trunk``), and a pixel-decoder layer
+    (fusion block + deformable layer) or a frame-decoder layer (``decoders``)."""
     return {
-        "trunk": [(adapters[0], adapters[0])] + [(trunk.stages[i], adapters[i]) for i in (1, 2, 3)],
-        "decoders": [(pd.fusion_layers[i], pd.layers[i]) for i in range(len(pd.layers))]
-        + [(fd.cross_attn_layers[i], fd.ffn_layers[i]) for i in range(fd.num_layers)],
+        "trunk": [(model, "_stage_and_adapter")],
+        "decoders": [(model.pixel_decoder, "_layer"), (model.frame_decoder, "_layer")],
     }
 
 
