@@ -127,3 +127,29 @@ def test_bad_inputs():
         select_queries(torch.zeros(3, 3))
     with pytest.raises(ValueError, match="mask logits"):
         select_masks(_logits([0.9, 0.8]), torch.zeros(3, 1, 4, 4), (16, 16), (16, 16))
+
+
+def test_mask_product_is_the_per_frame_product_without_copying_the_features():
+    from ssa.modeling.selection import mask_product
+
+    torch.manual_seed(0)
+    features = torch.randn(2, 3, 8, 5, 7, requires_grad=True)  # (P, T, C, h, w)
+    embeds = [torch.randn(2, 4, 8, requires_grad=True) for _ in range(3)]  # (P, K, C)
+    reference = torch.einsum("pkc,ptchw->pkthw", embeds[0], features)
+    torch.testing.assert_close(mask_product(embeds[0], features), reference)
+    torch.testing.assert_close(mask_product(embeds[0][0], features[0]), reference[0])  # no lead dims
+    # training: several products on the same features (the video decoder's layers) save the features
+    # once, not one re-laid-out copy per call
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = [mask_product(e, features) for e in embeds]
+    feature_bytes = features.numel() * features.element_size()
+    assert sum(saved.values()) < 1.5 * feature_bytes
+    sum(x.sum() for x in logits).backward()
+    torch.testing.assert_close(features.grad, sum(e.detach().sum(1) for e in embeds)[:, None, :, None, None]
+                               .expand_as(features))
