@@ -34,10 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import EXPRESSIONS, build_pipeline, clip_alone, write_video  # noqa: E402
 
 import ssa.modeling.adapter  # noqa: E402
+import ssa.modeling.backbone  # noqa: E402
 import ssa.modeling.common  # noqa: E402
 import ssa.modeling.frame_decoder  # noqa: E402
 import ssa.modeling.fusion  # noqa: E402
 import ssa.modeling.pixel_decoder  # noqa: E402
+import ssa.modeling.selection  # noqa: E402
 from ssa.profiling import STAGES, StageFlops, StageTimer  # noqa: E402
 
 logger = logging.getLogger("bench")
@@ -58,6 +60,10 @@ SWAPS = [
     (ssa.modeling.frame_decoder, "FrameQueryDecoder.forward"),
     (ssa.modeling.frame_decoder, "FrameQueryDecoder._layer"),
     (ssa.modeling.common, "CrossAttentionLayer.forward_few_queries"),
+    (ssa.modeling.backbone, "FrozenCLIP.encode_stem"),
+    (ssa.modeling.backbone, "FrozenCLIP.run_stage"),
+    (ssa.modeling.backbone, "FrozenCLIP._encode_image"),
+    (ssa.modeling.selection, "mask_product"),  # as query_masks (the pipeline's masks) calls it
 ]
 
 

@@ -1,6 +1,7 @@
 import pytest
 import timm
 import torch
+from conftest import build
 
 from ssa import SSAConfig
 from ssa.modeling.backbone import FrozenCLIP, convnext_trunk, validate_expressions
@@ -233,3 +234,57 @@ def test_visible_characters_of_any_script_are_expressions():
 
 def test_whitespace_is_normalised():
     assert validate_expressions("  the   cat\n") == ["the cat"]
+
+
+def _paper_kind_stage(seed: int = 0):
+    """A timm ConvNeXt stage with the paper preset's kind of block (channels-last MLP, layer scale)."""
+    from timm.layers import LayerNorm, LayerNorm2d
+    from timm.models.convnext import ConvNeXtStage
+
+    torch.manual_seed(seed)
+    stage = ConvNeXtStage(16, 24, stride=2, depth=2, conv_mlp=False, ls_init_value=0.5,
+                          norm_layer=LayerNorm2d, norm_layer_cl=LayerNorm).eval()
+    for block in stage.blocks:
+        block.gamma.data.uniform_(0.1, 1.0)
+    return stage
+
+
+def test_convnext_stage_in_token_chunks_equals_timm(monkeypatch):
+    import ssa.modeling.backbone as backbone_module
+
+    stage = _paper_kind_stage()
+    x = torch.randn(2, 16, 18, 22)
+    with torch.no_grad():
+        expected = stage(x)
+        monkeypatch.setattr(backbone_module, "_TOKEN_CHUNK", 29)  # 2·9·11 = 198 tokens: a partial chunk
+        got = backbone_module._convnext_blocks_in_token_chunks(stage.blocks, stage.downsample(x))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.stride()[1] == 1  # channels-last memory, as timm's blocks leave it
+
+
+def test_convnext_stage_takes_token_chunks_only_for_large_cpu_inference(monkeypatch):
+    import ssa.modeling.backbone as backbone_module
+
+    stage = _paper_kind_stage()
+    chunked = []
+    monkeypatch.setattr(backbone_module, "_convnext_blocks_in_token_chunks",
+                        lambda blocks, x: chunked.append(1) or blocks(x))
+    x = torch.randn(1, 16, 16, 16)
+    run = backbone_module._run_convnext_stage
+    with torch.no_grad():
+        run(stage, x)  # 64 tokens x 96 hidden: far below the threshold
+    assert chunked == []
+    monkeypatch.setattr(backbone_module, "_CHUNKED_MLP_BYTES", 0)
+    run(stage, x)  # gradients recorded: the stage itself (training through it keeps timm's graph)
+    assert chunked == []
+    with torch.no_grad():
+        stage.train()
+        run(stage, x)  # stochastic depth may be active
+        stage.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            run(stage, x)
+        assert chunked == []
+        run(stage, x)
+    assert chunked == [1]
+    tiny_block = build("ssa-tiny").backbone.clip.visual.trunk.stages[0].blocks[0]
+    assert not backbone_module._plain_block(tiny_block)  # conv MLP (ssa-tiny): the stage itself

@@ -244,6 +244,27 @@ def test_stage_matches_official(case_diffs, stage):
     assert selected and not bad, f"{name}: {stage} differs from the official outputs (max |diff|): {bad}"
 
 
+def test_trunk_in_token_chunks_matches_official(converted, monkeypatch):
+    """CPU inference runs large ConvNeXt stages' pointwise part in token chunks; forced on for every
+    stage (with chunks that do not divide the token count), the trunk, the chained visual pass and the
+    whole network still give the official outputs."""
+    import ssa.modeling.backbone as backbone_module
+
+    calls = []
+    original = backbone_module._convnext_blocks_in_token_chunks
+    monkeypatch.setattr(backbone_module, "_convnext_blocks_in_token_chunks",
+                        lambda blocks, x: calls.append(x.shape) or original(blocks, x))
+    monkeypatch.setattr(backbone_module, "_CHUNKED_MLP_BYTES", 0)
+    monkeypatch.setattr(backbone_module, "_TOKEN_CHUNK", 37)
+    case = load_case(CASES[0])
+    diffs = stage_diffs(converted, case)
+    assert len(calls) >= 4  # every stage took the chunked path
+    for stage in ("trunk", "chained visual pass", "whole network"):
+        selected = {k: v for k, v in diffs.items() if re.search(_STAGES[stage], k)}
+        bad = {k: v for k, v in selected.items() if not v <= ATOL}
+        assert selected and not bad, f"{case.name}: {stage} differs in token chunks: {bad}"
+
+
 # ----------------------------------------------------------------------------------------------------
 # parameters
 # ----------------------------------------------------------------------------------------------------

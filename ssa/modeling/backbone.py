@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import open_clip
 import timm
 import torch
+import torch.nn.functional as F
+from timm.layers.activations import GELU as TimmGELU
 from timm.models import is_model, register_model
 from timm.models.convnext import ConvNeXt
 from torch import Tensor, nn
@@ -216,14 +218,14 @@ class FrozenCLIP(nn.Module):
         (B, C_1, H/4, W/4), the only part of the visual pass that does not depend on the expression."""
         trunk = self.clip.visual.trunk
         with self._grad(self.visual_frozen):
-            return trunk.stages[0](trunk.stem(images))
+            return _run_convnext_stage(trunk.stages[0], trunk.stem(images))
 
     def run_stage(self, index: int, x: Tensor) -> Tensor:
         """CLIP stage ``index`` (1..3) on the (adapted) output of the stage before it. Records the graph
         when gradients are enabled (frozen weights, but the adapters before it train)."""
         if not 1 <= index <= 3:
             raise ValueError(f"stage index must be 1, 2 or 3, got {index}")
-        return self.clip.visual.trunk.stages[index](x)
+        return _run_convnext_stage(self.clip.visual.trunk.stages[index], x)
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """The four plain stage features F_v^1..F_v^4 (no adapters), each (B, C_i, H/s_i, W/s_i)."""
@@ -236,9 +238,68 @@ class FrozenCLIP(nn.Module):
         x = trunk.stem(images)
         features = []
         for stage in trunk.stages:
-            x = stage(x)
+            x = _run_convnext_stage(stage, x)
             features.append(x)
         return features
+
+
+#: Above this many bytes, a block's MLP activation (tokens x 4C) runs in token chunks on the CPU. glibc
+#: maps every block above 32 MiB afresh from the system, and faulting those pages in (~0.3 ms per MB
+#: here) cost more than the block's arithmetic at stride 4 and 8; a chunk's buffers are reused instead.
+_CHUNKED_MLP_BYTES = 32 << 20
+_TOKEN_CHUNK = 1024
+
+
+def _run_convnext_stage(stage: nn.Module, x: Tensor) -> Tensor:
+    """A timm ConvNeXt stage on ``x`` (B, C, H, W): the stage itself, or, for CPU inference where its
+    MLP activation is large, the same sums in token chunks (:func:`_convnext_blocks_in_token_chunks`)."""
+    if (torch.is_grad_enabled() or stage.training or x.device.type != "cpu" or x.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu") or not all(_plain_block(b) for b in stage.blocks)):
+        return stage(x)
+    x = stage.downsample(x)
+    b, _, h, w = x.shape
+    hidden = stage.blocks[0].mlp.fc1.out_features if len(stage.blocks) else 0
+    if b * h * w * hidden * x.element_size() <= _CHUNKED_MLP_BYTES:
+        return stage.blocks(x)
+    return _convnext_blocks_in_token_chunks(stage.blocks, x)
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """Whether a ConvNeXt block is the paper preset's kind: depthwise conv → LayerNorm over channels
+    (channels last) → Linear → exact GELU → Linear → layer scale γ → + input, nothing else."""
+    mlp = getattr(block, "mlp", None)
+    return (getattr(block, "use_conv_mlp", True) is False
+            and isinstance(getattr(block, "conv_dw", None), nn.Conv2d)
+            and isinstance(getattr(block, "norm", None), nn.LayerNorm)
+            and isinstance(getattr(block, "shortcut", None), nn.Identity)
+            and isinstance(getattr(mlp, "fc1", None), nn.Linear)
+            and isinstance(getattr(mlp, "fc2", None), nn.Linear)
+            and isinstance(getattr(mlp, "norm", None), nn.Identity)
+            and (isinstance(getattr(mlp, "act", None), TimmGELU)  # F.gelu, exact
+                 or isinstance(getattr(mlp, "act", None), nn.GELU) and mlp.act.approximate == "none"))
+
+
+def _convnext_blocks_in_token_chunks(blocks: nn.Module, x: Tensor) -> Tensor:
+    """ConvNeXt blocks (eval, no gradients) on ``x`` (B, C, H, W), the pointwise part in chunks of
+    tokens: x ← x + γ·fc2(GELU(fc1(LN(dwconv(x))))), with γ folded into fc2 (γ∘(W₂h + b₂) =
+    (γ∘W₂)h + γ∘b₂) and the residual added in place. The stage runs channels-last, so that a chunk of
+    tokens is a contiguous (n, C) block. Returns (B, C, H, W) in channels-last memory, as timm's blocks
+    do."""
+    x = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C), this function's own buffer
+    c = x.shape[-1]
+    tokens = x.view(-1, c)  # (B·H·W, C)
+    for block in blocks:
+        y = block.conv_dw(x.permute(0, 3, 1, 2))  # channels-last in and out
+        y = y.permute(0, 2, 3, 1).reshape(-1, c)  # (B·H·W, C): a view when channels-last
+        fc1, fc2, norm = block.mlp.fc1, block.mlp.fc2, block.norm
+        w2, b2 = fc2.weight.t(), fc2.bias  # (4C, C), (C,)
+        if block.gamma is not None:
+            w2, b2 = w2 * block.gamma, b2 * block.gamma
+        for s in range(0, tokens.shape[0], _TOKEN_CHUNK):
+            hidden = F.layer_norm(y[s:s + _TOKEN_CHUNK], (c,), norm.weight, norm.bias, norm.eps)
+            hidden = F.gelu(torch.addmm(fc1.bias, hidden, fc1.weight.t()))  # (n, 4C)
+            tokens[s:s + _TOKEN_CHUNK].add_(b2).addmm_(hidden, w2)
+    return x.permute(0, 3, 1, 2)
 
 
 
