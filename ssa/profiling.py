@@ -96,12 +96,27 @@ class StageTimer:
         self._handles.append(first.register_forward_pre_hook(pre))
         self._handles.append((last or first).register_forward_hook(post))
 
+    def _wrap(self, name: str, owner: Any, method: str) -> None:
+        """Time every call of ``owner.method`` (shadowed by an instance attribute until exit): for
+        entry points that do not run as one module call, e.g. the CLIP stages, which on a CPU may run
+        their blocks in token chunks rather than through the stage module."""
+        inner = getattr(owner, method)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = self._now()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self._record(name, self._now() - start)
+
+        setattr(owner, method, timed)
+        self._wrapped.append((owner, method))
+
     def __enter__(self) -> StageTimer:
         model = self.pipe.model
-        trunk = model.backbone.clip.visual.trunk
-        self._hook("clip_visual", trunk.stem, trunk.stages[0])
-        for stage in trunk.stages[1:]:  # between the adapters
-            self._hook("clip_visual", stage)
+        self._wrapped: list[tuple[Any, str]] = []
+        self._wrap("clip_visual", model.backbone, "encode_stem")  # stem + stage 0
+        self._wrap("clip_visual", model.backbone, "run_stage")  # stages 1-3, between the adapters
         self._hook("text", model.backbone.clip.transformer)
         for adapter in model.adapters or []:
             self._hook("adapters", adapter)
@@ -115,6 +130,9 @@ class StageTimer:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for owner, method in self._wrapped:
+            delattr(owner, method)
+        self._wrapped.clear()
         self.pipe.timer = None
 
     # -- report ---------------------------------------------------------------------------------------

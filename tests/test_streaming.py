@@ -116,6 +116,7 @@ def test_stage_timer_covers_every_stage(model):
     assert timer.totals["frames_wait"] >= 0
     assert pipe.timer is None
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before
+    assert not {"encode_stem", "run_stage"} & set(vars(model.backbone))  # the timed entry points restored
     assert memory.peak > 10 * 2**20 and memory.samples
 
 
