@@ -88,8 +88,6 @@ class SavedBytes:
     def _wrap(self, name: str, owner: Any, method: str) -> None:
         """Shadow ``owner.method`` by an instance attribute that records the bytes saved inside it (the
         model calls ``self.method``, checkpointed or not, so the wrapper sees every call)."""
-        if method in vars(owner):
-            return  # already wrapped (a method shared by several segments)
         inner = getattr(owner, method)
 
         def measured(*args: Any, **kwargs: Any) -> Any:

@@ -56,6 +56,7 @@ class StageTimer:
         self._lock = threading.Lock()
         self._cuda = pipe.device.type == "cuda"
         self._handles: list[Any] = []
+        self._wrapped: list[tuple[Any, str]] = []  # (owner, method) shadowed while entered
         self._starts: dict[int, float] = {}
 
     # -- recording ------------------------------------------------------------------------------------
@@ -114,7 +115,6 @@ class StageTimer:
 
     def __enter__(self) -> StageTimer:
         model = self.pipe.model
-        self._wrapped: list[tuple[Any, str]] = []
         self._wrap("clip_visual", model.backbone, "encode_stem")  # stem + stage 0
         self._wrap("clip_visual", model.backbone, "run_stage")  # stages 1-3, between the adapters
         self._hook("text", model.backbone.clip.transformer)
