@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import platform
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 
 from ssa import SSAConfig, SSAModel
+from ssa.profiling import MethodShadows
 
 logger = logging.getLogger("bench")
 
@@ -80,24 +82,14 @@ class SavedBytes:
         self.seen: set[int] = set()
         self.total = 0
         self.segment_bytes: dict[str, list[int]] = {name: [] for name in segments}
-        self._wrapped: list[tuple[Any, str]] = []
+        # the model calls ``self.method``, checkpointed or not, so each shadow sees every call
+        self._shadows = MethodShadows()
         for name, methods in segments.items():
             for owner, method in methods:
-                self._wrap(name, owner, method)
+                self._shadows.around(owner, method, lambda: self.total, functools.partial(self._saved, name))
 
-    def _wrap(self, name: str, owner: Any, method: str) -> None:
-        """Shadow ``owner.method`` by an instance attribute that records the bytes saved inside it (the
-        model calls ``self.method``, checkpointed or not, so the wrapper sees every call)."""
-        inner = getattr(owner, method)
-
-        def measured(*args: Any, **kwargs: Any) -> Any:
-            start = self.total
-            out = inner(*args, **kwargs)
-            self.segment_bytes[name].append(self.total - start)
-            return out
-
-        setattr(owner, method, measured)
-        self._wrapped.append((owner, method))
+    def _saved(self, name: str, start: int) -> None:
+        self.segment_bytes[name].append(self.total - start)
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
@@ -114,9 +106,7 @@ class SavedBytes:
 
     def __exit__(self, *exc: Any) -> None:
         self._ctx.__exit__(*exc)
-        for owner, method in self._wrapped:
-            delattr(owner, method)
-        self._wrapped = []
+        self._shadows.restore()
 
 
 def segments_of(model: SSAModel) -> dict[str, list[tuple[Any, str]]]:

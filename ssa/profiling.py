@@ -22,14 +22,14 @@ import resource
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["StageTimer", "StageFlops", "PeakMemory", "STAGES", "current_rss"]
+__all__ = ["StageTimer", "StageFlops", "PeakMemory", "MethodShadows", "STAGES", "current_rss"]
 
 STAGES = (
     "decode",
@@ -47,6 +47,34 @@ STAGES = (
 """Stage names in data-flow order, as :meth:`StageTimer.stages` reports them."""
 
 
+class MethodShadows:
+    """Measure every call of methods that do not run as one module call (forward hooks cannot see them):
+    :meth:`around` shadows ``owner.method`` by an instance attribute that runs ``before()`` and
+    ``after(token)`` around each call; :meth:`restore` removes every shadow."""
+
+    def __init__(self) -> None:
+        self._shadowed: list[tuple[Any, str]] = []
+
+    def around(self, owner: Any, method: str, before: Callable[[], Any],
+               after: Callable[[Any], None]) -> None:
+        inner = getattr(owner, method)
+
+        def measured(*args: Any, **kwargs: Any) -> Any:
+            token = before()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                after(token)
+
+        setattr(owner, method, measured)
+        self._shadowed.append((owner, method))
+
+    def restore(self) -> None:
+        for owner, method in self._shadowed:
+            delattr(owner, method)
+        self._shadowed.clear()
+
+
 class StageTimer:
     """Accumulates wall time per stage of the pipeline ``pipe`` while entered."""
 
@@ -56,7 +84,7 @@ class StageTimer:
         self._lock = threading.Lock()
         self._cuda = pipe.device.type == "cuda"
         self._handles: list[Any] = []
-        self._wrapped: list[tuple[Any, str]] = []  # (owner, method) shadowed while entered
+        self._shadows = MethodShadows()  # entry points timed while entered
         self._starts: dict[int, float] = {}
 
     # -- recording ------------------------------------------------------------------------------------
@@ -98,20 +126,10 @@ class StageTimer:
         self._handles.append((last or first).register_forward_hook(post))
 
     def _wrap(self, name: str, owner: Any, method: str) -> None:
-        """Time every call of ``owner.method`` (shadowed by an instance attribute until exit): for
-        entry points that do not run as one module call, e.g. the CLIP stages, which on a CPU may run
-        their blocks in token chunks rather than through the stage module."""
-        inner = getattr(owner, method)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = self._now()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self._record(name, self._now() - start)
-
-        setattr(owner, method, timed)
-        self._wrapped.append((owner, method))
+        """Time every call of ``owner.method`` (shadowed until exit): for entry points that do not run as
+        one module call, e.g. the CLIP stages, which on a CPU may run their blocks in token chunks
+        rather than through the stage module."""
+        self._shadows.around(owner, method, self._now, lambda start: self._record(name, self._now() - start))
 
     def __enter__(self) -> StageTimer:
         model = self.pipe.model
@@ -130,9 +148,7 @@ class StageTimer:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for owner, method in self._wrapped:
-            delattr(owner, method)
-        self._wrapped.clear()
+        self._shadows.restore()
         self.pipe.timer = None
 
     # -- report ---------------------------------------------------------------------------------------
